@@ -1,0 +1,278 @@
+//! Command-line arguments.
+
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// keelctl: read and write keys in a keel cluster, and inspect its members.
+#[derive(Debug, Parser)]
+#[command(name = "keelctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Client addresses of cluster members (host:port), comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
+    pub endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    /// Deadline of each request, retries included (e.g. 500ms, 3s).
+    #[arg(long, global = true, value_parser = parse_timeout, default_value = "5s")]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// Stable JSON, one document per command (see the README).
+    Json,
+    /// Plain lines for scripts.
+    Simple,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a key.
+    Put(PutArgs),
+    /// Read a key or a range of keys.
+    Get(GetArgs),
+    /// Delete a key or a range of keys; prints how many were deleted.
+    Del(DelArgs),
+    /// Write a key only if it is as expected (exit 3 if it is not).
+    Cas(CasArgs),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// The state of every member, one row each.
+    Status,
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key, or the start of the range.
+    pub key: String,
+    /// Every key that starts with KEY (with an empty KEY: every key).
+    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
+    pub prefix: bool,
+    /// Every key >= KEY.
+    #[arg(long, conflicts_with = "range_end")]
+    pub from_key: bool,
+    /// Keys in [KEY, END).
+    #[arg(long, value_name = "END")]
+    pub range_end: Option<String>,
+    /// At most N keys (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: u64,
+    /// Answer from the contacted member without a quorum round (fast, may be stale).
+    #[arg(long)]
+    pub serializable: bool,
+    /// Print only the values (table and simple output).
+    #[arg(long, conflicts_with_all = ["keys_only", "count_only"])]
+    pub print_value_only: bool,
+    /// Fetch keys and revisions without values.
+    #[arg(long, conflicts_with = "count_only")]
+    pub keys_only: bool,
+    /// Print only how many keys are in the range.
+    #[arg(long)]
+    pub count_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    pub key: String,
+    /// Every key that starts with KEY (with an empty KEY: every key).
+    #[arg(long)]
+    pub prefix: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("expectation").required(true).multiple(false)))]
+pub struct CasArgs {
+    pub key: String,
+    /// The value to write.
+    pub new: String,
+    /// Write only if the current value is V.
+    #[arg(long, value_name = "V", group = "expectation")]
+    pub expect_value: Option<String>,
+    /// Write only if the key's version (writes since creation) is N; 0 means absent.
+    #[arg(long, value_name = "N", group = "expectation")]
+    pub expect_version: Option<u64>,
+    /// Write only if the key does not exist.
+    #[arg(long, group = "expectation")]
+    pub expect_absent: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members: id, addresses, voter or learner, and which is leader.
+    List,
+    /// Add a member. It joins as a learner, receives the log or a snapshot, and is promoted to
+    /// voter once it has caught up (unless --learner).
+    Add(MemberAddArgs),
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a member. Refused for the last voter, or when the remaining voters would not
+    /// include a reachable majority (unless --force).
+    Remove {
+        /// The member's id.
+        id: u64,
+        /// Remove it even if the remaining voters do not include a reachable majority.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MemberAddArgs {
+    /// The new member's id (its `keel --id`).
+    pub id: u64,
+    /// Address other members reach it on (its --peer-addr or --advertise-peer-addr).
+    #[arg(long)]
+    pub peer_addr: String,
+    /// Address clients reach it on (its --client-addr or --advertise-client-addr).
+    #[arg(long, default_value = "")]
+    pub client_addr: String,
+    /// Add it as a learner only; promote it later with `member promote`.
+    #[arg(long, conflicts_with = "promote_when_caught_up")]
+    pub learner: bool,
+    /// Promote it once it has caught up, reporting progress (the default without --learner).
+    #[arg(long)]
+    pub promote_when_caught_up: bool,
+    /// How long to wait for it to catch up before giving up on the promotion.
+    #[arg(long, value_parser = parse_timeout, default_value = "10m")]
+    pub catch_up_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to another voter (--to ID, or the most up-to-date one). Clients see a
+    /// short pause while the target takes over.
+    Transfer {
+        /// The voter to hand leadership to.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+/// A humantime duration that is not zero: a zero deadline would fail every request unsent.
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keelctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_globals() {
+        let cli = parse(&["get", "k"]).expect("parses");
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert_eq!(cli.output, Format::Table);
+        // KEEL_ENDPOINTS could be set in the environment running the tests.
+        if std::env::var_os("KEEL_ENDPOINTS").is_none() {
+            assert_eq!(cli.endpoints, vec!["127.0.0.1:7001"]);
+        }
+        let cli = parse(&["get", "k", "-o", "json", "--timeout", "500ms", "--endpoints", "a:1,b:2"]).expect("parses");
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.endpoints, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            &["get"][..],
+            &["get", "k", "--bogus"],
+            &["get", "k", "--limit", "-1"],
+            &["get", "k", "--prefix", "--from-key"],
+            &["get", "k", "--prefix", "--range-end", "z"],
+            &["get", "k", "--keys-only", "--print-value-only"],
+            &["get", "k", "-o", "xml"],
+            &["put", "k"],
+            &["--timeout", "soon", "status"],
+            &["--timeout", "0s", "status"],
+            &["member"],
+            &["frobnicate"],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cas_requires_exactly_one_expectation() {
+        let err = parse(&["cas", "k", "new"]).expect_err("no expectation");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = parse(&["cas", "k", "new", "--expect-absent", "--expect-version", "2"]).expect_err("two");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let cli = parse(&["cas", "k", "new", "--expect-version", "2"]).expect("one");
+        match cli.command {
+            Command::Cas(cas) => {
+                assert_eq!(cas.expect_version, Some(2));
+                assert!(cas.expect_value.is_none() && !cas.expect_absent);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_flags_parse() {
+        let cli = parse(&[
+            "get",
+            "a",
+            "--range-end",
+            "c",
+            "--limit",
+            "10",
+            "--serializable",
+            "--keys-only",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Get(get) => {
+                assert_eq!(get.range_end.as_deref(), Some("c"));
+                assert_eq!(get.limit, 10);
+                assert!(get.serializable && get.keys_only && !get.prefix);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

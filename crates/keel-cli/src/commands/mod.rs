@@ -1,0 +1,71 @@
+//! The verbs: each turns parsed arguments into requests and the response into printed output.
+
+mod cluster;
+mod kv;
+mod membership;
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use keel_client::{Client, ClientConfig};
+
+use crate::args::{Cli, Command, LeaderCommand, MemberCommand};
+
+/// What a verb printed, and how keelctl should exit.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exit 0.
+    Done(String),
+    /// A compare-and-swap found the key not as expected: exit 3.
+    CompareFailed(String),
+}
+
+pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let config = ClientConfig::with_timeout(cli.timeout);
+    let client = Client::connect(cli.endpoints.clone(), config)
+        .await
+        .map_err(|e| client_error(e, cli.timeout))?;
+    let format = cli.output;
+    match &cli.command {
+        Command::Put(args) => kv::put(&client, args, format).await,
+        Command::Get(args) => kv::get(&client, args, format).await,
+        Command::Del(args) => kv::del(&client, args, format).await,
+        Command::Cas(args) => kv::cas(&client, args, format).await,
+        Command::Member(MemberCommand::List) => cluster::member_list(&client, format).await,
+        Command::Status => cluster::status(&client, format).await,
+        Command::Member(MemberCommand::Add(args)) => membership::add(&client, args, format).await,
+        Command::Member(MemberCommand::Promote { id }) => membership::promote(&client, *id, format).await,
+        Command::Member(MemberCommand::Remove { id, force }) => membership::remove(&client, *id, *force, format).await,
+        Command::Leader(LeaderCommand::Transfer { to }) => membership::transfer(&client, *to, format).await,
+    }
+    .map_err(|e| match e.downcast::<keel_client::Error>() {
+        Ok(e) => client_error(e, cli.timeout),
+        Err(e) => e,
+    })
+}
+
+/// A client error as one line for people. Most client errors already name their cause; a bare
+/// deadline gets the deadline added.
+fn client_error(err: keel_client::Error, timeout: Duration) -> anyhow::Error {
+    match err {
+        keel_client::Error::DeadlineExceeded => anyhow!("{}", deadline_message(timeout)),
+        keel_client::Error::NoEndpoints => anyhow!("no endpoints given (--endpoints or KEEL_ENDPOINTS)"),
+        other => anyhow!(other),
+    }
+}
+
+fn deadline_message(timeout: Duration) -> String {
+    format!(
+        "deadline exceeded: no answer within {} (--timeout)",
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Rejects an empty key before it reaches the server, where it would be rejected anyway.
+fn require_key(key: &str) -> anyhow::Result<()> {
+    if key.is_empty() {
+        Err(anyhow!("key is empty"))
+    } else {
+        Ok(())
+    }
+}

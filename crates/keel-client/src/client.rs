@@ -1,0 +1,457 @@
+//! The client: requests, leader preference, and the retry loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use keel_proto::v1::{
+    cluster_client::ClusterClient, kv_client::KvClient, request_op, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
+    LeaderTransferRequest, LeaderTransferResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse, WriteSession,
+};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use crate::endpoint::{self, Target};
+use crate::retry::{Attempts, Backoff, Failure, Kind};
+use crate::{ClientConfig, Error};
+
+/// Response metadata key in which a server names the leader's client address.
+pub const LEADER_METADATA_KEY: &str = "keel-leader";
+
+/// A client for a keel cluster.
+///
+/// Cloning is cheap and clones share channels and what was learned about the leader, so one
+/// client can serve many tasks. Each request runs until it succeeds, fails for good, or its
+/// deadline ([`ClientConfig::timeout`]) passes; see the crate docs for what is retried.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    targets: Vec<Target>,
+    /// Index into `targets` of the endpoint to try first: the leader when known, else the last
+    /// endpoint that answered.
+    preferred: AtomicUsize,
+    /// Member id → index into `targets`, learned from member lists, so a header's `leader_id`
+    /// can be followed.
+    members: Mutex<HashMap<u64, usize>>,
+    /// Channels to addresses outside the endpoint list (for [`Client::status_of`]).
+    others: Mutex<HashMap<String, Channel>>,
+    /// Idle write sessions, (client id, next seq). A session carries one request at a time, so
+    /// concurrent writes through clones of this client each take their own.
+    sessions: Mutex<Vec<(u64, u64)>>,
+}
+
+/// Responses that carry a [`ResponseHeader`].
+trait HasHeader {
+    fn header(&self) -> Option<&ResponseHeader>;
+}
+
+macro_rules! has_header {
+    ($($t:ty),*) => {$(
+        impl HasHeader for $t {
+            fn header(&self) -> Option<&ResponseHeader> {
+                self.header.as_ref()
+            }
+        }
+    )*};
+}
+has_header!(
+    RangeResponse,
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    MemberListResponse,
+    StatusResponse,
+    MemberAddResponse,
+    MemberPromoteResponse,
+    MemberRemoveResponse,
+    LeaderTransferResponse
+);
+
+impl Client {
+    /// A client for the cluster reachable at `endpoints` ("host:port", or "http://host:port").
+    ///
+    /// Nothing is dialled yet: connections are made on first use and kept for the life of the
+    /// client, so this only fails for an empty list or an unparsable address. It must be called
+    /// within a tokio runtime.
+    pub async fn connect(endpoints: Vec<String>, config: ClientConfig) -> Result<Client, Error> {
+        let mut targets: Vec<Target> = Vec::with_capacity(endpoints.len());
+        for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
+            let target = endpoint::target(raw, &config)?;
+            // A repeated endpoint would only make rotation try the same server twice in a row.
+            if !targets.iter().any(|t| t.authority == target.authority) {
+                targets.push(target);
+            }
+        }
+        if targets.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                targets,
+                preferred: AtomicUsize::new(0),
+                members: Mutex::new(HashMap::new()),
+                others: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The endpoints this client uses, as `host:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.targets.iter().map(|t| t.authority.clone()).collect()
+    }
+
+    /// The client's configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Reads a key range. Linearizable unless `req.serializable` is set.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Error> {
+        let limit = self.inner.config.max_response_bytes;
+        self.call(
+            Kind::Read,
+            req,
+            move |ch, r| async move { kv(ch, limit).range(r).await },
+        )
+        .await
+    }
+
+    /// Reads one key with a linearizable read; `None` when it does not exist.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, Error> {
+        let resp = self
+            .range(RangeRequest {
+                key: key.into(),
+                ..RangeRequest::default()
+            })
+            .await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// Writes one key.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse, Error> {
+        self.put_request(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            prev_kv: false,
+            session: None,
+        })
+        .await
+    }
+
+    /// Writes one key, with every option of [`PutRequest`] (such as `prev_kv`).
+    pub async fn put_request(&self, req: PutRequest) -> Result<PutResponse, Error> {
+        let limit = self.inner.config.max_response_bytes;
+        self.session_write(
+            req,
+            |r, s| r.session = s,
+            move |ch, r| async move { kv(ch, limit).put(r).await },
+        )
+        .await
+    }
+
+    /// A write with a session from the pool (see [`ClientConfig::exactly_once`]): retried, with
+    /// the same session, wherever its outcome is unknown.
+    async fn session_write<Req, Resp, S, F, Fut>(&self, mut req: Req, set: S, send: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: HasHeader,
+        S: Fn(&mut Req, Option<WriteSession>),
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        if !self.inner.config.exactly_once {
+            return self.call(Kind::Write, req, send).await;
+        }
+        let (client_id, seq) = self.take_session();
+        set(&mut req, Some(WriteSession { client_id, seq }));
+        let result = self.call(Kind::Idempotent, req.clone(), &send).await;
+        match result {
+            // The cluster no longer knows this session (expired or evicted): nothing was applied.
+            // Start a new one. (A retry whose first attempt applied just before the session was
+            // evicted, among more than the cluster's max_sessions others, would apply again.)
+            Err(Error::FailedPrecondition(m)) if m.starts_with("session expired") => {
+                let (client_id, seq) = new_session();
+                set(&mut req, Some(WriteSession { client_id, seq }));
+                let result = self.call(Kind::Idempotent, req, &send).await;
+                self.put_session(client_id, seq + 1);
+                result
+            }
+            Err(Error::FailedPrecondition(m)) if m.starts_with("session result dropped") => {
+                self.put_session(client_id, seq + 1);
+                Err(Error::OutcomeUnknown(m))
+            }
+            other => {
+                // Whether or not seq applied, seq + 1 is the next free number of this session.
+                self.put_session(client_id, seq + 1);
+                other
+            }
+        }
+    }
+
+    fn take_session(&self) -> (u64, u64) {
+        let mut pool = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.pop().unwrap_or_else(new_session)
+    }
+
+    fn put_session(&self, client_id: u64, next_seq: u64) {
+        let mut pool = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.push((client_id, next_seq));
+    }
+
+    /// Deletes a key range.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
+        let limit = self.inner.config.max_response_bytes;
+        self.session_write(
+            req,
+            |r, s| r.session = s,
+            move |ch, r| async move { kv(ch, limit).delete_range(r).await },
+        )
+        .await
+    }
+
+    /// Runs a transaction. One whose branches only read is retried like a read.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Error> {
+        let read_only = req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| matches!(op.request, Some(request_op::Request::Range(_))));
+        let limit = self.inner.config.max_response_bytes;
+        let send = move |ch, r| async move { kv(ch, limit).txn(r).await };
+        if read_only {
+            return self.call(Kind::Read, req, send).await;
+        }
+        self.session_write(req, |r, s| r.session = s, send).await
+    }
+
+    /// The cluster's members. Also teaches the client which endpoint each member id is, so later
+    /// responses' `leader_id` can route writes straight to the leader.
+    pub async fn member_list(&self) -> Result<MemberListResponse, Error> {
+        let resp = self
+            .call(Kind::Read, MemberListRequest {}, |ch, r| async move {
+                cluster(ch).member_list(r).await
+            })
+            .await?;
+        let learned: HashMap<u64, usize> = resp
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id, self.index_of(&endpoint::authority_of(&m.client_addr)?)?)))
+            .collect();
+        *self.inner.members.lock().unwrap_or_else(PoisonError::into_inner) = learned;
+        Ok(resp)
+    }
+
+    /// The status of whichever member answers first.
+    /// Add a learner (see `MemberAddRequest`). Retried only where it surely did not apply.
+    pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Error> {
+        self.call(Kind::Write, req, |ch, r| async move { cluster(ch).member_add(r).await })
+            .await
+    }
+
+    /// Make a caught-up learner a voter.
+    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse, Error> {
+        self.call(Kind::Write, MemberPromoteRequest { id }, |ch, r| async move {
+            cluster(ch).member_promote(r).await
+        })
+        .await
+    }
+
+    /// Remove a member; `force` skips the check that a majority of the remaining voters is
+    /// reachable.
+    pub async fn member_remove(&self, id: u64, force: bool) -> Result<MemberRemoveResponse, Error> {
+        self.call(Kind::Write, MemberRemoveRequest { id, force }, |ch, r| async move {
+            cluster(ch).member_remove(r).await
+        })
+        .await
+    }
+
+    /// Hand leadership to `to` (None: the most up-to-date other voter).
+    pub async fn leader_transfer(&self, to: Option<u64>) -> Result<LeaderTransferResponse, Error> {
+        let req = LeaderTransferRequest { to: to.unwrap_or(0) };
+        self.call(
+            Kind::Write,
+            req,
+            |ch, r| async move { cluster(ch).leader_transfer(r).await },
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, Error> {
+        self.call(Kind::Read, StatusRequest {}, |ch, r| async move {
+            cluster(ch).status(r).await
+        })
+        .await
+    }
+
+    /// The status of the member at `endpoint` (which need not be in the endpoint list). One
+    /// attempt, no retries: a caller polling every member wants a dead one reported at once.
+    pub async fn status_of(&self, endpoint: &str) -> Result<StatusResponse, Error> {
+        let channel = self.channel_for(endpoint)?;
+        let timeout = self.inner.config.timeout;
+        let mut request = tonic::Request::new(StatusRequest {});
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, cluster(channel).status(request)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(match Failure::from_status(status) {
+                Failure::NotSent(message) => Error::Unavailable(format!("cannot reach {endpoint}: {message}")),
+                failure => failure.final_error(Kind::Read),
+            }),
+            Err(_) => Err(Error::DeadlineExceeded),
+        }
+    }
+
+    fn channel_for(&self, raw: &str) -> Result<Channel, Error> {
+        let (_, authority) = endpoint::parse(raw)?;
+        if let Some(index) = self.index_of(&authority) {
+            return Ok(self.inner.targets[index].channel.clone());
+        }
+        let mut others = self.inner.others.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = others.get(&authority) {
+            return Ok(channel.clone());
+        }
+        let target = endpoint::target(raw, &self.inner.config)?;
+        others.insert(authority, target.channel.clone());
+        Ok(target.channel)
+    }
+
+    fn index_of(&self, authority: &str) -> Option<usize> {
+        self.inner.targets.iter().position(|t| t.authority == authority)
+    }
+
+    /// The endpoint a server named as leader, from the `keel-leader` metadata or, failing that,
+    /// from the header's `leader_id` and a member list seen earlier.
+    fn leader_hint(&self, metadata: &MetadataMap, header: Option<&ResponseHeader>) -> Option<usize> {
+        let from_metadata = metadata
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(endpoint::authority_of)
+            .and_then(|authority| self.index_of(&authority));
+        from_metadata.or_else(|| {
+            let leader = header?.leader_id;
+            let members = self.inner.members.lock().unwrap_or_else(PoisonError::into_inner);
+            members.get(&leader).copied()
+        })
+    }
+
+    /// Sends `req` until it succeeds, fails in a way that must not be retried, or the deadline
+    /// passes.
+    ///
+    /// Within one round every endpoint is tried at most once, without pausing, starting with the
+    /// preferred one and following leader hints; between rounds the loop backs off.
+    async fn call<Req, Resp, F, Fut>(&self, kind: Kind, req: Req, send: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: HasHeader,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let inner = &*self.inner;
+        let n = inner.targets.len();
+        let deadline = Instant::now() + inner.config.timeout;
+        let mut backoff = Backoff::new(inner.config.backoff_initial, inner.config.backoff_max);
+        let mut attempts = Attempts::new(n);
+        let mut index = inner.preferred.load(Ordering::Relaxed) % n;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(attempts.give_up());
+            }
+            let attempt_timeout = attempt_timeout(kind, n, remaining, inner.config.timeout);
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(attempt_timeout);
+            let target = &inner.targets[index];
+            attempts.tried_this_round[index] = true;
+            let failure = match tokio::time::timeout(attempt_timeout, send(target.channel.clone(), request)).await {
+                Ok(Ok(resp)) => {
+                    let leader = self.leader_hint(resp.metadata(), resp.get_ref().header());
+                    inner.preferred.store(leader.unwrap_or(index), Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => match Failure::from_status(status) {
+                    // tonic's own wording ("Timeout expired: transport error") names neither the
+                    // server nor the time.
+                    Failure::Lost { timed_out: true, .. } => no_answer(&target.authority, attempt_timeout),
+                    Failure::Lost { message, timed_out } => Failure::Lost {
+                        message: format!("{}: {message}", target.authority),
+                        timed_out,
+                    },
+                    failure => failure,
+                },
+                Err(_) => no_answer(&target.authority, attempt_timeout),
+            };
+            if !failure.is_retryable(kind) {
+                return Err(failure.final_error(kind));
+            }
+            tracing::debug!(endpoint = %target.authority, ?failure, "keel request failed; retrying");
+            let hint = match &failure {
+                Failure::Answered(status) => self.leader_hint(status.metadata(), None),
+                _ => None,
+            };
+            attempts.record(index, &target.authority, failure);
+
+            // A hint naming the endpoint that just failed, or one that failed this round, is stale.
+            let next = hint
+                .filter(|&h| h != index && !attempts.tried_this_round[h])
+                .or_else(|| (1..n).map(|k| (index + k) % n).find(|&i| !attempts.tried_this_round[i]));
+            let next = match next {
+                Some(next) => next,
+                None => {
+                    let pause = backoff.pause().min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                    attempts.tried_this_round.fill(false);
+                    hint.filter(|&h| h != index).unwrap_or((index + 1) % n)
+                }
+            };
+            // Move other requests off a failing endpoint too, unless one has since learned better.
+            let _ = inner
+                .preferred
+                .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+            index = next;
+        }
+    }
+}
+
+/// How long one attempt may take. Reads get a share of the deadline when there are other
+/// endpoints to try, so a frozen server (SIGSTOP, a partition) cannot use up the whole deadline;
+/// writes get all of it, because a write that times out is not retried anyway.
+fn attempt_timeout(kind: Kind, endpoints: usize, remaining: Duration, timeout: Duration) -> Duration {
+    if kind == Kind::Read && endpoints > 1 {
+        remaining.min((timeout / 3).max(Duration::from_millis(500)))
+    } else {
+        remaining
+    }
+}
+
+fn no_answer(authority: &str, waited: Duration) -> Failure {
+    Failure::Lost {
+        message: format!("no answer from {authority} within {}ms", waited.as_millis()),
+        timed_out: true,
+    }
+}
+
+fn kv(channel: Channel, max_response_bytes: usize) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(max_response_bytes)
+}
+
+fn cluster(channel: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(channel)
+}
+
+/// A new session: a random client id (64 bits, so two clients never meet) at seq 1.
+fn new_session() -> (u64, u64) {
+    (rand::random::<u64>() | 1, 1)
+}

@@ -1,0 +1,53 @@
+//! Client tunables.
+
+use std::time::Duration;
+
+/// How the client talks to the cluster. [`ClientConfig::default`] suits most callers.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The deadline of one request, retries included. It is also sent as the gRPC timeout, so the
+    /// server stops working on a request nobody waits for.
+    pub timeout: Duration,
+    /// How long to wait for a TCP connection to one endpoint before trying the next.
+    pub connect_timeout: Duration,
+    /// First pause between retry rounds; it doubles (with jitter) up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest pause between retry rounds.
+    pub backoff_max: Duration,
+    /// HTTP/2 ping interval. Pings find a dead or frozen server (SIGSTOP, a cut cable) that TCP
+    /// alone would not notice for minutes.
+    pub keepalive_interval: Duration,
+    /// A connection whose ping is not answered in this time is closed.
+    pub keepalive_timeout: Duration,
+    /// Largest response accepted. tonic's default (4 MiB) is too small for ranges over many keys.
+    pub max_response_bytes: usize,
+    /// Send writes with a client session, so that a write whose outcome is unknown (a timeout
+    /// during failover, a connection cut mid-request) can be retried: the cluster applies each
+    /// session write at most once. With `false`, such writes fail with `OutcomeUnknown`.
+    pub exactly_once: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(3),
+            max_response_bytes: 256 * 1024 * 1024,
+            exactly_once: true,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default configuration with another request deadline.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ClientConfig {
+            timeout,
+            ..ClientConfig::default()
+        }
+    }
+}

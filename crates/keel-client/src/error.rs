@@ -1,0 +1,90 @@
+//! The client's error type.
+
+use tonic::Code;
+
+/// Why a request failed.
+///
+/// The variants separate what a caller can act on: fix the input ([`Error::InvalidArgument`]), wait
+/// for the cluster ([`Error::Unavailable`]), or find out what happened before writing again
+/// ([`Error::OutcomeUnknown`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server rejected the request as malformed (an empty key, a value too large, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is well formed but not allowed in the cluster's state (an invalid membership
+    /// change).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No leader, no quorum, or no endpoint reachable, until the deadline. A write that failed this
+    /// way was not applied.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A write may or may not have been applied: the connection broke or the deadline passed after
+    /// the request was sent. It was not retried, because retrying could apply it twice.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A read did not complete before the request deadline.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The client was given no endpoints.
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// A read failed on the connection (not by a server answer) until the deadline.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// Any other status the server answered with.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Other(tonic::Status),
+}
+
+impl Error {
+    /// The gRPC code closest to this error, for callers that map errors onward.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) | Error::NoEndpoints => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
+            Error::OutcomeUnknown(_) => Code::Unknown,
+            Error::DeadlineExceeded => Code::DeadlineExceeded,
+            Error::Other(status) => status.code(),
+        }
+    }
+
+    /// True when a write that failed with this error surely did not take effect, so the caller may
+    /// send it again.
+    pub fn is_write_safe_to_retry(&self) -> bool {
+        !matches!(self, Error::OutcomeUnknown(_))
+    }
+
+    /// True when the error is transient: the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::DeadlineExceeded | Error::Transport(_) | Error::OutcomeUnknown(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_cause_without_noise() {
+        assert_eq!(
+            Error::InvalidArgument("key is empty".into()).to_string(),
+            "key is empty"
+        );
+        assert_eq!(Error::Unavailable("no leader".into()).to_string(), "no leader");
+        assert_eq!(
+            Error::OutcomeUnknown("connection reset".into()).to_string(),
+            "outcome unknown: connection reset"
+        );
+        let other = Error::Other(tonic::Status::internal("boom"));
+        assert_eq!(other.code(), Code::Internal);
+        assert!(other.to_string().ends_with(": boom"), "{other}");
+        assert!(!Error::OutcomeUnknown(String::new()).is_write_safe_to_retry());
+        assert!(Error::Unavailable(String::new()).is_write_safe_to_retry());
+    }
+}

@@ -1,0 +1,65 @@
+//! The outcomes a node reports for a request, and how they map to gRPC codes.
+//!
+//! The mapping carries the promise clients rely on: `Unavailable` means the request surely did
+//! not take effect (no leader, no quorum, shutting down, or the leader could not be reached
+//! before anything was sent), so it is safe to retry anywhere. When the outcome of a write is
+//! unknown, the code is `DeadlineExceeded` or `Unknown`. NotFound is never used: a missing key is
+//! an empty result.
+
+use keel_storage::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Why a node could not serve a request. Travels between members when requests are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// This member is not the leader; nothing was proposed.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Status;
+        match self {
+            NodeError::InvalidArgument(m) => Status::invalid_argument(m),
+            NodeError::FailedPrecondition(m) => Status::failed_precondition(m),
+            NodeError::NotLeader { .. } => Status::unavailable(self.to_string()),
+            NodeError::Unavailable(m) => Status::unavailable(m),
+            NodeError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            NodeError::Unknown(m) => Status::unknown(m),
+            NodeError::Internal(m) => Status::internal(m),
+        }
+    }
+
+    /// For reads, an unknown outcome is harmless: a read changes nothing.
+    pub fn for_read(self) -> NodeError {
+        match self {
+            NodeError::Unknown(m) => NodeError::Unavailable(m),
+            other => other,
+        }
+    }
+}
+
+impl From<keel_storage::InvalidRequest> for NodeError {
+    fn from(e: keel_storage::InvalidRequest) -> Self {
+        NodeError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<keel_proto::convert::ConvertError> for NodeError {
+    fn from(e: keel_proto::convert::ConvertError) -> Self {
+        NodeError::InvalidArgument(e.to_string())
+    }
+}

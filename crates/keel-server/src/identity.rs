@@ -1,0 +1,245 @@
+//! Which node and which cluster a data directory belongs to.
+//!
+//! `<data-dir>/keel.id` is written once, atomically (temp file, fsync, rename, fsync of the
+//! directory), when a node first starts. A later start with another `--id` or `--cluster-token`
+//! is refused, so a data directory cannot be taken over by another node by mistake. Its presence
+//! also means "this node was bootstrapped": `--initial-cluster` is only acted on when it is absent.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use keel_storage::NodeId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const FILE: &str = "keel.id";
+const FORMAT: u32 = 1;
+
+/// The identity recorded in a data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format: u32,
+    pub node_id: NodeId,
+    pub cluster_token: String,
+    /// Derived from the token and the initial members; empty for a node that joined and has not
+    /// yet heard from its cluster.
+    pub cluster_id: String,
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("data dir {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error("data dir {dir} has an unreadable {FILE}: {reason}")]
+    Corrupt { dir: PathBuf, reason: String },
+    #[error("data dir {dir} belongs to node {found}, not to node {wanted} (--id)")]
+    OtherNode {
+        dir: PathBuf,
+        found: NodeId,
+        wanted: NodeId,
+    },
+    #[error("data dir {dir} belongs to cluster {found:?}, not to {wanted:?} (--cluster-token)")]
+    OtherCluster {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("data dir {dir} is empty: start with --initial-cluster (new cluster) or --join (existing cluster)")]
+    Uninitialized { dir: PathBuf },
+}
+
+/// The id of a cluster created from `token` and its initial members.
+pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> String {
+    let mut h = Sha256::new();
+    h.update(token.as_bytes());
+    for (id, addr) in members {
+        h.update(format!("\n{id}={addr}").as_bytes());
+    }
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the node should do after checking its data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// First start of a new cluster: initialize Raft with these members.
+    Bootstrap(BTreeMap<NodeId, String>),
+    /// First start of a node that waits to be added.
+    Join,
+    /// The data directory already holds this node.
+    Restart,
+}
+
+/// Check (or create) the identity of `dir` for node `id`. Creates `dir` if needed.
+pub fn check_or_create(
+    dir: &Path,
+    id: NodeId,
+    token: &str,
+    initial_cluster: Option<&BTreeMap<NodeId, String>>,
+    join: bool,
+) -> Result<(Identity, Startup), IdentityError> {
+    let io = |source| IdentityError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join(FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            if identity.node_id != id {
+                return Err(IdentityError::OtherNode {
+                    dir: dir.to_path_buf(),
+                    found: identity.node_id,
+                    wanted: id,
+                });
+            }
+            if identity.cluster_token != token {
+                return Err(IdentityError::OtherCluster {
+                    dir: dir.to_path_buf(),
+                    found: identity.cluster_token.clone(),
+                    wanted: token.to_string(),
+                });
+            }
+            Ok((identity, Startup::Restart))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (cluster_id, startup) = match (initial_cluster, join) {
+                (Some(members), _) => (cluster_id(token, members), Startup::Bootstrap(members.clone())),
+                (None, true) => (String::new(), Startup::Join),
+                (None, false) => return Err(IdentityError::Uninitialized { dir: dir.to_path_buf() }),
+            };
+            let identity = Identity {
+                format: FORMAT,
+                node_id: id,
+                cluster_token: token.to_string(),
+                cluster_id,
+            };
+            write(dir, &identity).map_err(io)?;
+            Ok((identity, startup))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The cluster id, shared by a node's services: sent with every peer request and checked on
+/// every one received, so that members of different clusters never exchange Raft messages (a
+/// stale node of another cluster at an address given to `member add` is refused, not fed a
+/// conflicting log). A node that joined learns the id from the first leader that replicates to it
+/// and keeps it in `keel.id`.
+pub struct ClusterId {
+    dir: PathBuf,
+    identity: std::sync::Mutex<Identity>,
+}
+
+impl ClusterId {
+    pub fn new(dir: &Path, identity: Identity) -> Self {
+        ClusterId {
+            dir: dir.to_path_buf(),
+            identity: std::sync::Mutex::new(identity),
+        }
+    }
+
+    /// The id, or "" while a joined node has not heard from its cluster yet.
+    pub fn get(&self) -> String {
+        self.identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cluster_id
+            .clone()
+    }
+
+    /// Accept a message from a peer of cluster `theirs` ("" if it does not know its own yet)?
+    /// With `adopt` (the message comes from a leader replicating to us), an unknown own id is
+    /// set to theirs.
+    pub fn check(&self, theirs: &str, adopt: bool) -> Result<(), String> {
+        let mut identity = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if theirs.is_empty() || identity.cluster_id == theirs {
+            return Ok(());
+        }
+        if identity.cluster_id.is_empty() {
+            if adopt {
+                let mut updated = identity.clone();
+                updated.cluster_id = theirs.to_string();
+                write(&self.dir, &updated).map_err(|e| format!("cannot record the cluster id: {e}"))?;
+                tracing::info!(cluster_id = theirs, "joined cluster");
+                *identity = updated;
+            }
+            return Ok(());
+        }
+        Err(format!(
+            "message from a member of cluster {theirs}; member {} belongs to cluster {}",
+            identity.node_id, identity.cluster_id
+        ))
+    }
+}
+
+/// Write the identity atomically.
+pub fn write(dir: &Path, identity: &Identity) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(identity).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(FILE))?;
+    keel_storage::durability::fsync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> BTreeMap<NodeId, String> {
+        [(1, "a:1".to_string()), (2, "b:2".to_string())].into()
+    }
+
+    #[test]
+    fn first_start_then_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, startup) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!(startup, Startup::Bootstrap(members()));
+        assert_eq!(id.cluster_id, cluster_id("t", &members()));
+        // A restart ignores --initial-cluster, whatever it says now.
+        let other: BTreeMap<NodeId, String> = [(1, "z:9".to_string())].into();
+        let (again, startup) = check_or_create(dir.path(), 1, "t", Some(&other), false).unwrap();
+        assert_eq!((again, startup), (id, Startup::Restart));
+    }
+
+    #[test]
+    fn another_node_or_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        let e = check_or_create(dir.path(), 2, "t", None, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IdentityError::OtherNode {
+                    found: 1,
+                    wanted: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = check_or_create(dir.path(), 1, "other", None, false).unwrap_err();
+        assert!(matches!(e, IdentityError::OtherCluster { .. }), "{e}");
+        std::fs::write(dir.path().join(FILE), b"garbage").unwrap();
+        assert!(matches!(
+            check_or_create(dir.path(), 1, "t", None, false),
+            Err(IdentityError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_dir_needs_a_way_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_or_create(dir.path(), 1, "t", None, false).unwrap_err();
+        assert!(matches!(e, IdentityError::Uninitialized { .. }));
+        let (id, startup) = check_or_create(dir.path(), 1, "t", None, true).unwrap();
+        assert_eq!((id.cluster_id.as_str(), startup), ("", Startup::Join));
+    }
+}

@@ -1,0 +1,338 @@
+//! Planned changes to a running cluster, run on the leader: adding, promoting and removing
+//! members, and handing leadership to another voter.
+//!
+//! Every change is checked before it is proposed, and refused with `FailedPrecondition` and a
+//! message naming the reason: a duplicate id or address, promoting a learner that is far behind,
+//! removing the last voter, or a removal that would leave the remaining voters without a
+//! reachable majority (unless forced; reachability is probed over the peer port).
+//!
+//! ## Leader transfer under openraft 0.9
+//! openraft 0.9 has no transfer API, and its leader lease (= the maximum election timeout) makes
+//! every member that heard from the leader recently refuse votes. So a transfer: stops accepting
+//! writes and read-index requests here (clients get `Unavailable` and retry elsewhere), waits
+//! until the target has every entry, holds elections on the other voters, stops heartbeats so
+//! the leases lapse, and then has the target campaign. The target wins because its log is the
+//! most up to date and nobody else is campaigning. Clients see roughly one lease of unavailability.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use keel_storage::{Member, NodeId};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+
+use crate::error::NodeError;
+use crate::forward::ForwardRequest;
+use crate::node::Node;
+
+/// File in the data directory of a member that was removed from its cluster.
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+/// A learner more than this many entries behind the leader is not promoted.
+pub const PROMOTE_MAX_LAG: u64 = 100;
+
+fn precondition(msg: impl Into<String>) -> NodeError {
+    NodeError::FailedPrecondition(msg.into())
+}
+
+/// Map the outcome of a membership change.
+fn membership_result<T>(r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>) -> Result<(), NodeError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(NodeError::NotLeader { leader: f.leader_id })
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(precondition(e.to_string())),
+        Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+    }
+}
+
+/// The leader's view of the membership and of each member's replication.
+struct View {
+    voters: BTreeSet<NodeId>,
+    nodes: BTreeMap<NodeId, Member>,
+    last_log: u64,
+    /// Last index each member acknowledged (0 if none).
+    matched: BTreeMap<NodeId, u64>,
+    /// Members that acknowledged at least one entry.
+    acked: BTreeMap<NodeId, u64>,
+}
+
+/// Clears a transfer's effects on this node however it ends.
+struct TransferGuard<'a>(&'a Node);
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.0.transferring.store(false, Ordering::Release);
+        self.0.raft.runtime_config().heartbeat(true);
+    }
+}
+
+impl Node {
+    fn view(&self) -> View {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let mut acked: BTreeMap<NodeId, u64> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().filter_map(|(id, l)| Some((*id, l.as_ref()?.index))).collect())
+            .unwrap_or_default();
+        acked.insert(self.id, last_log);
+        let matched: BTreeMap<NodeId, u64> = membership
+            .nodes()
+            .map(|(id, _)| (*id, acked.get(id).copied().unwrap_or(0)))
+            .collect();
+        View {
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            last_log,
+            matched,
+            acked,
+        }
+    }
+
+    /// Add `id` as a learner; it then receives the log or a snapshot.
+    pub(crate) async fn add_learner_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
+        self.check_leader_with_quorum()?;
+        if id == 0 {
+            return Err(NodeError::InvalidArgument("member ids start at 1".into()));
+        }
+        if member.peer_addr.is_empty() {
+            return Err(NodeError::InvalidArgument("a new member needs a peer address".into()));
+        }
+        let view = self.view();
+        if view.nodes.contains_key(&id) {
+            return Err(precondition(format!("member {id} already exists")));
+        }
+        for (other, n) in &view.nodes {
+            if n.peer_addr == member.peer_addr {
+                return Err(precondition(format!(
+                    "peer address {} is already member {other}'s",
+                    member.peer_addr
+                )));
+            }
+            if !member.client_addr.is_empty() && n.client_addr == member.client_addr {
+                return Err(precondition(format!(
+                    "client address {} is already member {other}'s",
+                    member.client_addr
+                )));
+            }
+        }
+        membership_result(self.raft.add_learner(id, member, false).await)
+    }
+
+    /// Make the learner `id` a voter, if it has caught up.
+    pub(crate) async fn promote_local(&self, id: NodeId) -> Result<(), NodeError> {
+        self.check_leader_with_quorum()?;
+        let view = self.view();
+        if !view.nodes.contains_key(&id) {
+            return Err(precondition(format!("there is no member {id}")));
+        }
+        if view.voters.contains(&id) {
+            return Ok(());
+        }
+        // A learner that has acknowledged nothing (unreachable, or a member of another cluster
+        // refusing our messages) is never promoted, however short the log.
+        let Some(matched) = view.acked.get(&id).copied() else {
+            return Err(precondition(format!(
+                "learner {id} has not acknowledged any entries yet; is it running, and is it this cluster's?"
+            )));
+        };
+        let lag = view.last_log.saturating_sub(matched);
+        if lag > PROMOTE_MAX_LAG {
+            return Err(precondition(format!(
+                "learner {id} is {lag} entries behind the leader; promote it once it has caught up"
+            )));
+        }
+        membership_result(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await,
+        )
+    }
+
+    /// Remove member `id`.
+    pub(crate) async fn remove_local(&self, id: NodeId, force: bool, deadline: Instant) -> Result<(), NodeError> {
+        self.check_leader_with_quorum()?;
+        let view = self.view();
+        if !view.nodes.contains_key(&id) {
+            return Err(precondition(format!("there is no member {id}")));
+        }
+        let addr = view.nodes.get(&id).map(|n| n.peer_addr.clone()).unwrap_or_default();
+        if !view.voters.contains(&id) {
+            let change = ChangeMembers::RemoveNodes([id].into());
+            membership_result(self.raft.change_membership(change, false).await)?;
+            self.tell_removed(id, &addr, deadline).await;
+            return Ok(());
+        }
+        let remaining: Vec<NodeId> = view.voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return Err(precondition(format!(
+                "member {id} is the last voter; the cluster cannot lose it"
+            )));
+        }
+        if !force {
+            let probe_deadline = (Instant::now() + Duration::from_secs(1)).min(deadline);
+            let mut reachable = 0;
+            for v in &remaining {
+                if *v == self.id || self.forward(*v, &ForwardRequest::Ping, probe_deadline).await.is_ok() {
+                    reachable += 1;
+                }
+            }
+            if reachable * 2 <= remaining.len() {
+                return Err(precondition(format!(
+                    "removing member {id} would leave {reachable} of {} remaining voters reachable, not a majority \
+                     (use --force to remove it anyway)",
+                    remaining.len()
+                )));
+            }
+        }
+        let change = ChangeMembers::RemoveVoters([id].into());
+        membership_result(self.raft.change_membership(change, false).await)?;
+        self.tell_removed(id, &addr, deadline).await;
+        Ok(())
+    }
+
+    /// The removed member may never receive the configuration without it (replication to it
+    /// stops): tell it directly. Best effort: a member that is down is not told; if it comes back
+    /// it may campaign with its stale configuration, and members refuse its votes while they hear
+    /// from their leader (openraft's leader lease). Do not restart a removed member.
+    async fn tell_removed(&self, id: NodeId, addr: &str, deadline: Instant) {
+        if id == self.id {
+            self.mark_removed("removed itself from the cluster");
+        } else if let Err(e) = self
+            .forward_to_addr(id, addr, &ForwardRequest::Removed { by: self.id }, deadline)
+            .await
+        {
+            tracing::warn!(member = id, error = %e, "could not tell the removed member");
+        }
+    }
+
+    /// This member is no longer part of the cluster: stop serving, stop campaigning, and leave a
+    /// marker so that a restart with this data directory is refused instead of rejoining with a
+    /// stale configuration.
+    pub(crate) fn mark_removed(&self, why: &str) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(id = self.id, why, "this member no longer serves requests");
+        self.raft.runtime_config().elect(false);
+        let marker = self.data_dir.join(REMOVED_MARKER);
+        if let Err(e) = std::fs::write(&marker, format!("member {} {why}\n", self.id)) {
+            tracing::warn!(error = %e, path = %marker.display(), "could not write the removal marker");
+        }
+    }
+
+    /// Hand leadership to `to` (None: the most up-to-date other voter). Returns the new leader.
+    pub(crate) async fn transfer_local(&self, to: Option<NodeId>, deadline: Instant) -> Result<NodeId, NodeError> {
+        self.check_leader_with_quorum()?;
+        let view = self.view();
+        let target = match to {
+            Some(t) if t == self.id => return Ok(self.id),
+            Some(t) if view.voters.contains(&t) => t,
+            Some(t) => return Err(precondition(format!("member {t} is not a voter"))),
+            None => view
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != self.id)
+                .max_by_key(|v| view.matched.get(v).copied().unwrap_or(0))
+                .ok_or_else(|| precondition("there is no other voter to hand leadership to"))?,
+        };
+        self.transferring.store(true, Ordering::Release);
+        let _guard = TransferGuard(self);
+        // In-flight writes finish; new ones are refused. Wait until the target has everything.
+        loop {
+            let view = self.view();
+            if self.current_leader() != Some(self.id) {
+                return Err(NodeError::NotLeader { leader: None });
+            }
+            if view.matched.get(&target).copied().unwrap_or(0) >= view.last_log {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "member {target} did not catch up with the leader before the deadline"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let lease = self.election_timeout_max;
+        let hold = ForwardRequest::HoldElections {
+            ms: (lease * 3).as_millis() as u64,
+        };
+        for v in view.voters.iter().filter(|v| **v != target && **v != self.id) {
+            if let Err(e) = self.forward(*v, &hold, deadline).await {
+                tracing::warn!(member = v, error = %e, "could not hold elections during leader transfer");
+            }
+        }
+        self.hold_elections(lease * 3);
+        self.raft.runtime_config().heartbeat(false);
+        // Members refuse votes until a lease has passed since they last heard from this leader.
+        tokio::time::sleep(lease + Duration::from_millis(20)).await;
+        self.forward(target, &ForwardRequest::Elect, deadline)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("could not ask member {target} to campaign: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = self
+            .raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != Some(self.id),
+                "leader transfer",
+            )
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("no new leader after the transfer: {e}")))?;
+        let leader = m.current_leader.unwrap_or(target);
+        tracing::info!(from = self.id, to = leader, "leadership transferred");
+        Ok(leader)
+    }
+
+    /// Do not start elections for `d` (they resume by themselves afterwards).
+    pub(crate) fn hold_elections(&self, d: Duration) {
+        let until = Instant::now() + d;
+        *self.election_hold.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        self.raft.runtime_config().elect(false);
+        let (raft, hold) = (self.raft.clone(), self.election_hold.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            // A later hold extends this one.
+            if Instant::now() >= *hold.lock().unwrap_or_else(|e| e.into_inner()) {
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Campaign now (the transfer target).
+    pub(crate) async fn elect_now(&self) -> Result<(), NodeError> {
+        self.raft.runtime_config().elect(true);
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))
+    }
+
+    /// Notice when this member is removed from the cluster: from then on it refuses requests,
+    /// saying why. Runs until the node stops.
+    pub async fn watch_removal(self: std::sync::Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut was_member = false;
+        loop {
+            let is_member = {
+                let m = metrics.borrow_and_update();
+                m.membership_config.membership().get_node(&self.id).is_some()
+            };
+            if is_member {
+                was_member = true;
+            } else if was_member {
+                self.mark_removed("is not in the committed membership any more");
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! One node's request paths: where a write or a linearizable read goes, and what the client is
+//! told when it cannot be served.
+//!
+//! **Writes.** On the leader, a write is proposed with `client_write` and answered once applied.
+//! On a follower it is forwarded to the leader over the peer service; the leader proposes it. If
+//! there is no leader, the node waits (at most a couple of election timeouts) for one, then answers
+//! `Unavailable`. A leader that has not heard from a quorum for two election timeouts refuses new
+//! writes with `Unavailable` instead of letting them hang: nothing was proposed.
+//!
+//! **Linearizable reads** use the read index: the leader confirms with a quorum that it is still
+//! leader (`get_read_log_id`) and names the log index the read must see; the serving node, leader
+//! or follower, waits until it has applied that index and reads its local state. Followers thus
+//! serve linearizable reads themselves, with one small round trip to the leader.
+//!
+//! **Serializable reads** read the local state directly.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_proto::raft::RaftRequest;
+use keel_proto::v1::ResponseHeader;
+use keel_storage::{codec, KvReader, Limits, Member, NodeId, Request, Response, TypeConfig};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
+
+use crate::error::NodeError;
+use crate::forward::{ForwardReply, ForwardRequest};
+use crate::peer::client::{never_sent, PeerChannels};
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A running node, shared by its services.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub channels: Arc<PeerChannels>,
+    pub limits: Limits,
+    pub cluster: Arc<crate::identity::ClusterId>,
+    /// This node's addresses as it publishes them in the membership.
+    pub advertise: Member,
+    pub election_timeout_max: Duration,
+    pub data_dir: std::path::PathBuf,
+    shutting_down: AtomicBool,
+    /// A leader transfer is under way: refuse new writes and read indexes.
+    pub(crate) transferring: AtomicBool,
+    /// This member was removed from the cluster.
+    pub(crate) removed: AtomicBool,
+    /// Elections are held (not started) until this instant.
+    pub(crate) election_hold: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        reader: KvReader,
+        channels: Arc<PeerChannels>,
+        limits: Limits,
+        cluster: Arc<crate::identity::ClusterId>,
+        advertise: Member,
+        election_timeout_max: Duration,
+        data_dir: std::path::PathBuf,
+    ) -> Self {
+        Node {
+            id,
+            raft,
+            reader,
+            channels,
+            limits,
+            cluster,
+            advertise,
+            election_timeout_max,
+            data_dir,
+            shutting_down: AtomicBool::new(false),
+            transferring: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            election_hold: Arc::new(std::sync::Mutex::new(Instant::now())),
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Refuse new requests from now on; those in flight finish.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(NodeError::Unavailable("node is shutting down".into()));
+        }
+        if self.removed.load(Ordering::Acquire) {
+            // Unavailable, so that clients move on to another member.
+            return Err(NodeError::Unavailable(format!(
+                "member {} was removed from the cluster and no longer serves requests",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The leader as this node knows it.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Is this node the leader right now (by its own metrics)?
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.id)
+    }
+
+    /// The header of a response reflecting `revision`.
+    pub fn header(&self, revision: u64) -> ResponseHeader {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        ResponseHeader {
+            cluster_id: self.cluster.get(),
+            member_id: self.id,
+            revision,
+            raft_term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+        }
+    }
+
+    /// The leader's client address, if known: a hint for clients to go there directly.
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        (!node.client_addr.is_empty()).then(|| node.client_addr.clone())
+    }
+
+    /// How long a request waits for a leader to appear before giving up with Unavailable.
+    fn leader_wait(&self) -> Duration {
+        self.election_timeout_max * 2 + Duration::from_millis(100)
+    }
+
+    /// Has this leader gone without a quorum's acknowledgement for too long?
+    fn quorum_lost(&self, m: &RaftMetrics<NodeId, Member>) -> Option<u64> {
+        let limit = (self.election_timeout_max * 2).as_millis() as u64;
+        m.millis_since_quorum_ack.filter(|&ms| ms > limit)
+    }
+
+    /// The precondition of leader-only work: running, leader, and heard from a quorum lately.
+    pub(crate) fn check_leader_with_quorum(&self) -> Result<(), NodeError> {
+        self.check_running()?;
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(NodeError::Unavailable(format!(
+                "member {} is handing leadership over; retry shortly",
+                self.id
+            )));
+        }
+        // Borrowed, not cloned: this runs for every write and read index.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        if m.current_leader != Some(self.id) {
+            return Err(NodeError::NotLeader {
+                leader: m.current_leader,
+            });
+        }
+        if let Some(ms) = self.quorum_lost(&m) {
+            return Err(NodeError::Unavailable(format!(
+                "no quorum: leader {} has not heard from a majority for {ms} ms",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn no_leader(&self) -> NodeError {
+        let m = self.metrics();
+        let voters = m.membership_config.membership().voter_ids().count();
+        NodeError::Unavailable(format!(
+            "no leader: member {} (term {}, {:?}) has not seen a leader among {voters} voters",
+            self.id, m.current_term, m.state
+        ))
+    }
+
+    /// Wait until the known leader is different from `prev` (or a short while has passed), but
+    /// not past `limit`.
+    async fn await_leader_change(&self, prev: Option<NodeId>, limit: Instant) {
+        let left = limit.saturating_duration_since(Instant::now());
+        let wait = left.min(Duration::from_millis(50).max(self.election_timeout_max / 4));
+        let _ = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != prev,
+                "leader change",
+            )
+            .await;
+    }
+
+    /// Run a leader-only operation on whichever member is leader: here, or forwarded. When there
+    /// is no leader, or the leader cannot be reached before anything was sent, wait (bounded)
+    /// for the next one; then `Unavailable`.
+    pub async fn on_leader(&self, req: ForwardRequest, deadline: Instant) -> Result<ForwardReply, NodeError> {
+        self.check_running()?;
+        let give_up = (Instant::now() + self.leader_wait()).min(deadline);
+        loop {
+            let leader = self.current_leader();
+            let result = match leader {
+                Some(l) if l == self.id => self.serve(req.clone(), deadline).await,
+                Some(l) => self.forward(l, &req, deadline).await,
+                None => Err(NodeError::NotLeader { leader: None }),
+            };
+            match result {
+                // Nothing was proposed: wait for a (new) leader and try again, within bounds.
+                Err(NodeError::NotLeader { .. }) if Instant::now() < give_up => {
+                    self.await_leader_change(leader, give_up).await;
+                }
+                Err(NodeError::NotLeader { .. }) => return Err(self.no_leader()),
+                other => return other,
+            }
+        }
+    }
+
+    /// Serve a forwarded request on this member. Leader-only requests fail with `NotLeader` here
+    /// if this member is not the leader; they are never forwarded again.
+    pub async fn serve(&self, req: ForwardRequest, deadline: Instant) -> Result<ForwardReply, NodeError> {
+        match req {
+            ForwardRequest::Write { request, .. } => self.write_local(request, deadline).await.map(ForwardReply::Write),
+            ForwardRequest::ReadIndex { .. } => self.read_index_local(deadline).await.map(ForwardReply::ReadIndex),
+            ForwardRequest::SetNode { id, member } => {
+                self.set_node_local(id, member).await.map(|()| ForwardReply::Done)
+            }
+            ForwardRequest::AddLearner { id, member } => {
+                self.add_learner_local(id, member).await.map(|()| ForwardReply::Done)
+            }
+            ForwardRequest::Promote { id } => self.promote_local(id).await.map(|()| ForwardReply::Done),
+            ForwardRequest::Remove { id, force } => self
+                .remove_local(id, force, deadline)
+                .await
+                .map(|()| ForwardReply::Done),
+            ForwardRequest::TransferLeader { to, .. } => {
+                self.transfer_local(to, deadline).await.map(ForwardReply::Leader)
+            }
+            ForwardRequest::Ping => Ok(ForwardReply::Done),
+            ForwardRequest::HoldElections { ms } => {
+                self.hold_elections(Duration::from_millis(ms));
+                Ok(ForwardReply::Done)
+            }
+            ForwardRequest::Elect => self.elect_now().await.map(|()| ForwardReply::Done),
+            ForwardRequest::Removed { by } => {
+                self.mark_removed(&format!("removed from the cluster by leader {by}"));
+                Ok(ForwardReply::Done)
+            }
+        }
+    }
+
+    /// Apply a write through whichever member is leader.
+    pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        let fwd = ForwardRequest::Write {
+            request: req,
+            timeout_ms: millis_until(deadline),
+        };
+        match self.on_leader(fwd, deadline).await? {
+            ForwardReply::Write(resp) => Ok(resp),
+            other => Err(NodeError::Internal(format!("leader answered a write with {other:?}"))),
+        }
+    }
+
+    /// Propose a write on this node, which must be the leader.
+    pub async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        self.check_leader_with_quorum()?;
+        match tokio::time::timeout_at(deadline.into(), self.raft.client_write(req)).await {
+            Err(_) => Err(NodeError::DeadlineExceeded(
+                "deadline exceeded before the write committed; it may still apply".into(),
+            )),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(NodeError::NotLeader { leader: f.leader_id })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(NodeError::Internal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Unknown(format!(
+                "raft stopped during the write ({f}); it may or may not have applied"
+            ))),
+        }
+    }
+
+    /// Make a following local read linearizable: wait until this node has applied everything
+    /// committed before the call.
+    pub async fn read_barrier(&self, deadline: Instant) -> Result<(), NodeError> {
+        let fwd = ForwardRequest::ReadIndex {
+            timeout_ms: millis_until(deadline),
+        };
+        let index = match self.on_leader(fwd, deadline).await.map_err(NodeError::for_read)? {
+            ForwardReply::ReadIndex(i) => i,
+            other => {
+                return Err(NodeError::Internal(format!(
+                    "leader answered a read index with {other:?}"
+                )))
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| NodeError::DeadlineExceeded(format!("waiting to apply index {index}: {e}")))?;
+        Ok(())
+    }
+
+    /// On the leader: confirm leadership with a quorum and return the read index.
+    ///
+    /// openraft gives each follower only one heartbeat interval to confirm, so a healthy but busy
+    /// follower (one flushing and applying a large entry, say) easily misses a round. A failed round
+    /// is therefore retried; a quorum that is really gone ends the retries through `quorum_lost`
+    /// (within two election timeouts), and the deadline ends them in any case.
+    pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, NodeError> {
+        // Stop retrying this long before the deadline, so the answer still reaches the caller.
+        const MARGIN: Duration = Duration::from_millis(100);
+        loop {
+            self.check_leader_with_quorum()?;
+            match tokio::time::timeout_at(deadline.into(), self.raft.get_read_log_id()).await {
+                Err(_) => {
+                    return Err(NodeError::Unavailable(
+                        "no quorum confirmed leadership before the deadline".into(),
+                    ))
+                }
+                Ok(Ok((read_log_id, _))) => return Ok(read_log_id.map_or(0, |l| l.index)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(NodeError::NotLeader { leader: f.leader_id })
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    let pause = Duration::from_millis(10);
+                    if Instant::now() + pause + MARGIN >= deadline {
+                        return Err(NodeError::Unavailable(format!("no quorum: {e}")));
+                    }
+                    tracing::debug!(error = %e, "leadership not confirmed by a quorum this round; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+            }
+        }
+    }
+
+    /// On the leader: record a member's addresses.
+    pub async fn set_node_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
+        self.check_running()?;
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+        match self.raft.change_membership(change, true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(NodeError::NotLeader { leader: f.leader_id })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(NodeError::FailedPrecondition(e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// Send a leader-only operation to `leader`.
+    pub(crate) async fn forward(
+        &self,
+        leader: NodeId,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardReply, NodeError> {
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            match m.membership_config.membership().get_node(&leader) {
+                Some(node) => node.peer_addr.clone(),
+                None => return Err(NodeError::NotLeader { leader: None }),
+            }
+        };
+        self.forward_to_addr(leader, &addr, req, deadline).await
+    }
+
+    /// Send `req` to member `leader` at peer address `addr`.
+    pub(crate) async fn forward_to_addr(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardReply, NodeError> {
+        let mut client = self
+            .channels
+            .client(addr)
+            .map_err(|e| NodeError::Unavailable(format!("leader {leader} has a bad address {addr:?}: {e}")))?;
+        let mut request = tonic::Request::new(RaftRequest {
+            data: codec::encode(req),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::peer::tag(&mut request, &self.cluster);
+        match client.forward(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if !reply.error.is_empty() {
+                    let err: NodeError = codec::decode(&reply.error)
+                        .map_err(|e| NodeError::Unknown(format!("leader {leader} sent an undecodable error: {e}")))?;
+                    return Err(err);
+                }
+                codec::decode(&reply.data)
+                    .map_err(|e| NodeError::Unknown(format!("leader {leader} sent an undecodable reply: {e}")))
+            }
+            // The leader could not be reached at all: nothing was proposed. Treat it as "no leader
+            // right now", so the caller waits for the next one.
+            Err(status) if never_sent(&status) => {
+                tracing::debug!(leader, %status, "leader unreachable");
+                Err(NodeError::NotLeader { leader: None })
+            }
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => Err(NodeError::DeadlineExceeded(format!(
+                "leader {leader} did not answer before the deadline; the request may still take effect"
+            ))),
+            Err(status) => Err(NodeError::Unknown(format!(
+                "connection to leader {leader} failed mid-request ({status}); the request may or may not have taken effect"
+            ))),
+        }
+    }
+
+    /// Keep this node's advertised addresses in the membership up to date (etcd "publishes" its
+    /// client URLs the same way): the initial membership knows only peer addresses, and a restart
+    /// may change them. Runs until the node stops.
+    pub async fn publish_addresses(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (published, leader) = {
+                let m = metrics.borrow_and_update();
+                (
+                    m.membership_config.membership().get_node(&self.id).cloned(),
+                    m.current_leader,
+                )
+            };
+            let stale = published.as_ref().is_some_and(|p| *p != self.advertise);
+            if let (true, Some(_)) = (stale, leader) {
+                let req = ForwardRequest::SetNode {
+                    id: self.id,
+                    member: self.advertise.clone(),
+                };
+                let result = self
+                    .on_leader(req, Instant::now() + Duration::from_secs(5))
+                    .await
+                    .map(|_| ());
+                match result {
+                    Ok(()) => tracing::info!(member = %self.advertise, "published this node's addresses"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing addresses failed; will retry");
+                        // Usually another membership change (the initial one, or another
+                        // member's publish) is in progress: it commits within a heartbeat or two.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn millis_until(deadline: Instant) -> u64 {
+    deadline.saturating_duration_since(Instant::now()).as_millis() as u64
+}
+
+/// A short name for a server state, as shown by `keelctl status`.
+pub fn role_name(m: &RaftMetrics<NodeId, Member>) -> &'static str {
+    match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}

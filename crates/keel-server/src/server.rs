@@ -1,0 +1,242 @@
+//! Starting and stopping a node.
+//!
+//! [`start`] takes listeners that are already bound, so tests can bind `127.0.0.1:0` and build the
+//! `--initial-cluster` from the real ports. Shutdown, in order: refuse new client requests, let the
+//! client server finish the ones in flight, stop Raft, stop the peer server, and make the storage
+//! durable one last time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_proto::raft::raft_server::RaftServer;
+use keel_proto::v1::cluster_server::ClusterServer;
+use keel_proto::v1::kv_server::KvServer;
+use keel_storage::{Member, SmConfig, StoreConfig};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::identity::{self, Startup};
+use crate::node::{Node, Raft};
+use crate::peer::client::{Network, PeerChannels};
+use crate::peer::service::PeerService;
+use crate::service::cluster::ClusterService;
+use crate::service::kv::KvService;
+
+/// The two gRPC listeners of a node.
+pub struct Listeners {
+    pub peer: TcpListener,
+    pub client: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the addresses of `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let peer = TcpListener::bind(config.peer_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on --peer-addr {}: {e}", config.peer_addr))?;
+        let client = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on --client-addr {}: {e}", config.client_addr))?;
+        Ok(Listeners { peer, client })
+    }
+}
+
+/// A started node. Drop does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub node: Arc<Node>,
+    stop: watch::Sender<bool>,
+    client_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+    durability: Arc<keel_storage::durability::Durability>,
+}
+
+/// Open the data directory, start Raft and both gRPC servers.
+pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeHandle> {
+    let marker = config.data_dir.join(crate::membership::REMOVED_MARKER);
+    if let Ok(why) = std::fs::read_to_string(&marker) {
+        anyhow::bail!(
+            "data dir {} belongs to a member that was removed ({}); to add this machine again, start it \
+             with an empty data dir and --join",
+            config.data_dir.display(),
+            why.trim()
+        );
+    }
+    let (identity, startup) = identity::check_or_create(
+        &config.data_dir,
+        config.id,
+        &config.cluster_token,
+        config.initial_cluster.as_ref(),
+        config.join,
+    )?;
+    let store = keel_storage::open(
+        &config.data_dir,
+        &StoreConfig {
+            cache_capacity: config.cache_bytes,
+            sm: SmConfig {
+                history_revisions: config.history_revisions,
+                cluster_id: identity.cluster_id.clone(),
+                ..SmConfig::default()
+            },
+        },
+    )?;
+    let reader = store.sm.reader();
+    let durability = store.durability.clone();
+
+    let raft_config = openraft::Config {
+        cluster_name: config.cluster_token.clone(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: config.election_timeout.0.as_millis() as u64,
+        election_timeout_max: config.election_timeout.1.as_millis() as u64,
+        // Snapshots stream over one RPC; give large ones time.
+        install_snapshot_timeout: 10 * 60 * 1000,
+        max_payload_entries: 1024,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()?;
+    let channels = Arc::new(PeerChannels::default());
+    let cluster = Arc::new(identity::ClusterId::new(&config.data_dir, identity.clone()));
+    let network = Network {
+        id: config.id,
+        channels: channels.clone(),
+        cluster: cluster.clone(),
+    };
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.sm).await?;
+
+    if let Startup::Bootstrap(members) = &startup {
+        // Every initial member proposes the same membership (peer addresses only), so the
+        // index-0 entries agree; each member then publishes its client address itself.
+        let members: std::collections::BTreeMap<_, _> = members
+            .iter()
+            .map(|(id, peer)| {
+                let member = Member {
+                    peer_addr: peer.clone(),
+                    client_addr: String::new(),
+                };
+                (*id, member)
+            })
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(cluster_id = %identity.cluster_id, "initialized a new cluster"),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
+                tracing::info!(reason = %e, "cluster already initialized")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let node = Arc::new(Node::new(
+        config.id,
+        raft,
+        reader,
+        channels,
+        config.limits,
+        cluster,
+        Member {
+            peer_addr: config.advertise_peer_addr.clone(),
+            client_addr: config.advertise_client_addr.clone(),
+        },
+        config.election_timeout.1,
+        config.data_dir.clone(),
+    ));
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peer_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                RaftServer::new(PeerService { node: node.clone() })
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), until_stopped(stopped.clone())),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keel_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The descriptor set also holds the peer service, which is not served here.
+        .with_service_name("keel.v1.KV")
+        .with_service_name("keel.v1.Cluster")
+        .with_service_name("grpc.health.v1.Health")
+        .build_v1()?;
+    let client_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(KvServer::new(KvService { node: node.clone() }))
+            .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), until_stopped(stopped.clone())),
+    );
+
+    let tasks = vec![
+        tokio::spawn(node.clone().publish_addresses()),
+        tokio::spawn(node.clone().watch_removal()),
+        tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
+    ];
+    tracing::info!(
+        id = config.id,
+        peer = %config.peer_addr,
+        client = %config.client_addr,
+        cluster_id = %identity.cluster_id,
+        ?startup,
+        "node started"
+    );
+    Ok(NodeHandle {
+        node,
+        stop,
+        client_server,
+        peer_server,
+        tasks,
+        durability,
+    })
+}
+
+impl NodeHandle {
+    /// Stop gracefully: finish in-flight requests, stop Raft, flush. Bounded in time.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let node = &self.node;
+        // A leader first hands over to the most up-to-date voter, so clients lose a lease's worth
+        // of time rather than an election timeout plus a lease.
+        if node.is_leader() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            match node.transfer_local(None, deadline).await {
+                Ok(to) => tracing::info!(to, "handed leadership over before shutting down"),
+                Err(e) => tracing::warn!(error = %e, "could not hand leadership over; shutting down anyway"),
+            }
+        }
+        node.begin_shutdown();
+        let _ = self.stop.send(true);
+        // In-flight client requests may still need the peer server (replication), so it stays
+        // up until Raft stops.
+        match tokio::time::timeout(Duration::from_secs(10), self.client_server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client server stopped with an error"),
+            Err(_) => tracing::warn!("in-flight client requests did not finish within 10 s"),
+            _ => {}
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), node.raft.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft did not stop within 10 s");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.peer_server).await;
+        self.durability.sync()?;
+        tracing::info!(id = node.id, "node stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! The Cluster service: membership and per-member status, from this member's Raft metrics.
+
+use std::sync::Arc;
+
+use keel_proto::v1::cluster_server::Cluster;
+use keel_proto::v1::{
+    LeaderTransferRequest, LeaderTransferResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    ReplicationStatus, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::{deadline, fail, respond};
+use crate::error::NodeError;
+use crate::forward::{ForwardReply, ForwardRequest};
+use crate::node::{role_name, Node};
+
+pub struct ClusterService {
+    pub node: Arc<Node>,
+}
+
+impl ClusterService {
+    /// The members as this member knows them.
+    fn members(&self) -> Vec<Member> {
+        let m = self.node.metrics();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                peer_addr: n.peer_addr.clone(),
+                client_addr: n.client_addr.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Run a membership change on the leader; answer with the membership afterwards.
+    async fn change(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        req: ForwardRequest,
+    ) -> Result<Vec<Member>, Status> {
+        let node = &self.node;
+        match node.on_leader(req, deadline(metadata)).await {
+            Ok(ForwardReply::Done) => {}
+            Ok(other) => return Err(fail(node, NodeError::Internal(format!("unexpected reply {other:?}")))),
+            Err(e) => return Err(fail(node, e)),
+        }
+        // The change is committed; this member may apply it a moment later.
+        let wait = node.raft.wait(Some(std::time::Duration::from_secs(2)));
+        let leader_log = node.metrics().last_log_index;
+        let _ = wait.applied_index_at_least(leader_log, "membership change").await;
+        Ok(self.members())
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(&self, _req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        let node = &self.node;
+        Ok(respond(
+            node,
+            MemberListResponse {
+                header: Some(node.header(node.reader.revision())),
+                members: self.members(),
+            },
+        ))
+    }
+
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let (metadata, _, r) = req.into_parts();
+        let member = keel_storage::Member {
+            peer_addr: r.peer_addr,
+            client_addr: r.client_addr,
+        };
+        let members = self
+            .change(&metadata, ForwardRequest::AddLearner { id: r.id, member })
+            .await?;
+        let header = Some(self.node.header(self.node.reader.revision()));
+        Ok(respond(&self.node, MemberAddResponse { header, members }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let (metadata, _, r) = req.into_parts();
+        let members = self.change(&metadata, ForwardRequest::Promote { id: r.id }).await?;
+        let header = Some(self.node.header(self.node.reader.revision()));
+        Ok(respond(&self.node, MemberPromoteResponse { header, members }))
+    }
+
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        let (metadata, _, r) = req.into_parts();
+        let fwd = ForwardRequest::Remove {
+            id: r.id,
+            force: r.force,
+        };
+        let members = self.change(&metadata, fwd).await?;
+        let header = Some(self.node.header(self.node.reader.revision()));
+        Ok(respond(&self.node, MemberRemoveResponse { header, members }))
+    }
+
+    async fn leader_transfer(
+        &self,
+        req: Request<LeaderTransferRequest>,
+    ) -> Result<Response<LeaderTransferResponse>, Status> {
+        let node = &self.node;
+        let deadline = deadline(req.metadata());
+        let to = req.into_inner().to;
+        let fwd = ForwardRequest::TransferLeader {
+            to: (to != 0).then_some(to),
+            timeout_ms: deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis() as u64,
+        };
+        match node.on_leader(fwd, deadline).await {
+            Ok(ForwardReply::Leader(leader_id)) => Ok(respond(
+                node,
+                LeaderTransferResponse {
+                    header: Some(node.header(node.reader.revision())),
+                    leader_id,
+                },
+            )),
+            Ok(other) => Err(fail(node, NodeError::Internal(format!("unexpected reply {other:?}")))),
+            Err(e) => Err(fail(node, e)),
+        }
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let node = &self.node;
+        let m = node.metrics();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != node.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.map_or(0, |l| l.index);
+                        ReplicationStatus {
+                            id: *id,
+                            matched_index: matched,
+                            lag: last_log.saturating_sub(matched),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(respond(
+            node,
+            StatusResponse {
+                header: Some(node.header(node.reader.revision())),
+                id: node.id,
+                role: role_name(&m).to_string(),
+                term: m.current_term,
+                leader_id: m.current_leader.unwrap_or(0),
+                last_log_index: last_log,
+                applied_index: m.last_applied.map_or(0, |l| l.index),
+                db_size: node.reader.db_size(),
+                key_count: node.reader.key_count(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                replication,
+            },
+        ))
+    }
+}

@@ -1,0 +1,81 @@
+//! The client-facing gRPC services (KV, Cluster) and what they share: deadlines and leader
+//! hints.
+
+pub mod cluster;
+pub mod kv;
+
+use std::time::{Duration, Instant};
+
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+/// Response metadata naming the leader's client address, so clients can go there directly.
+pub const LEADER_HINT: &str = "keel-leader";
+
+/// Used when a client sends no deadline.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The request's deadline: the client's `grpc-timeout`, less a margin so that our own precise
+/// error reaches the client before its deadline expires.
+pub fn deadline(metadata: &MetadataMap) -> Instant {
+    let timeout = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    Instant::now() + timeout.mul_f64(0.95)
+}
+
+/// Parse the gRPC wire format of a timeout: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn add_hint(node: &Node, metadata: &mut MetadataMap) {
+    if let Some(addr) = node.leader_client_addr() {
+        if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+            metadata.insert(LEADER_HINT, v);
+        }
+    }
+}
+
+/// A successful response, with the leader hint.
+pub fn respond<T>(node: &Node, msg: T) -> tonic::Response<T> {
+    let mut resp = tonic::Response::new(msg);
+    add_hint(node, resp.metadata_mut());
+    resp
+}
+
+/// A failed response, with the leader hint.
+pub fn fail(node: &Node, e: NodeError) -> tonic::Status {
+    let mut status = e.to_status();
+    add_hint(node, status.metadata_mut());
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+}

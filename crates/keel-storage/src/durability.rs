@@ -1,0 +1,153 @@
+//! Making sled's writes durable.
+//!
+//! sled 0.34's `flush()` writes its in-memory IO buffers to the `db` file and then calls
+//! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the written range (sled#1452). That
+//! syscall starts and waits for write-back of the data pages, but it does not write the file's
+//! metadata (its size, after the file grew) and does not issue a cache flush to the device, so a
+//! power loss can still lose what `flush()` reported as done. sled also writes values that are too
+//! large for a log segment ("blobs", above ~128 KiB) to separate files under `blobs/` without
+//! syncing them at all.
+//!
+//! [`Durability::sync`] therefore does, in this order:
+//! 1. `db.flush()`: everything sled has accepted is written to the `db` file (and blob files).
+//! 2. `fdatasync(db)`: data, size and a device cache flush for the one file that holds the log.
+//! 3. `fsync` of every blob file created since the last sync, then of the `blobs/` directory, so
+//!    the new names are durable too.
+//!
+//! When `sync` returns `Ok`, everything inserted into any tree of this database before `sync`
+//! was called survives a crash or power loss. One call covers every concurrent writer, which is
+//! what makes group commit work: the log store calls it once per batch of appends.
+//!
+//! A failed sync poisons the database for good: after `fsync` reports EIO the kernel may already
+//! have dropped the dirty pages and a later `fsync` can succeed without them ("fsyncgate"), so no
+//! later success may be trusted. Every later call returns an error, and the node has to restart,
+//! which re-reads what is really on disk.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Flushes and syncs one sled database. Shared by the log store and the state machine.
+pub struct Durability {
+    db: sled::Db,
+    dir: PathBuf,
+    db_file: File,
+    /// Serialises syncs, and remembers which blob files are already durable.
+    synced_blobs: Mutex<HashSet<OsString>>,
+    poisoned: AtomicBool,
+    syncs: AtomicU64,
+}
+
+impl Durability {
+    /// Wrap a database opened at `dir`. Makes the directory entries of sled's own files durable.
+    pub fn new(db: sled::Db, dir: &Path) -> io::Result<Self> {
+        let db_file = File::open(dir.join("db"))?;
+        // sled writes `conf` once, without syncing it; without it the database does not open.
+        if let Ok(conf) = File::open(dir.join("conf")) {
+            conf.sync_all()?;
+        }
+        fsync_dir(dir)?;
+        let dur = Durability {
+            db,
+            dir: dir.to_path_buf(),
+            db_file,
+            synced_blobs: Mutex::new(HashSet::new()),
+            poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+        };
+        dur.sync()?;
+        Ok(dur)
+    }
+
+    /// Make every write accepted by the database so far durable. See the module docs.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut synced_blobs = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(poisoned_error());
+        }
+        let result = self.sync_locked(&mut synced_blobs);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, dir = %self.dir.display(), "sync failed; storage is now read-only until restart");
+            self.poisoned.store(true, Ordering::Release);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn sync_locked(&self, synced_blobs: &mut HashSet<OsString>) -> io::Result<()> {
+        self.db.flush().map_err(sled_to_io)?;
+        self.db_file.sync_data()?;
+        let blobs = self.dir.join("blobs");
+        let mut new_blob = false;
+        let mut present = HashSet::new();
+        match std::fs::read_dir(&blobs) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    if !synced_blobs.contains(&name) {
+                        File::open(entry.path())?.sync_all()?;
+                        new_blob = true;
+                    }
+                    present.insert(name);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if new_blob {
+            fsync_dir(&blobs)?;
+        }
+        *synced_blobs = present;
+        Ok(())
+    }
+
+    /// Has a sync failed? Then nothing may be acknowledged any more.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Fail fast when poisoned, before doing work that could never be acknowledged.
+    pub fn check(&self) -> io::Result<()> {
+        if self.is_poisoned() {
+            return Err(poisoned_error());
+        }
+        Ok(())
+    }
+
+    /// Number of syncs so far (each one is one fdatasync of the database file).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The database.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Size of the database directory's files on disk, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn poisoned_error() -> io::Error {
+    io::Error::other("an earlier fsync failed; refusing further writes until the node restarts")
+}
+
+/// Convert a sled error into an io::Error, keeping the OS error where there is one.
+pub fn sled_to_io(e: sled::Error) -> io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// fsync a directory, so the names created, renamed or removed in it are durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,310 @@
+//! The Raft log store: vote, entries, committed index and purge point, in one sled tree.
+//!
+//! Layout of the `raft` tree: `b'e' ‖ index (u64 BE)` → entry, so index order is byte order and a
+//! range of indexes is one range scan; `b"m:vote"`, `b"m:committed"`, `b"m:purged"` → metadata.
+//! Keeping both in one tree lets `purge` record the new purge point and remove the entries in one
+//! atomic sled batch.
+//!
+//! ## Group commit
+//! `append` inserts the entries into sled (after which readers see them, as openraft requires)
+//! and hands the completion callback to the flusher thread. The flusher takes every callback that
+//! is waiting, runs one [`Durability::sync`] for all of them, and only then completes them. While
+//! one fdatasync runs, further appends queue up and share the next one, so throughput rises with
+//! load instead of being capped by the disk's sync rate. The fsync runs on its own OS thread, never
+//! on the async runtime.
+//!
+//! ## What must be durable when
+//! - `append`: its callback is completed only after a sync that began after the insert.
+//! - `save_vote`: returns only after a sync, so a node never votes twice in one term.
+//! - `truncate`: returns only after a sync, so entries a leader overwrote cannot reappear after a
+//!   crash and make this node's log look longer than what it acknowledged.
+//! - `purge` and `save_committed`: not synced. Losing a purge leaves extra entries that are
+//!   purged again; losing the committed index only delays re-applying entries the leader will
+//!   report as committed anyway. The next sync of any kind persists both.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use tokio::sync::oneshot;
+
+use crate::codec;
+use crate::durability::Durability;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const ENTRY_PREFIX: u8 = b'e';
+const VOTE_KEY: &[u8] = b"m:vote";
+const COMMITTED_KEY: &[u8] = b"m:committed";
+const PURGED_KEY: &[u8] = b"m:purged";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY_PREFIX;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Work for the flusher thread: complete these once a sync has covered them.
+enum Flush {
+    Log(LogFlushed<TypeConfig>),
+    Notify(oneshot::Sender<io::Result<()>>),
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Entries appended.
+    pub entries: AtomicU64,
+    /// Group commits (syncs) run by the flusher.
+    pub group_commits: AtomicU64,
+}
+
+/// The Raft log store. Cloning is cheap; all clones share the flusher thread, which stops (and
+/// is joined) when the last clone is dropped.
+#[derive(Clone)]
+pub struct LogStore {
+    tree: sled::Tree,
+    dur: Arc<Durability>,
+    flusher: Arc<Flusher>,
+    stats: Arc<LogStats>,
+}
+
+struct Flusher {
+    tx: Option<mpsc::Sender<Flush>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn send(&self, req: Flush) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(req).ok())
+            .ok_or_else(|| io::Error::other("log flusher has stopped"))
+    }
+}
+
+impl Drop for Flusher {
+    /// Close the channel and wait for the thread, so the database is closed when the store is.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads log entries; handed to openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    tree: sled::Tree,
+}
+
+impl LogStore {
+    /// Open the log store in `dur`'s database and start its flusher thread.
+    pub fn open(dur: Arc<Durability>) -> io::Result<Self> {
+        let tree = dur.db().open_tree("raft").map_err(crate::durability::sled_to_io)?;
+        let (flush_tx, flush_rx) = mpsc::channel();
+        let stats = Arc::new(LogStats::default());
+        let (d, s) = (dur.clone(), stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("keel-log-flush".into())
+            .spawn(move || flusher(d, s, flush_rx))?;
+        Ok(LogStore {
+            tree,
+            dur,
+            flusher: Arc::new(Flusher {
+                tx: Some(flush_tx),
+                thread: Some(thread),
+            }),
+            stats,
+        })
+    }
+
+    /// Counters of appends and group commits.
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    /// Wait until everything written so far is durable.
+    async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.flusher.send(Flush::Notify(tx))?;
+        rx.await.map_err(|_| io::Error::other("log flusher has stopped"))?
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
+        match self.tree.get(key).map_err(crate::durability::sled_to_io)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
+        }
+    }
+}
+
+/// The flusher: one sync per batch of waiting requests.
+fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = dur.sync();
+        stats.group_commits.fetch_add(1, Ordering::Relaxed);
+        for req in batch {
+            // io::Error is not Clone; each waiter gets its own copy of the failure.
+            let res = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            match req {
+                Flush::Log(cb) => cb.log_io_completed(res),
+                Flush::Notify(tx) => {
+                    let _ = tx.send(res);
+                }
+            }
+        }
+    }
+}
+
+fn read_entries<RB: RangeBounds<u64>>(tree: &sled::Tree, range: RB) -> Result<Vec<Entry>, StorageError> {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => Bound::Included(entry_key(i)),
+        Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
+        Bound::Unbounded => Bound::Included(entry_key(0)),
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => Bound::Included(entry_key(i)),
+        Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
+        Bound::Unbounded => Bound::Excluded([ENTRY_PREFIX + 1; 9]),
+    };
+    let mut out = Vec::new();
+    for item in tree.range::<[u8; 9], _>((start, end)) {
+        let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+        let entry: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_entries(&self.tree, range)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_entries(&self.tree, range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(PURGED_KEY).map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = self
+            .tree
+            .scan_prefix([ENTRY_PREFIX])
+            .next_back()
+            .transpose()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some((_, v)) => {
+                let entry: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(*entry.get_log_id())
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            tree: self.tree.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.dur.check().map_err(|e| StorageIOError::write_vote(&e))?;
+        self.tree
+            .insert(VOTE_KEY, codec::encode(vote))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.sync().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.read_meta(VOTE_KEY).map_err(|e| StorageIOError::read_vote(&e))?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.tree
+            .insert(COMMITTED_KEY, codec::encode(&committed))
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self.read_meta(COMMITTED_KEY).map_err(|e| StorageIOError::read(&e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.dur.check().map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in entries {
+            batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
+            n += 1;
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.stats.entries.fetch_add(n, Ordering::Relaxed);
+        self.flusher
+            .send(Flush::Log(callback))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.range(entry_key(log_id.index)..[ENTRY_PREFIX + 1; 9]) {
+            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(k);
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(PURGED_KEY, codec::encode(&log_id));
+        for item in self.tree.range(entry_key(0)..=entry_key(log_id.index)) {
+            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(k);
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

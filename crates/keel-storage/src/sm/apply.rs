@@ -1,0 +1,241 @@
+//! Executing one command against the state machine: the deterministic heart of keel.
+//!
+//! A command runs against the tree as of the last applied revision, collects every change in one
+//! sled batch (new versions, the history record of the new revision), and the caller adds the
+//! metadata (applied log id, revision) to the same batch before applying it. Either all of a
+//! command's effects and its applied log id become visible, or none do.
+//!
+//! Writes inside a txn are visible to the txn's later reads through `overlay`. Validation
+//! guarantees that no key is written twice in one command, so every key has at most one version
+//! at the command's revision.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::mvcc::{self, LiveIter, MvccError};
+use crate::codec::{self, StoredVersion};
+use crate::types::{
+    Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, OpResult, PutOp,
+    PutResult, RangeOp, RangeResult, Txn, TxnOp, TxnResult,
+};
+
+/// One change in the history record of a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub deleted: bool,
+    /// Revision of the version this change superseded (live or tombstone); 0 if none.
+    pub prev_revision: u64,
+}
+
+/// The pending effects of one command.
+pub struct Apply<'a> {
+    tree: &'a sled::Tree,
+    /// The revision this command writes at, if it changes anything.
+    revision: u64,
+    pub batch: sled::Batch,
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    pub events: Vec<HistoryEvent>,
+    /// Change in the number of live keys.
+    pub key_delta: i64,
+}
+
+impl<'a> Apply<'a> {
+    /// Prepare a command on top of `current_revision`.
+    pub fn new(tree: &'a sled::Tree, current_revision: u64) -> Self {
+        Apply {
+            tree,
+            revision: current_revision + 1,
+            batch: sled::Batch::default(),
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+            key_delta: 0,
+        }
+    }
+
+    /// Did the command change anything (and so take a new revision)?
+    pub fn changed(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The revision after this command: the new one if it wrote, else the current one.
+    pub fn resulting_revision(&self) -> u64 {
+        if self.changed() {
+            self.revision
+        } else {
+            self.revision - 1
+        }
+    }
+
+    /// Run `cmd`, accumulating its effects.
+    pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
+        Ok(match cmd {
+            Command::Put(put) => CommandResult::Put(self.put(put)?),
+            Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
+            Command::Txn(txn) => CommandResult::Txn(self.txn(txn)?),
+        })
+    }
+
+    /// Add the history record of this revision to the batch. Call once, after `execute`.
+    pub fn finish(&mut self) {
+        if self.changed() {
+            self.batch
+                .insert(&codec::history_key(self.revision), codec::encode(&self.events));
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        match self.overlay.get(key) {
+            Some(state) => Ok(state.clone()),
+            None => mvcc::get(self.tree, key, u64::MAX),
+        }
+    }
+
+    fn put(&mut self, op: &PutOp) -> Result<PutResult, MvccError> {
+        let prev = mvcc::latest(self.tree, &op.key, u64::MAX)?;
+        let prev_revision = prev.as_ref().map_or(0, |(rev, _)| *rev);
+        let prev_kv = prev.and_then(|(rev, v)| v.into_kv(op.key.clone(), rev));
+        let (create_revision, version) = match &prev_kv {
+            Some(kv) => (kv.create_revision, kv.version + 1),
+            None => {
+                self.key_delta += 1;
+                (self.revision, 1)
+            }
+        };
+        let stored = StoredVersion::Live {
+            create_revision,
+            version,
+            value: op.value.clone(),
+        };
+        self.batch
+            .insert(codec::version_key(&op.key, self.revision), stored.encode());
+        self.overlay.insert(
+            op.key.clone(),
+            Some(KeyValue {
+                key: op.key.clone(),
+                value: op.value.clone(),
+                create_revision,
+                mod_revision: self.revision,
+                version,
+            }),
+        );
+        self.events.push(HistoryEvent {
+            key: op.key.clone(),
+            deleted: false,
+            prev_revision,
+        });
+        Ok(PutResult {
+            prev_kv: if op.prev_kv { prev_kv } else { None },
+        })
+    }
+
+    fn delete(&mut self, op: &DeleteOp) -> Result<DeleteResult, MvccError> {
+        let victims = self.read(&RangeOp::new(op.range.clone()))?.kvs;
+        for kv in &victims {
+            self.batch.insert(
+                codec::version_key(&kv.key, self.revision),
+                StoredVersion::Tombstone.encode(),
+            );
+            self.overlay.insert(kv.key.clone(), None);
+            self.events.push(HistoryEvent {
+                key: kv.key.clone(),
+                deleted: true,
+                prev_revision: kv.mod_revision,
+            });
+            self.key_delta -= 1;
+        }
+        Ok(DeleteResult {
+            deleted: victims.len() as u64,
+            prev_kvs: if op.prev_kv { victims } else { Vec::new() },
+        })
+    }
+
+    /// A range read that sees this command's own earlier writes.
+    fn read(&self, op: &RangeOp) -> Result<RangeResult, MvccError> {
+        let tree_pairs = LiveIter::new(self.tree, &op.range, u64::MAX);
+        if self.overlay.is_empty() {
+            return mvcc::collect_range(tree_pairs, op);
+        }
+        let overlay: Vec<(&Vec<u8>, &Option<KeyValue>)> =
+            self.overlay.iter().filter(|(k, _)| op.range.contains(k)).collect();
+        mvcc::collect_range(merge(tree_pairs, overlay), op)
+    }
+
+    fn txn(&mut self, txn: &Txn) -> Result<TxnResult, MvccError> {
+        let mut succeeded = true;
+        for cmp in &txn.compares {
+            if !compare(self.get(&cmp.key)?.as_ref(), cmp) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                TxnOp::Put(put) => OpResult::Put(self.put(put)?),
+                TxnOp::Delete(del) => OpResult::Delete(self.delete(del)?),
+                TxnOp::Range(range) => OpResult::Range(self.read(range)?),
+            });
+        }
+        Ok(TxnResult { succeeded, responses })
+    }
+}
+
+/// Does `kv` (None: the key is missing) satisfy `cmp`?
+pub fn compare(kv: Option<&KeyValue>, cmp: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ordering: Ordering = match (&cmp.target, kv) {
+        // etcd: a value compare on a missing key fails, whatever the operator.
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Version(n), kv) => kv.map_or(0, |kv| kv.version).cmp(n),
+        (CompareTarget::CreateRevision(n), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(n),
+        (CompareTarget::ModRevision(n), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(n),
+    };
+    match cmp.op {
+        CompareOp::Equal => ordering == Ordering::Equal,
+        CompareOp::NotEqual => ordering != Ordering::Equal,
+        CompareOp::Less => ordering == Ordering::Less,
+        CompareOp::Greater => ordering == Ordering::Greater,
+    }
+}
+
+/// Merge the tree's live pairs with the overlay's (both in key order); the overlay wins, and an
+/// overlay `None` hides the key.
+fn merge<'o, I>(
+    tree: I,
+    overlay: Vec<(&'o Vec<u8>, &'o Option<KeyValue>)>,
+) -> impl Iterator<Item = Result<KeyValue, MvccError>> + 'o
+where
+    I: Iterator<Item = Result<KeyValue, MvccError>> + 'o,
+{
+    let mut tree = tree.peekable();
+    let mut overlay = overlay.into_iter().peekable();
+    std::iter::from_fn(move || loop {
+        let take_overlay = match (tree.peek(), overlay.peek()) {
+            (None, None) => return None,
+            (Some(Err(_)), _) => return tree.next(),
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(Ok(t)), Some((k, _))) => match k.as_slice().cmp(t.key.as_slice()) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Equal => {
+                    tree.next(); // shadowed by the overlay
+                    true
+                }
+                std::cmp::Ordering::Greater => false,
+            },
+        };
+        if take_overlay {
+            let (_, state) = overlay.next().expect("peeked");
+            if let Some(kv) = state {
+                return Some(Ok(kv.clone()));
+            }
+        } else {
+            return tree.next();
+        }
+    })
+}

@@ -1,0 +1,493 @@
+//! The key-value state machine, persisted in sled.
+//!
+//! ## The contract
+//! - `apply` is deterministic: the same entries on the same state give the same state and the same
+//!   responses on every node, however the entries are grouped into apply calls. It reads nothing
+//!   but the tree, the entries and the cluster-wide session limits (no clock, no randomness, no
+//!   configuration that may differ between nodes). Node-local housekeeping (history compaction,
+//!   preserved session records) runs per apply call and never changes a response.
+//! - Each entry is applied in one atomic sled batch that carries its effects, its client session
+//!   record, the sessions it expires, the new revision and the applied log id. After a crash the
+//!   state is exactly "after entry N" for some N, and openraft re-applies N+1.. from the log.
+//! - A request with a client session is executed at most once per `(client_id, seq)`: a retry of
+//!   the session's newest write is answered with the remembered response, and nothing else
+//!   changes but the applied log id (see [`sessions`]).
+//! - Applies are not synced one by one. The state machine only has to be durable before the log
+//!   entries it depends on are purged, and purges follow snapshots: `build_snapshot` and
+//!   `install_snapshot` sync before they return.
+//! - An error while applying (I/O, or stored data that does not decode) is returned to openraft,
+//!   which stops the node. An entry is never skipped.
+//!
+//! ## Layout
+//! One tree per *generation* (`sm.<n>`), and a `sm_root` tree that names the current one. Installing
+//! a snapshot fills a new generation and then switches `sm_root` in one write, so a crash mid-install
+//! leaves the old state intact. Inside a generation: MVCC versions (`codec`), history records,
+//! client sessions with their expiry index, and `m:meta` / `m:membership`. A snapshot carries the
+//! key-value pairs and the sessions, so an install replaces both.
+//!
+//! ## Revisions and history
+//! One store-wide revision counts applied writes (a txn is one). Each revision has a history record
+//! listing its changes; records and the versions they superseded are compacted once more than
+//! `history_revisions` revisions are newer, a bounded number per apply call.
+
+mod apply;
+pub mod mvcc;
+mod read;
+pub mod sessions;
+mod snapshot;
+pub mod snapshot_file;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+pub use apply::HistoryEvent;
+pub use read::{KvReader, ReadError};
+pub use snapshot::SnapshotBuilder;
+use snapshot::SnapshotStore;
+
+use crate::codec;
+use crate::durability::{sled_to_io, Durability};
+use crate::types::{
+    CommandResult, Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const ROOT_CURRENT: &[u8] = b"current";
+const META_KEY: &[u8] = b"m:meta";
+const MEMBERSHIP_KEY: &[u8] = b"m:membership";
+/// At most this many revisions are compacted per apply call, to bound apply latency.
+const COMPACT_PER_APPLY: u64 = 256;
+
+/// Tunables of the state machine.
+#[derive(Debug, Clone)]
+pub struct SmConfig {
+    /// Change history kept, in revisions.
+    pub history_revisions: u64,
+    /// Written into snapshot headers.
+    pub cluster_id: String,
+    /// A client session unused for this many log entries expires (at least 1). Part of the
+    /// replicated apply function: every node of a cluster must use the same value.
+    pub session_ttl_entries: u64,
+    /// At most this many client sessions are kept; beyond it, the least recently used ones are
+    /// evicted (at least 1). Part of the replicated apply function: every node of a cluster must
+    /// use the same value.
+    pub max_sessions: u64,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            history_revisions: 10_000,
+            cluster_id: String::new(),
+            session_ttl_entries: 100_000,
+            max_sessions: 10_000,
+        }
+    }
+}
+
+impl SmConfig {
+    fn session_limits(&self) -> sessions::Limits {
+        sessions::Limits {
+            ttl_entries: self.session_ttl_entries.max(1),
+            max_sessions: self.max_sessions.max(1),
+        }
+    }
+}
+
+/// Persisted bookkeeping, written in the same batch as every applied entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SmMeta {
+    applied: Option<LogId>,
+    revision: u64,
+    /// History up to and including this revision has been compacted.
+    compacted: u64,
+    key_count: u64,
+    /// Number of client sessions.
+    session_count: u64,
+}
+
+/// State shared between the apply side and readers.
+pub(crate) struct SmShared {
+    dur: Arc<Durability>,
+    root: sled::Tree,
+    /// The current generation's tree.
+    data: RwLock<sled::Tree>,
+    /// Bumped before a generation is dropped, so concurrent readers and builders notice.
+    generation: AtomicU64,
+    revision: AtomicU64,
+    /// Compaction may remove versions needed by reads at revisions below this; set before the
+    /// compaction batch is applied.
+    compacting: AtomicU64,
+    applied_index: AtomicU64,
+    key_count: AtomicU64,
+    session_count: AtomicU64,
+    /// `(revision, applied index)` pinned by snapshot builds: compaction stays at or below the
+    /// smallest revision, and apply preserves the session records the builds need.
+    pins: Mutex<BTreeMap<(u64, u64), usize>>,
+    snapshots: SnapshotStore,
+    config: SmConfig,
+}
+
+impl SmShared {
+    /// The current tree with its generation and revision, read together: an install swaps all
+    /// three under the write lock.
+    fn tree(&self) -> (sled::Tree, u64, u64) {
+        let tree = self.data.read().unwrap_or_else(|e| e.into_inner());
+        (
+            tree.clone(),
+            self.generation.load(Ordering::Acquire),
+            self.revision.load(Ordering::Acquire),
+        )
+    }
+
+    fn publish(&self, meta: &SmMeta) {
+        self.applied_index
+            .store(meta.applied.map_or(0, |l| l.index), Ordering::Release);
+        self.key_count.store(meta.key_count, Ordering::Release);
+        self.session_count.store(meta.session_count, Ordering::Release);
+        self.revision.store(meta.revision, Ordering::Release);
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), usize>> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pin(self: &Arc<Self>, revision: u64, applied_index: u64) -> PinGuard {
+        let key = (revision, applied_index);
+        *self.pins().entry(key).or_default() += 1;
+        PinGuard {
+            shared: self.clone(),
+            key,
+        }
+    }
+
+    /// The highest applied index pinned by a snapshot build.
+    fn max_pinned_index(&self) -> Option<u64> {
+        self.pins().keys().map(|&(_, index)| index).max()
+    }
+}
+
+/// Keeps compaction at or below a revision, and the session records as of an applied index, while
+/// alive.
+pub(crate) struct PinGuard {
+    shared: Arc<SmShared>,
+    key: (u64, u64),
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut pins = self.shared.pins();
+        if let Some(n) = pins.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The state machine handed to openraft. Readers use [`StateMachine::reader`].
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+    meta: SmMeta,
+    membership: StoredMembership,
+    /// Preserved session records may exist (see [`sessions`]).
+    preserved: bool,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl StateMachine {
+    /// Open (or create) the state machine in `dur`'s database, with snapshots under `snapshot_dir`.
+    pub fn open(dur: Arc<Durability>, snapshot_dir: &Path, config: SmConfig) -> io::Result<Self> {
+        let db = dur.db();
+        let root = db.open_tree("sm_root").map_err(sled_to_io)?;
+        let current = match root.get(ROOT_CURRENT).map_err(sled_to_io)? {
+            Some(name) => String::from_utf8(name.to_vec()).map_err(io_err)?,
+            None => {
+                root.insert(ROOT_CURRENT, "sm.0").map_err(sled_to_io)?;
+                "sm.0".to_string()
+            }
+        };
+        // Generations other than the current one are leftovers of an interrupted install.
+        for name in db.tree_names() {
+            if name.starts_with(b"sm.") && name != current.as_bytes() {
+                db.drop_tree(&name).map_err(sled_to_io)?;
+            }
+        }
+        let tree = db.open_tree(&current).map_err(sled_to_io)?;
+        let meta: SmMeta = match tree.get(META_KEY).map_err(sled_to_io)? {
+            Some(bytes) => codec::decode(&bytes).map_err(io_err)?,
+            None => SmMeta::default(),
+        };
+        let membership: StoredMembership = match tree.get(MEMBERSHIP_KEY).map_err(sled_to_io)? {
+            Some(bytes) => codec::decode(&bytes).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+        let snapshots = SnapshotStore::open(snapshot_dir)?;
+        if let Some(snap) = snapshots.current_meta() {
+            if snap.last_log_id > meta.applied {
+                return Err(io::Error::other(format!(
+                    "state machine (applied {:?}) is behind its own snapshot ({:?}): the data directory is damaged",
+                    meta.applied, snap.last_log_id
+                )));
+            }
+        }
+        let shared = Arc::new(SmShared {
+            dur,
+            root,
+            data: RwLock::new(tree),
+            generation: AtomicU64::new(0),
+            revision: AtomicU64::new(0),
+            compacting: AtomicU64::new(meta.compacted),
+            applied_index: AtomicU64::new(0),
+            key_count: AtomicU64::new(0),
+            session_count: AtomicU64::new(0),
+            pins: Mutex::new(BTreeMap::new()),
+            snapshots,
+            config,
+        });
+        shared.publish(&meta);
+        Ok(StateMachine {
+            shared,
+            meta,
+            membership,
+            // Left over from a build that a restart interrupted.
+            preserved: true,
+        })
+    }
+
+    /// A handle for serving reads concurrently with apply.
+    pub fn reader(&self) -> KvReader {
+        KvReader::new(self.shared.clone())
+    }
+
+    /// Apply one entry in one atomic batch.
+    fn apply_entry(
+        &mut self,
+        tree: &sled::Tree,
+        entry: &Entry,
+        max_pin: Option<u64>,
+    ) -> Result<Response, StorageError> {
+        let log_id = entry.log_id;
+        let fail = |e: io::Error| StorageError::from(StorageIOError::apply(log_id, &e));
+        let scope = sessions::Scope {
+            index: log_id.index,
+            max_pin,
+        };
+        let mut batch = sled::Batch::default();
+        let mut meta = self.meta.clone();
+        let mut membership = None;
+        let mut used_session = None;
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response {
+                revision: meta.revision,
+                result: CommandResult::None,
+            },
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m.clone());
+                batch.insert(MEMBERSHIP_KEY, codec::encode(&stored));
+                membership = Some(stored);
+                Response {
+                    revision: meta.revision,
+                    result: CommandResult::None,
+                }
+            }
+            EntryPayload::Normal(req) => {
+                let (response, used) =
+                    apply_request(tree, req, scope, &mut meta, &mut batch).map_err(|e| fail(io_err(e)))?;
+                used_session = used;
+                response
+            }
+        };
+        let limits = self.shared.config.session_limits();
+        scope
+            .expire(tree, &mut batch, &mut meta.session_count, used_session, limits)
+            .map_err(|e| fail(io_err(e)))?;
+        meta.applied = Some(log_id);
+        batch.insert(META_KEY, codec::encode(&meta));
+        tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
+        self.meta = meta;
+        if let Some(m) = membership {
+            self.membership = m;
+        }
+        self.shared.publish(&self.meta);
+        Ok(response)
+    }
+
+    /// Delete preserved session records once no snapshot build needs them (node-local).
+    fn clean_preserved(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
+        if !self.preserved || !self.shared.pins().is_empty() {
+            return Ok(());
+        }
+        let fail = |e: io::Error| StorageError::from(StorageIOError::write_state_machine(&e));
+        self.preserved = sessions::clean_preserved(tree).map_err(|e| fail(io_err(e)))?;
+        Ok(())
+    }
+
+    /// Compact history older than `history_revisions`, a bounded step at a time.
+    fn compact_step(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
+        let keep = self.shared.config.history_revisions;
+        let mut target = self.meta.revision.saturating_sub(keep);
+        if let Some((&(pinned, _), _)) = self.shared.pins().first_key_value() {
+            target = target.min(pinned);
+        }
+        if target <= self.meta.compacted {
+            return Ok(());
+        }
+        let target = target.min(self.meta.compacted + COMPACT_PER_APPLY);
+        let fail = |e: io::Error| StorageError::from(StorageIOError::write_state_machine(&e));
+        let mut batch = sled::Batch::default();
+        for rev in self.meta.compacted + 1..=target {
+            let key = codec::history_key(rev);
+            let Some(bytes) = tree.get(key).map_err(|e| fail(io_err(e)))? else {
+                continue;
+            };
+            let events: Vec<HistoryEvent> = codec::decode(&bytes).map_err(|e| fail(io_err(e)))?;
+            for ev in events {
+                if ev.prev_revision != 0 {
+                    batch.remove(codec::version_key(&ev.key, ev.prev_revision));
+                }
+                if ev.deleted {
+                    batch.remove(codec::version_key(&ev.key, rev));
+                }
+            }
+            batch.remove(&key);
+        }
+        let mut meta = self.meta.clone();
+        meta.compacted = target;
+        batch.insert(META_KEY, codec::encode(&meta));
+        // Announce first: a reader that overlaps this batch must see the new compaction point.
+        self.shared.compacting.store(target, Ordering::Release);
+        tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
+        self.meta = meta;
+        Ok(())
+    }
+}
+
+/// Apply a client request: execute its command, or answer it from its session. Adds the effects to
+/// `batch` (empty so far) and `meta`; returns the response and the client id of the session the
+/// request used, if any.
+fn apply_request(
+    tree: &sled::Tree,
+    req: &Request,
+    scope: sessions::Scope,
+    meta: &mut SmMeta,
+    batch: &mut sled::Batch,
+) -> Result<(Response, Option<u64>), mvcc::MvccError> {
+    let mut prev = None;
+    if let Some(session) = req.session {
+        match sessions::decide(tree, session, meta.revision)? {
+            sessions::Decision::Execute { prev: p } => prev = p,
+            sessions::Decision::Answer { response, refresh } => {
+                let Some(cur) = refresh else {
+                    return Ok((response, None));
+                };
+                scope.refresh(batch, session.client_id, &cur)?;
+                return Ok((response, Some(session.client_id)));
+            }
+        }
+    }
+    let mut apply = apply::Apply::new(tree, meta.revision);
+    let result = apply.execute(&req.command)?;
+    apply.finish();
+    meta.revision = apply.resulting_revision();
+    meta.key_count = meta.key_count.saturating_add_signed(apply.key_delta);
+    *batch = apply.batch;
+    let response = Response {
+        revision: meta.revision,
+        result,
+    };
+    let Some(session) = req.session else {
+        return Ok((response, None));
+    };
+    if prev.is_none() {
+        meta.session_count += 1;
+    }
+    scope.remember(batch, session.client_id, session.seq, prev.as_ref(), &response);
+    Ok((response, Some(session.client_id)))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.meta.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tree, _, _) = self.shared.tree();
+        let max_pin = self.shared.max_pinned_index();
+        self.preserved |= max_pin.is_some();
+        let mut responses = Vec::new();
+        for entry in entries {
+            responses.push(self.apply_entry(&tree, &entry, max_pin)?);
+        }
+        self.compact_step(&tree)?;
+        self.clean_preserved(&tree)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let (tree, generation, _) = self.shared.tree();
+        SnapshotBuilder::new(
+            self.shared.clone(),
+            tree,
+            generation,
+            self.meta.revision,
+            self.meta.applied,
+            self.membership.clone(),
+        )
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = self
+            .shared
+            .snapshots
+            .create_receive_file()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let file = snapshot.into_std().await;
+        let shared = self.shared.clone();
+        let expected = meta.clone();
+        let (new_meta, membership) = tokio::task::spawn_blocking(move || snapshot::install(&shared, &expected, file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.meta = new_meta;
+        self.membership = membership;
+        self.shared.publish(&self.meta);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
+        let current = self
+            .shared
+            .snapshots
+            .open_current()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, file)| openraft::Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}

@@ -1,0 +1,89 @@
+//! Reads for the server, concurrent with apply.
+//!
+//! A read takes the current revision R and reads the MVCC state at R, so it sees exactly the
+//! result of some applied prefix of the log, never half of a txn. Two things could pull versions
+//! from under a read: compaction past R, and a snapshot install that drops the tree. Both announce
+//! themselves (the compaction point, the generation) before they remove anything, so the read
+//! checks both afterwards and retries if either moved. With the default history of 10,000
+//! revisions a retry needs a read that is slower than 10,000 writes.
+//!
+//! Whether a read is linearizable is the server's business: it waits for the read index to be
+//! applied (openraft's `ensure_linearizable`) and then reads here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::mvcc::{self, LiveIter, MvccError};
+use super::SmShared;
+use crate::types::{KeyValue, RangeOp, RangeResult};
+
+const READ_ATTEMPTS: usize = 3;
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage: {0}")]
+    Storage(#[from] MvccError),
+    #[error("the state was replaced while reading (snapshot install or compaction); try again")]
+    Interrupted,
+}
+
+/// Read access to the state machine, cheap to clone.
+#[derive(Clone)]
+pub struct KvReader {
+    shared: Arc<SmShared>,
+}
+
+impl KvReader {
+    pub(crate) fn new(shared: Arc<SmShared>) -> Self {
+        KvReader { shared }
+    }
+
+    /// The store revision of the last applied write.
+    pub fn revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// Index of the last applied log entry (0 if none).
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Number of live keys.
+    pub fn key_count(&self) -> u64 {
+        self.shared.key_count.load(Ordering::Acquire)
+    }
+
+    /// Number of client sessions the state machine remembers.
+    pub fn session_count(&self) -> u64 {
+        self.shared.session_count.load(Ordering::Acquire)
+    }
+
+    /// Bytes on disk of the whole database (log and state).
+    pub fn db_size(&self) -> u64 {
+        self.shared.dur.size_on_disk()
+    }
+
+    /// One key at the current revision. Returns the pair and the revision it was read at.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), ReadError> {
+        self.consistent(|tree, rev| mvcc::get(tree, key, rev))
+    }
+
+    /// A range at the current revision. Returns the result and the revision it was read at.
+    pub fn range(&self, op: &RangeOp) -> Result<(RangeResult, u64), ReadError> {
+        self.consistent(|tree, rev| mvcc::collect_range(LiveIter::new(tree, &op.range, rev), op))
+    }
+
+    fn consistent<T>(&self, read: impl Fn(&sled::Tree, u64) -> Result<T, MvccError>) -> Result<(T, u64), ReadError> {
+        for _ in 0..READ_ATTEMPTS {
+            let (tree, generation, rev) = self.shared.tree();
+            let result = read(&tree, rev);
+            let moved = self.shared.generation.load(Ordering::Acquire) != generation
+                || self.shared.compacting.load(Ordering::Acquire) > rev;
+            if !moved {
+                return Ok((result?, rev));
+            }
+        }
+        Err(ReadError::Interrupted)
+    }
+}

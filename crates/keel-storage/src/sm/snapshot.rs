@@ -1,0 +1,425 @@
+//! Building, installing and keeping snapshot files.
+//!
+//! Build: `get_snapshot_builder` runs between applies and captures the applied log id (index A),
+//! membership and revision R, and pins R against compaction and A for the client sessions. The
+//! build then runs on a blocking thread while applies continue: it syncs the database (so the state
+//! machine is durable at least up to R before any log is purged), streams every live pair at R (an
+//! MVCC read, see `mvcc.rs`) and then every client session as of A (see `sessions.rs` for how
+//! records replaced meanwhile are found) into `<id>.snap.tmp`, fsyncs it and renames it into place.
+//!
+//! Install: the received file is read once, verified block by block, copied to a local `.snap.tmp`
+//! and loaded into a fresh generation tree in batches of bounded size, pairs and sessions alike. Only after the trailer has
+//! been verified does the root switch to the new generation (one durable write); then the old
+//! generation is dropped and the copy renamed into place. Memory stays at one block and one batch,
+//! whatever the snapshot's size.
+//!
+//! Only the newest snapshot file is kept.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::{RaftSnapshotBuilder, StorageIOError};
+
+use super::mvcc::LiveIter;
+use super::snapshot_file::{SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, Tee};
+use super::{io_err, sessions, PinGuard, SmMeta, SmShared, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
+use crate::codec::{self, StoredVersion};
+use crate::durability::{fsync_dir, sled_to_io};
+use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Records per sled batch during install.
+const INSTALL_BATCH: usize = 1024;
+
+/// The directory of snapshot files, and which one is current.
+pub(crate) struct SnapshotStore {
+    dir: PathBuf,
+    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// Held for the whole of an install, so a build that finds its tree replaced can wait for the
+    /// installed snapshot to become current.
+    installing: Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SnapshotStore {
+    /// Open `dir`: keep the newest valid snapshot, remove temporary and older files.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "snap") {
+                match read_header(&path) {
+                    Ok(h) => {
+                        let newer = best.as_ref().is_none_or(|(m, _)| h.meta.last_log_id > m.last_log_id);
+                        if newer {
+                            if let Some((_, old)) = best.replace((h.meta, path)) {
+                                fs::remove_file(old)?;
+                            }
+                        } else {
+                            fs::remove_file(&path)?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "removing unreadable snapshot file");
+                        fs::remove_file(&path)?;
+                    }
+                }
+            } else {
+                // *.tmp and received files: leftovers of an interrupted build or transfer.
+                fs::remove_file(&path)?;
+            }
+        }
+        fsync_dir(dir)?;
+        Ok(SnapshotStore {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(best),
+            installing: Mutex::new(()),
+        })
+    }
+
+    pub fn current_meta(&self) -> Option<SnapshotMeta> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(m, _)| m.clone())
+    }
+
+    pub fn open_current(&self) -> io::Result<Option<(SnapshotMeta, File)>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            None => Ok(None),
+            Some((meta, path)) => Ok(Some((meta.clone(), File::open(path)?))),
+        }
+    }
+
+    /// Snapshot ids come from the leader; only a safe subset of their characters names files.
+    fn file_stem(id: &str) -> String {
+        id.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    fn tmp_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{}.snap.tmp", Self::file_stem(id)))
+    }
+
+    /// Make a finished temporary file the current snapshot (unless a newer one already is).
+    /// Returns the current snapshot afterwards, meta and path together.
+    fn commit(&self, meta: &SnapshotMeta, tmp: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
+        let path = self.dir.join(format!("{}.snap", Self::file_stem(&meta.snapshot_id)));
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cur_meta, cur_path)) = &*current {
+            if cur_meta.last_log_id > meta.last_log_id {
+                fs::remove_file(tmp)?;
+                return Ok((cur_meta.clone(), cur_path.clone()));
+            }
+        }
+        fs::rename(tmp, &path)?;
+        fsync_dir(&self.dir)?;
+        if let Some((_, old)) = current.replace((meta.clone(), path.clone())) {
+            if old != path {
+                fs::remove_file(old)?;
+            }
+        }
+        Ok((meta.clone(), path))
+    }
+
+    /// A new file to receive a snapshot into.
+    pub fn create_receive_file(&self) -> io::Result<File> {
+        let path = self.dir.join(format!("recv-{}.part", unique_suffix()));
+        OpenOptions::new().read(true).write(true).create_new(true).open(path)
+    }
+
+    fn remove_receive_files(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "part") {
+                fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Read only the header of a snapshot file.
+pub fn read_header(path: &Path) -> Result<SnapshotHeader, SnapshotError> {
+    let (_, header) = SnapshotReader::open(BufReader::new(File::open(path)?))?;
+    Ok(header)
+}
+
+/// Builds a snapshot of the state at one revision while applies continue.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+    tree: sled::Tree,
+    generation: u64,
+    header: SnapshotHeader,
+    _pin: PinGuard,
+}
+
+impl SnapshotBuilder {
+    pub(crate) fn new(
+        shared: Arc<SmShared>,
+        tree: sled::Tree,
+        generation: u64,
+        revision: u64,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Self {
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{}-{}", l.leader_id.term, l.index, revision, unique_suffix()),
+            None => format!("0-0-{revision}-{}", unique_suffix()),
+        };
+        let header = SnapshotHeader {
+            meta: SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            revision,
+            created_unix_ms: now_ms(),
+            cluster_id: shared.config.cluster_id.clone(),
+        };
+        let pin = shared.pin(revision, applied.map_or(0, |l| l.index));
+        SnapshotBuilder {
+            shared,
+            tree,
+            generation,
+            header,
+            _pin: pin,
+        }
+    }
+
+    /// The applied index the snapshot holds.
+    fn applied_index(&self) -> u64 {
+        self.header.meta.last_log_id.map_or(0, |l| l.index)
+    }
+
+    fn build_blocking(&self) -> io::Result<(SnapshotMeta, File)> {
+        let shared = &self.shared;
+        // The state machine must be durable at least up to this snapshot before openraft purges
+        // the log entries it covers.
+        shared.dur.sync()?;
+        let id = &self.header.meta.snapshot_id;
+        let tmp = shared.snapshots.tmp_path(id);
+        let written = (|| -> io::Result<(u64, u64)> {
+            let file = File::create(&tmp)?;
+            let mut writer = SnapshotWriter::new(BufWriter::with_capacity(256 * 1024, file), &self.header)?;
+            for kv in LiveIter::all(&self.tree, self.header.revision) {
+                writer.push(&kv.map_err(io_err)?)?;
+            }
+            let sessions = sessions::sessions_at(&self.tree, self.applied_index(), |s| writer.push_session(s))?;
+            let (out, count, _) = writer.finish()?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok((count - sessions, sessions))
+        })();
+        let installed = shared.generation.load(Ordering::Acquire) != self.generation;
+        if installed || written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        if installed {
+            // A snapshot was installed meanwhile and our tree is gone: what we read may be partial,
+            // or reading failed because the tree was dropped. The installed snapshot is newer than
+            // ours anyway. It becomes current when the install is done.
+            let _installed = shared.snapshots.installing.lock().unwrap_or_else(|e| e.into_inner());
+            return shared
+                .snapshots
+                .open_current()?
+                .ok_or_else(|| io::Error::other("snapshot install raced with build and left no snapshot"));
+        }
+        let (keys, sessions) = written?;
+        let (meta, path) = shared.snapshots.commit(&self.header.meta, &tmp)?;
+        tracing::info!(id = %id, revision = self.header.revision, keys, sessions, "built snapshot");
+        Ok((meta, File::open(path)?))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TypeConfig>, StorageError> {
+        let this = SnapshotBuilder {
+            shared: self.shared.clone(),
+            tree: self.tree.clone(),
+            generation: self.generation,
+            header: self.header.clone(),
+            _pin: self.shared.pin(self.header.revision, self.applied_index()),
+        };
+        let signature = self.header.meta.signature();
+        let (meta, file) = tokio::task::spawn_blocking(move || this.build_blocking())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &io_err(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        Ok(openraft::Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+/// Replace the state with the snapshot in `file`. Returns the new metadata.
+pub(crate) fn install(
+    shared: &SmShared,
+    expected: &SnapshotMeta,
+    mut file: File,
+) -> io::Result<(SmMeta, StoredMembership)> {
+    let _installing = shared.snapshots.installing.lock().unwrap_or_else(|e| e.into_inner());
+    file.seek(SeekFrom::Start(0))?;
+    let tmp = shared.snapshots.tmp_path(&expected.snapshot_id);
+    let copy = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+    let tee = Tee {
+        input: BufReader::with_capacity(256 * 1024, file),
+        copy,
+    };
+    let (meta, copy) = match load_generation(shared, expected, tee) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let copy = copy.into_inner().map_err(|e| e.into_error())?;
+    copy.sync_all()?;
+    drop(copy);
+    shared.snapshots.commit(expected, &tmp)?;
+    shared.snapshots.remove_receive_files()?;
+    Ok(meta)
+}
+
+/// Load a verified snapshot into a new generation and switch to it.
+fn load_generation(
+    shared: &SmShared,
+    expected: &SnapshotMeta,
+    tee: Tee<BufReader<File>, BufWriter<File>>,
+) -> io::Result<((SmMeta, StoredMembership), BufWriter<File>)> {
+    let db = shared.dur.db();
+    let (mut reader, header) = SnapshotReader::open(tee).map_err(io_err)?;
+    if header.meta.last_log_id != expected.last_log_id || header.meta.last_membership != expected.last_membership {
+        return Err(io::Error::other(format!(
+            "snapshot file describes {:?}, Raft expected {:?}",
+            header.meta.last_log_id, expected.last_log_id
+        )));
+    }
+    let old_name = shared.root.get(ROOT_CURRENT).map_err(sled_to_io)?.map(|n| n.to_vec());
+    let next = old_name
+        .as_deref()
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.strip_prefix("sm."))
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(1, |n| n + 1);
+    let new_name = format!("sm.{next}");
+    db.drop_tree(&new_name).map_err(sled_to_io)?;
+    let tree = db.open_tree(&new_name).map_err(sled_to_io)?;
+
+    let applied_index = header.meta.last_log_id.map_or(0, |l| l.index);
+    let mut key_count = 0u64;
+    let mut clients = std::collections::HashSet::new();
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    let loaded = (|| -> io::Result<()> {
+        while let Some(record) = reader.next_record().map_err(io_err)? {
+            match record {
+                SnapshotRecord::Kv(kv) => {
+                    if kv.mod_revision > header.revision {
+                        return Err(io::Error::other("snapshot record is newer than the snapshot"));
+                    }
+                    let version = StoredVersion::Live {
+                        create_revision: kv.create_revision,
+                        version: kv.version,
+                        value: kv.value,
+                    };
+                    batch.insert(codec::version_key(&kv.key, kv.mod_revision), version.encode());
+                    key_count += 1;
+                }
+                SnapshotRecord::Session(session) => {
+                    if session.last_index > applied_index {
+                        return Err(io::Error::other("snapshot session is newer than the snapshot"));
+                    }
+                    if !clients.insert(session.client_id) {
+                        return Err(io::Error::other("snapshot has two sessions of one client"));
+                    }
+                    sessions::restore(&mut batch, &session);
+                }
+            }
+            in_batch += 1;
+            if in_batch == INSTALL_BATCH {
+                tree.apply_batch(std::mem::take(&mut batch)).map_err(sled_to_io)?;
+                in_batch = 0;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = loaded {
+        drop(tree);
+        db.drop_tree(&new_name).map_err(sled_to_io)?;
+        return Err(e);
+    }
+    let meta = SmMeta {
+        applied: header.meta.last_log_id,
+        revision: header.revision,
+        compacted: header.revision,
+        key_count,
+        session_count: clients.len() as u64,
+    };
+    let membership = header.meta.last_membership.clone();
+    batch.insert(META_KEY, codec::encode(&meta));
+    batch.insert(MEMBERSHIP_KEY, codec::encode(&membership));
+    tree.apply_batch(batch).map_err(sled_to_io)?;
+    // next_kv returned None, so the trailer is verified; this only hands back the input.
+    let (_, _, tee) = reader.finish().map_err(io_err)?;
+
+    // Durable new generation first, then the switch, then the cleanup.
+    shared.dur.sync()?;
+    shared
+        .root
+        .insert(ROOT_CURRENT, new_name.as_bytes())
+        .map_err(sled_to_io)?;
+    shared.dur.sync()?;
+    {
+        // Readers take tree, generation and revision together under the read lock; the old tree
+        // is dropped only after the generation moved, which is what readers and builders check.
+        let mut data = shared.data.write().unwrap_or_else(|e| e.into_inner());
+        *data = tree;
+        shared.revision.store(header.revision, Ordering::Release);
+        shared.compacting.store(header.revision, Ordering::Release);
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+    if let Some(old) = old_name {
+        if old != new_name.as_bytes() {
+            db.drop_tree(&old).map_err(sled_to_io)?;
+        }
+    }
+    Ok(((meta, membership), tee.copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotStore;
+
+    #[test]
+    fn snapshot_ids_cannot_escape_the_directory() {
+        assert_eq!(SnapshotStore::file_stem("1-42-7-123_4"), "1-42-7-123_4");
+        assert_eq!(SnapshotStore::file_stem("../../etc/passwd"), "______etc_passwd");
+        assert!(!SnapshotStore::file_stem("a/b\\c\0d").contains(['/', '\\', '\0']));
+    }
+}

@@ -1,0 +1,31 @@
+//! Deterministic workloads shared by the crash tests and their child process
+//! (`keel-storage-torture`). Not part of keel's storage API.
+
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+use crate::types::{Command, DeleteOp, Entry, KeyRange, PutOp, Request};
+
+/// The entry the torture writers put at `index`, a pure function of the index: a put of one of
+/// 101 keys with a 256-byte value derived from the index; every 7th entry deletes a key instead.
+pub fn torture_entry(index: u64) -> Entry {
+    let key = format!("key-{:03}", index.wrapping_mul(2654435761) % 101).into_bytes();
+    let command = if index % 7 == 0 {
+        Command::Delete(DeleteOp {
+            range: KeyRange::Key(key),
+            prev_kv: false,
+        })
+    } else {
+        let value = (0..256)
+            .map(|i| (index.wrapping_mul(31).wrapping_add(i) % 251) as u8)
+            .collect();
+        Command::Put(PutOp {
+            key,
+            value,
+            prev_kv: false,
+        })
+    };
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request::new(command)),
+    }
+}

@@ -1,0 +1,283 @@
+//! The types that cross the Raft boundary: what is proposed, what comes back, and who the members
+//! are.
+//!
+//! Everything that reaches the log is a [`Request`]: one union of every internal command, in the
+//! spirit of etcd's `InternalRaftRequest`. New commands are added as new enum variants *at the end*
+//! (postcard encodes a variant by its index, so old log entries keep decoding), never by changing an
+//! existing variant.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node id, as configured with `keel --id`.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of keel.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Shorthands for the openraft types instantiated with [`TypeConfig`].
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// What the cluster knows about a member: where its peers and its clients reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Address of the Raft peer service (trusted network).
+    pub peer_addr: String,
+    /// Address of the client service (KV, Cluster, Maintenance).
+    pub client_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer={} client={}", self.peer_addr, self.client_addr)
+    }
+}
+
+/// The one thing proposed to Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client session for exactly-once retries: the state machine remembers the newest result per
+    /// client and answers a repeated `(client_id, seq)` from memory instead of executing it again
+    /// (see `sm::sessions` for the rules). `None` for plain writes.
+    pub session: Option<SessionRef>,
+    pub command: Command,
+}
+
+impl Request {
+    /// A request without a client session.
+    pub fn new(command: Command) -> Self {
+        Request { session: None, command }
+    }
+}
+
+/// Identifies one write of one client session.
+///
+/// A client picks a random `client_id` and numbers its writes 1, 2, 3, …; a retry of a write whose
+/// outcome is unknown carries the same `seq`. The first write of a session must have `seq` 1: a
+/// request for a client the state machine has no session for is executed only if its `seq` is 1,
+/// otherwise it is answered with [`CommandResult::SessionExpired`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub client_id: u64,
+    /// Sequence number of the write within the session, starting at 1.
+    pub seq: u64,
+}
+
+/// The write commands of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutOp),
+    Delete(DeleteOp),
+    Txn(Txn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutOp {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Return the previous key-value pair, if any.
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOp {
+    pub range: KeyRange,
+    /// Return the deleted key-value pairs.
+    pub prev_kv: bool,
+}
+
+/// A read: used inside a [`Txn`] and by the read API of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeOp {
+    pub range: KeyRange,
+    /// At most this many pairs are returned; 0 means no limit.
+    pub limit: u64,
+    /// Return keys and metadata, but empty values.
+    pub keys_only: bool,
+    /// Return only the count.
+    pub count_only: bool,
+}
+
+impl RangeOp {
+    /// A plain read of `range` with no limit.
+    pub fn new(range: KeyRange) -> Self {
+        RangeOp {
+            range,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        }
+    }
+}
+
+/// A set of keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    /// Exactly one key.
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Every key that starts with these bytes (an empty prefix is every key).
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// `[start, end)`.
+    Between {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
+    /// Every key `>= start`.
+    From(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl KeyRange {
+    /// Does `key` lie in this range?
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(k) => key == k.as_slice(),
+            KeyRange::Prefix(p) => key.starts_with(p),
+            KeyRange::Between { start, end } => key >= start.as_slice() && key < end.as_slice(),
+            KeyRange::From(start) => key >= start.as_slice(),
+        }
+    }
+}
+
+/// Compare-and-swap generalised: if every compare holds, `success` runs, else `failure`. Applied
+/// atomically as one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// What a [`Compare`] looks at, and the operand. A missing key has version, create revision and
+/// mod revision 0; a value compare on a missing key is always false (as in etcd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    Version(u64),
+    CreateRevision(u64),
+    ModRevision(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put(PutOp),
+    Delete(DeleteOp),
+    Range(RangeOp),
+}
+
+/// One stored key with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Revision of the write that created this key (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last write to this key.
+    pub mod_revision: u64,
+    /// Number of writes since creation; 1 after the first put.
+    pub version: u64,
+}
+
+/// The outcome of applying one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The store revision after the entry was applied.
+    pub revision: u64,
+    pub result: CommandResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    None,
+    Put(PutResult),
+    Delete(DeleteResult),
+    Txn(TxnResult),
+    /// The request's session has already moved past `seq`, or `seq` is the session's newest write
+    /// but its response was too large to remember. Nothing was executed now; the response's
+    /// revision is the current one. `last_seq` is the newest sequence number the session executed,
+    /// so `last_seq == seq` means that this very write was applied, exactly once, earlier; with
+    /// `last_seq > seq` a later write of the session was applied. (Server: FailedPrecondition.)
+    StaleSession {
+        client_id: u64,
+        seq: u64,
+        last_seq: u64,
+    },
+    /// There is no session for `client_id` and `seq` is not 1: the session expired (or was evicted)
+    /// or never existed. Nothing was executed now. If this answers a retry, the earlier attempt may
+    /// or may not have been applied; the client must start a new session (a new client id, seq 1)
+    /// for further writes. (Server: FailedPrecondition.)
+    SessionExpired {
+        client_id: u64,
+        seq: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResult {
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    pub deleted: u64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the range (not limited by `limit`).
+    pub count: u64,
+    /// More keys matched than were returned.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub responses: Vec<OpResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Put(PutResult),
+    Delete(DeleteResult),
+    Range(RangeResult),
+}

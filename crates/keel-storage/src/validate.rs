@@ -1,0 +1,283 @@
+//! Input validation, run by the server before anything is proposed to Raft.
+//!
+//! Apply never sees a request that fails these checks, so the state machine does not have to
+//! decide what an empty key means. The server maps every [`InvalidRequest`] to gRPC
+//! `InvalidArgument`.
+
+use std::collections::BTreeSet;
+
+use thiserror::Error;
+
+use crate::types::{Command, DeleteOp, KeyRange, PutOp, RangeOp, Request, TxnOp};
+
+/// Size limits on what clients may store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys are `1..=max_key_bytes` bytes long.
+    pub max_key_bytes: usize,
+    /// Values are at most this long.
+    pub max_value_bytes: usize,
+    /// A txn has at most this many compares, and at most this many ops in each branch.
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// Why a request was refused. The messages are shown to users as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidRequest {
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {len} bytes, more than the limit of {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes, more than the limit of {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("range end must be greater than range start")]
+    EmptyRange,
+    #[error("txn has {len} {what}, more than the limit of {max}")]
+    TooManyTxnOps { what: &'static str, len: usize, max: usize },
+    #[error("txn writes key {key:?} more than once in one branch")]
+    DuplicateTxnKey { key: String },
+    #[error("session sequence numbers start at 1")]
+    ZeroSessionSeq,
+}
+
+/// Check a request before it is proposed.
+pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), InvalidRequest> {
+    if req.session.is_some_and(|s| s.seq == 0) {
+        return Err(InvalidRequest::ZeroSessionSeq);
+    }
+    match &req.command {
+        Command::Put(put) => validate_put(put, limits),
+        Command::Delete(del) => validate_delete(del, limits),
+        Command::Txn(txn) => {
+            if txn.compares.len() > limits.max_txn_ops {
+                return Err(too_many("compares", txn.compares.len(), limits));
+            }
+            for cmp in &txn.compares {
+                validate_key(&cmp.key, limits)?;
+                if let crate::types::CompareTarget::Value(v) = &cmp.target {
+                    validate_value(v, limits)?;
+                }
+            }
+            validate_branch(&txn.success, "success ops", limits)?;
+            validate_branch(&txn.failure, "failure ops", limits)
+        }
+    }
+}
+
+/// Check a read before it is served.
+pub fn validate_range(op: &RangeOp, limits: &Limits) -> Result<(), InvalidRequest> {
+    validate_key_range(&op.range, limits)
+}
+
+fn validate_branch(ops: &[TxnOp], what: &'static str, limits: &Limits) -> Result<(), InvalidRequest> {
+    if ops.len() > limits.max_txn_ops {
+        return Err(too_many(what, ops.len(), limits));
+    }
+    // Two writes to one key in one revision would make that key's history ambiguous (which one
+    // is "the" version at that revision?), so, like etcd, refuse them.
+    let mut put_keys = BTreeSet::new();
+    let mut deletes = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Put(put) => {
+                validate_put(put, limits)?;
+                if !put_keys.insert(put.key.as_slice()) {
+                    return Err(duplicate(&put.key));
+                }
+            }
+            TxnOp::Delete(del) => {
+                validate_delete(del, limits)?;
+                deletes.push(&del.range);
+            }
+            TxnOp::Range(r) => validate_range(r, limits)?,
+        }
+    }
+    for key in put_keys {
+        if deletes.iter().any(|r| r.contains(key)) {
+            return Err(duplicate(key));
+        }
+    }
+    Ok(())
+}
+
+fn validate_put(put: &PutOp, limits: &Limits) -> Result<(), InvalidRequest> {
+    validate_key(&put.key, limits)?;
+    validate_value(&put.value, limits)
+}
+
+fn validate_delete(del: &DeleteOp, limits: &Limits) -> Result<(), InvalidRequest> {
+    validate_key_range(&del.range, limits)
+}
+
+fn validate_key_range(range: &KeyRange, limits: &Limits) -> Result<(), InvalidRequest> {
+    match range {
+        KeyRange::Key(k) | KeyRange::From(k) => validate_key(k, limits),
+        // The empty prefix is "every key", which is a legitimate request.
+        KeyRange::Prefix(p) => check_len(p, limits),
+        KeyRange::Between { start, end } => {
+            validate_key(start, limits)?;
+            check_len(end, limits)?;
+            if end <= start {
+                return Err(InvalidRequest::EmptyRange);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Validate a single key: non-empty and within the size limit.
+pub fn validate_key(key: &[u8], limits: &Limits) -> Result<(), InvalidRequest> {
+    if key.is_empty() {
+        return Err(InvalidRequest::EmptyKey);
+    }
+    check_len(key, limits)
+}
+
+fn check_len(key: &[u8], limits: &Limits) -> Result<(), InvalidRequest> {
+    if key.len() > limits.max_key_bytes {
+        return Err(InvalidRequest::KeyTooLarge {
+            len: key.len(),
+            max: limits.max_key_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn validate_value(value: &[u8], limits: &Limits) -> Result<(), InvalidRequest> {
+    if value.len() > limits.max_value_bytes {
+        return Err(InvalidRequest::ValueTooLarge {
+            len: value.len(),
+            max: limits.max_value_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn too_many(what: &'static str, len: usize, limits: &Limits) -> InvalidRequest {
+    InvalidRequest::TooManyTxnOps {
+        what,
+        len,
+        max: limits.max_txn_ops,
+    }
+}
+
+fn duplicate(key: &[u8]) -> InvalidRequest {
+    InvalidRequest::DuplicateTxnKey {
+        key: String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Compare, CompareOp, CompareTarget, Txn};
+
+    fn put(key: &[u8], value: &[u8]) -> PutOp {
+        PutOp {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            prev_kv: false,
+        }
+    }
+
+    fn check(cmd: Command) -> Result<(), InvalidRequest> {
+        validate_request(&Request::new(cmd), &Limits::default())
+    }
+
+    #[test]
+    fn keys_and_values_are_bounded() {
+        assert_eq!(check(Command::Put(put(b"", b"v"))), Err(InvalidRequest::EmptyKey));
+        assert_eq!(
+            check(Command::Put(put(&[b'k'; 4097], b"v"))),
+            Err(InvalidRequest::KeyTooLarge { len: 4097, max: 4096 })
+        );
+        assert_eq!(check(Command::Put(put(&[b'k'; 4096], b"v"))), Ok(()));
+        assert_eq!(
+            check(Command::Put(put(b"k", &vec![0; 1024 * 1024 + 1]))),
+            Err(InvalidRequest::ValueTooLarge {
+                len: 1024 * 1024 + 1,
+                max: 1024 * 1024
+            })
+        );
+        assert_eq!(check(Command::Put(put(b"k", &vec![0; 1024 * 1024]))), Ok(()));
+        assert_eq!(check(Command::Put(put(b"k", b""))), Ok(()), "an empty value is a value");
+    }
+
+    #[test]
+    fn ranges_must_be_non_empty() {
+        let del = |range| Command::Delete(DeleteOp { range, prev_kv: false });
+        let between = |s: &[u8], e: &[u8]| KeyRange::Between {
+            start: s.to_vec(),
+            end: e.to_vec(),
+        };
+        assert_eq!(check(del(between(b"b", b"a"))), Err(InvalidRequest::EmptyRange));
+        assert_eq!(check(del(between(b"a", b"a"))), Err(InvalidRequest::EmptyRange));
+        assert_eq!(check(del(between(b"", b"a"))), Err(InvalidRequest::EmptyKey));
+        assert_eq!(check(del(between(b"a", b"b"))), Ok(()));
+        assert_eq!(check(del(KeyRange::Prefix(vec![]))), Ok(()));
+        assert_eq!(check(del(KeyRange::Key(vec![]))), Err(InvalidRequest::EmptyKey));
+    }
+
+    #[test]
+    fn malformed_txns_are_refused() {
+        let txn = |success: Vec<TxnOp>| {
+            Command::Txn(Txn {
+                compares: vec![],
+                success,
+                failure: vec![],
+            })
+        };
+        assert!(matches!(
+            check(txn(vec![TxnOp::Put(put(b"a", b"1")), TxnOp::Put(put(b"a", b"2"))])),
+            Err(InvalidRequest::DuplicateTxnKey { .. })
+        ));
+        let del_a = TxnOp::Delete(DeleteOp {
+            range: KeyRange::Prefix(b"a".to_vec()),
+            prev_kv: false,
+        });
+        assert!(matches!(
+            check(txn(vec![TxnOp::Put(put(b"ab", b"1")), del_a.clone()])),
+            Err(InvalidRequest::DuplicateTxnKey { .. })
+        ));
+        assert_eq!(check(txn(vec![TxnOp::Put(put(b"b", b"1")), del_a])), Ok(()));
+        let many = (0..129)
+            .map(|i| TxnOp::Put(put(format!("k{i}").as_bytes(), b"")))
+            .collect();
+        assert!(matches!(check(txn(many)), Err(InvalidRequest::TooManyTxnOps { .. })));
+        let bad_compare = Command::Txn(Txn {
+            compares: vec![Compare {
+                key: vec![],
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(1),
+            }],
+            success: vec![],
+            failure: vec![],
+        });
+        assert_eq!(check(bad_compare), Err(InvalidRequest::EmptyKey));
+    }
+
+    #[test]
+    fn session_sequence_numbers_start_at_one() {
+        let with_seq = |seq| Request {
+            session: Some(crate::types::SessionRef { client_id: 7, seq }),
+            command: Command::Put(put(b"k", b"v")),
+        };
+        let limits = Limits::default();
+        assert_eq!(
+            validate_request(&with_seq(0), &limits),
+            Err(InvalidRequest::ZeroSessionSeq)
+        );
+        assert_eq!(validate_request(&with_seq(1), &limits), Ok(()));
+        assert_eq!(validate_request(&with_seq(u64::MAX), &limits), Ok(()));
+    }
+}

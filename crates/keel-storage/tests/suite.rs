@@ -1,0 +1,19 @@
+//! openraft's storage conformance suite against the sled log store and state machine.
+
+use keel_storage::{LogStore, StateMachine, StorageError, StoreConfig, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open store");
+        Ok((dir, store.log, store.sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
+}

@@ -1,0 +1,379 @@
+//! # keel-testkit: clusters for tests
+//!
+//! One interface, [`Cluster`], over two backends:
+//! - [`Backend::InProcess`]: every node runs in the test's own tokio runtime, over real gRPC on
+//!   `127.0.0.1:0`. Fast to start; "killing" a node stops it abruptly but within the process.
+//! - [`Backend::Process`]: every node is a `keel` process (the built binary). `kill` is SIGKILL,
+//!   `pause` is SIGSTOP: real crashes and stalls.
+//!
+//! Nodes keep their data directories across stop/start, so a restarted node recovers from disk.
+//! Everything lives in one temporary directory, removed when the cluster is dropped; processes
+//! are killed on drop.
+
+pub mod history;
+mod process;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use keel_proto::v1::cluster_client::ClusterClient;
+use keel_proto::v1::kv_client::KvClient;
+use keel_proto::v1::{StatusRequest, StatusResponse};
+use keel_server::{Config, Listeners, NodeHandle};
+use keel_storage::NodeId;
+use tonic::transport::Channel;
+
+pub use process::{keel_binary, keelctl_binary};
+
+/// How nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    InProcess,
+    Process,
+}
+
+/// Settings for a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    /// Extra `keel` flags for every node, e.g. `["--snapshot-logs", "100"]`.
+    pub flags: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            flags: Vec::new(),
+        }
+    }
+}
+
+enum Running {
+    InProcess(NodeHandle),
+    Process(process::Child),
+}
+
+/// One member of a test cluster.
+pub struct TestNode {
+    pub id: NodeId,
+    /// Started with `--join` (added later with `member add`) rather than `--initial-cluster`.
+    pub joined: bool,
+    pub peer_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    running: Option<Running>,
+}
+
+/// A cluster of keel nodes for a test.
+pub struct Cluster {
+    pub backend: Backend,
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    initial_cluster: String,
+    flags: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+/// Reserve a free port on 127.0.0.1 (for processes, which bind it themselves).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+impl Cluster {
+    /// Start a new cluster and wait until it has a leader.
+    pub async fn start(backend: Backend, options: Options) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("keel-test").tempdir()?;
+        let mut nodes = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for i in 1..=options.nodes as NodeId {
+            let (peer_addr, client_addr) = match backend {
+                Backend::InProcess => {
+                    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let client = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let addrs = (peer.local_addr()?, client.local_addr()?);
+                    listeners.insert(i, Listeners { peer, client });
+                    addrs
+                }
+                Backend::Process => (free_port()?, free_port()?),
+            };
+            let data_dir = dir.path().join(format!("node{i}"));
+            nodes.insert(
+                i,
+                TestNode {
+                    id: i,
+                    joined: false,
+                    peer_addr,
+                    client_addr,
+                    data_dir,
+                    running: None,
+                },
+            );
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            backend,
+            nodes,
+            initial_cluster,
+            flags: options.flags,
+            dir,
+        };
+        let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            let l = listeners.remove(&id);
+            cluster.launch(id, l).await?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    /// The directory holding every node's data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn args(&self, id: NodeId) -> Vec<String> {
+        let n = &self.nodes[&id];
+        let mut args = vec![
+            "keel".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+            "--peer-addr".into(),
+            n.peer_addr.to_string(),
+            "--client-addr".into(),
+            n.client_addr.to_string(),
+        ];
+        if n.joined {
+            args.push("--join".into());
+        } else {
+            args.extend(["--initial-cluster".into(), self.initial_cluster.clone()]);
+        }
+        args.extend(self.flags.iter().cloned());
+        args
+    }
+
+    async fn launch(&mut self, id: NodeId, listeners: Option<Listeners>) -> anyhow::Result<()> {
+        let args = self.args(id);
+        let running = match self.backend {
+            Backend::InProcess => {
+                let config = Config::from_args(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let listeners = match listeners {
+                    Some(l) => l,
+                    None => Listeners::bind(&config).await?,
+                };
+                Running::InProcess(keel_server::start(config, listeners).await?)
+            }
+            Backend::Process => {
+                let log = self.dir.path().join(format!("node{id}.log"));
+                Running::Process(process::Child::spawn(&args[1..], &log)?)
+            }
+        };
+        self.nodes.get_mut(&id).context("no such node")?.running = Some(running);
+        Ok(())
+    }
+
+    /// Start a new, empty node with `--join` and the next free id; it waits until a member add
+    /// brings it in. Returns its id.
+    pub async fn start_joiner(&mut self) -> anyhow::Result<NodeId> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let (peer_addr, client_addr, listeners) = match self.backend {
+            Backend::InProcess => {
+                let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let client = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addrs = (peer.local_addr()?, client.local_addr()?);
+                (addrs.0, addrs.1, Some(Listeners { peer, client }))
+            }
+            Backend::Process => (free_port()?, free_port()?, None),
+        };
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        self.nodes.insert(
+            id,
+            TestNode {
+                id,
+                joined: true,
+                peer_addr,
+                client_addr,
+                data_dir,
+                running: None,
+            },
+        );
+        self.launch(id, listeners).await?;
+        Ok(id)
+    }
+
+    /// Forget a stopped node (after it was removed from the cluster).
+    pub fn forget(&mut self, id: NodeId) {
+        self.nodes.remove(&id);
+    }
+
+    /// Is the node running?
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.running.is_some())
+    }
+
+    /// Stop a node abruptly: SIGKILL for processes; for in-process nodes, Raft and servers are
+    /// stopped without waiting for in-flight requests.
+    pub async fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        match node.running.take() {
+            Some(Running::Process(mut child)) => child.kill(),
+            Some(Running::InProcess(handle)) => handle.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stop a node gracefully: SIGTERM and wait, or an in-process shutdown.
+    pub async fn stop(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        match node.running.take() {
+            Some(Running::Process(mut child)) => {
+                let status = child.terminate(Duration::from_secs(30))?;
+                if !status.success() {
+                    bail!("node {id} exited with {status} after SIGTERM");
+                }
+                Ok(())
+            }
+            Some(Running::InProcess(handle)) => handle.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Start a stopped node again on its old addresses and data.
+    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        if self.is_running(id) {
+            bail!("node {id} is running");
+        }
+        self.launch(id, None).await
+    }
+
+    /// SIGSTOP / SIGCONT a process node.
+    pub fn pause(&mut self, id: NodeId, paused: bool) -> anyhow::Result<()> {
+        match self.nodes.get_mut(&id).and_then(|n| n.running.as_mut()) {
+            Some(Running::Process(child)) => child.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT }),
+            Some(Running::InProcess(_)) => bail!("pause needs the process backend"),
+            None => bail!("node {id} is not running"),
+        }
+    }
+
+    /// The OS process id of a process node.
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        match self.nodes.get(&id)?.running.as_ref()? {
+            Running::Process(child) => Some(child.pid()),
+            Running::InProcess(_) => None,
+        }
+    }
+
+    /// Client endpoints of every node, `host:port`, in id order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client_addr.to_string()).collect()
+    }
+
+    /// A channel to a node's client port.
+    pub fn channel(&self, id: NodeId) -> Channel {
+        let addr = self.nodes[&id].client_addr;
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    }
+
+    pub fn kv(&self, id: NodeId) -> KvClient<Channel> {
+        KvClient::new(self.channel(id))
+    }
+
+    pub fn cluster_client(&self, id: NodeId) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(id))
+    }
+
+    /// A node's status, if it answers within a second.
+    pub async fn status(&self, id: NodeId) -> Option<StatusResponse> {
+        let mut c = self.cluster_client(id);
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        c.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Wait until running nodes agree on a leader that is itself running; return it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.nodes.keys().filter(|id| self.is_running(**id)) {
+                if let Some(s) = self.status(*id).await {
+                    leaders.push((s.leader_id, s.role == "leader" && s.id == *id));
+                }
+            }
+            let claimed: Vec<NodeId> = leaders.iter().filter(|(_, me)| *me).map(|(l, _)| *l).collect();
+            if let [leader] = claimed[..] {
+                if leaders.iter().all(|(l, _)| *l == leader) {
+                    return Ok(leader);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until a node has applied at least `index`.
+    pub async fn wait_applied(&self, id: NodeId, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if s.applied_index >= index {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not apply index {index} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until `leader` has seen member `id` acknowledge at least `index` (its replication
+    /// status). A member can have applied an entry before its answer reaches the leader, so tests
+    /// that depend on the leader's view wait for this, not for [`Cluster::wait_applied`].
+    pub async fn wait_matched(&self, leader: NodeId, id: NodeId, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let matched = self
+                .status(leader)
+                .await
+                .and_then(|s| s.replication.iter().find(|r| r.id == id).map(|r| r.matched_index));
+            if matched.is_some_and(|m| m >= index) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "leader {leader} did not see member {id} reach index {index} within {timeout:?} (saw {matched:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The log of a process node (for failure messages).
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
+    /// Stop every node gracefully.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await?;
+        }
+        Ok(())
+    }
+}
