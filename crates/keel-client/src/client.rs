@@ -368,7 +368,7 @@ impl Client {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(attempts.give_up());
+                return Err(attempts.give_up(kind));
             }
             let attempt_timeout = attempt_timeout(kind, n, remaining, inner.config.timeout);
             let mut request = tonic::Request::new(req.clone());

@@ -145,6 +145,9 @@ pub(crate) struct Attempts {
     timed_out: bool,
     last_answer: Option<Status>,
     last_lost: Option<String>,
+    /// An attempt reached the server, or may have, without an answer saying it failed: a write
+    /// may have applied, whatever later attempts answer.
+    maybe_applied: Option<String>,
 }
 
 impl Attempts {
@@ -156,6 +159,7 @@ impl Attempts {
             timed_out: false,
             last_answer: None,
             last_lost: None,
+            maybe_applied: None,
         }
     }
 
@@ -163,6 +167,9 @@ impl Attempts {
         let (text, answered) = match failure {
             Failure::Answered(status) => {
                 let text = format!("{}: {}", status.code(), status.message());
+                if matches!(status.code(), Code::DeadlineExceeded | Code::Unknown | Code::Cancelled) {
+                    self.maybe_applied = Some(format!("{endpoint}: {text}"));
+                }
                 match status.code() {
                     Code::Unavailable => self.last_unavailable = Some(status.message().to_string()),
                     Code::DeadlineExceeded => self.timed_out = true,
@@ -172,6 +179,7 @@ impl Attempts {
             }
             Failure::NotSent(message) => (message, false),
             Failure::Lost { message, timed_out } => {
+                self.maybe_applied = Some(message.clone());
                 self.timed_out |= timed_out;
                 self.last_lost = Some(message.clone());
                 (message, false)
@@ -184,9 +192,17 @@ impl Attempts {
 
     /// The error for a request whose deadline passed while it was being retried.
     ///
-    /// An `Unavailable` answer wins: it names the cluster's problem ("no leader"), which matters
+    /// A write of which some attempt may have applied ends as [`Error::OutcomeUnknown`], whatever
+    /// the later attempts answered: a session write lost in a failover and then refused with
+    /// "no leader" until the deadline may still be committed by the next leader. Otherwise an
+    /// `Unavailable` answer wins: it names the cluster's problem ("no leader"), which matters
     /// more than which endpoints were down.
-    pub(crate) fn give_up(self) -> Error {
+    pub(crate) fn give_up(self, kind: Kind) -> Error {
+        if let Some(attempt) = self.maybe_applied.filter(|_| kind.writes()) {
+            return Error::OutcomeUnknown(format!(
+                "an attempt may have applied ({attempt}); later attempts failed"
+            ));
+        }
         let tried = self.failures.iter().flatten().count();
         let answered = self.failures.iter().flatten().filter(|(_, answered)| *answered).count();
         if let Some(message) = self.last_unavailable {
@@ -285,17 +301,44 @@ mod tests {
         attempts.record(0, "a:1", Failure::NotSent("connection refused".into()));
         attempts.record(1, "b:1", Failure::Answered(Status::unavailable("no leader")));
         attempts.record(2, "c:1", Failure::NotSent("connection refused".into()));
-        let err = attempts.give_up();
+        let err = attempts.give_up(Kind::Read);
         assert_eq!(err.to_string(), "no leader (1 of 3 endpoints reachable)");
 
         let mut attempts = Attempts::new(2);
         attempts.record(0, "a:1", Failure::NotSent("connection refused".into()));
         attempts.record(1, "b:1", Failure::NotSent("timed out".into()));
-        let err = attempts.give_up();
+        let err = attempts.give_up(Kind::Read);
         assert_eq!(
             err.to_string(),
             "cannot reach any endpoint (a:1: connection refused; b:1: timed out)"
         );
-        assert!(matches!(Attempts::new(1).give_up(), Error::DeadlineExceeded));
+        assert!(matches!(Attempts::new(1).give_up(Kind::Read), Error::DeadlineExceeded));
+    }
+
+    #[test]
+    fn a_write_that_may_have_applied_stays_unknown_whatever_follows() {
+        let lost = || Failure::Lost {
+            message: "a:1: connection reset".into(),
+            timed_out: false,
+        };
+        let mut attempts = Attempts::new(2);
+        attempts.record(0, "a:1", lost());
+        attempts.record(1, "b:1", Failure::Answered(Status::unavailable("no leader")));
+        let err = attempts.give_up(Kind::Idempotent);
+        assert!(
+            matches!(err, Error::OutcomeUnknown(ref m) if m.contains("connection reset")),
+            "{err:?}"
+        );
+        assert!(!err.is_write_safe_to_retry());
+        // A read that saw the same failures reports the cluster's problem.
+        let mut attempts = Attempts::new(2);
+        attempts.record(0, "a:1", lost());
+        attempts.record(1, "b:1", Failure::Answered(Status::unavailable("no leader")));
+        assert!(matches!(attempts.give_up(Kind::Read), Error::Unavailable(_)));
+        // Surely-unapplied failures alone leave a write retryable.
+        let mut attempts = Attempts::new(2);
+        attempts.record(0, "a:1", Failure::NotSent("connection refused".into()));
+        attempts.record(1, "b:1", Failure::Answered(Status::unavailable("no leader")));
+        assert!(attempts.give_up(Kind::Idempotent).is_write_safe_to_retry());
     }
 }

@@ -100,7 +100,9 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         ..Default::default()
     }
     .validate()?;
-    let channels = Arc::new(PeerChannels::default());
+    let channels = Arc::new(PeerChannels::from_listen_addr(
+        listeners.peer.local_addr().unwrap_or(config.peer_addr),
+    ));
     let cluster = Arc::new(identity::ClusterId::new(&config.data_dir, identity.clone()));
     let network = Network {
         id: config.id,

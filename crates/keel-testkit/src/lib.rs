@@ -6,15 +6,21 @@
 //! - [`Backend::Process`]: every node is a `keel` process (the built binary). `kill` is SIGKILL,
 //!   `pause` is SIGSTOP: real crashes and stalls.
 //!
+//! With [`Options::network`], every node gets its own loopback address and its peer port is
+//! fronted by a proxy of [`net::Net`], so tests can cut, slow or break any link between nodes
+//! ([`Cluster::net`]).
+//!
 //! Nodes keep their data directories across stop/start, so a restarted node recovers from disk.
 //! Everything lives in one temporary directory, removed when the cluster is dropped; processes
 //! are killed on drop.
 
+pub mod chaos;
 pub mod history;
+pub mod net;
 mod process;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,8 @@ pub struct Options {
     pub nodes: usize,
     /// Extra `keel` flags for every node, e.g. `["--snapshot-logs", "100"]`.
     pub flags: Vec<String>,
+    /// Put every peer link behind the fault-injecting proxy (see [`net`]), seeded with this.
+    pub network: Option<u64>,
 }
 
 impl Default for Options {
@@ -48,6 +56,7 @@ impl Default for Options {
         Options {
             nodes: 3,
             flags: Vec::new(),
+            network: None,
         }
     }
 }
@@ -62,10 +71,14 @@ pub struct TestNode {
     pub id: NodeId,
     /// Started with `--join` (added later with `member add`) rather than `--initial-cluster`.
     pub joined: bool,
+    /// The peer address the node advertises (the proxy's, with [`Options::network`]).
     pub peer_addr: SocketAddr,
+    /// Where the node's peer listener really is.
+    pub peer_listen: SocketAddr,
     pub client_addr: SocketAddr,
     pub data_dir: PathBuf,
     running: Option<Running>,
+    _proxy: Option<net::Proxy>,
 }
 
 /// A cluster of keel nodes for a test.
@@ -74,44 +87,87 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, TestNode>,
     initial_cluster: String,
     flags: Vec<String>,
+    net: Option<net::Net>,
+    /// Ids are never reused, as in etcd: a removed member's id stays retired.
+    next_id: NodeId,
     dir: tempfile::TempDir,
 }
 
-/// Reserve a free port on 127.0.0.1 (for processes, which bind it themselves).
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// Reserve a free port on `ip` (for processes, which bind it themselves).
+fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind((ip, 0))?;
     Ok(l.local_addr()?)
+}
+
+/// Where a new node listens, and the listeners already bound for in-process nodes.
+struct Addresses {
+    peer_addr: SocketAddr,
+    peer_listen: SocketAddr,
+    client_addr: SocketAddr,
+    listeners: Option<Listeners>,
+    proxy: Option<net::Proxy>,
+}
+
+impl Addresses {
+    async fn new(backend: Backend, net: Option<&net::Net>, id: NodeId) -> anyhow::Result<Addresses> {
+        let ip = match net {
+            Some(_) => net::node_ip(id),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let (peer_listen, client_addr, listeners) = match backend {
+            Backend::InProcess => {
+                let peer = tokio::net::TcpListener::bind((ip, 0)).await?;
+                let client = tokio::net::TcpListener::bind((ip, 0)).await?;
+                let addrs = (peer.local_addr()?, client.local_addr()?);
+                (addrs.0, addrs.1, Some(Listeners { peer, client }))
+            }
+            Backend::Process => (free_port(ip)?, free_port(ip)?, None),
+        };
+        let proxy = match net {
+            Some(net) => {
+                net.register(id, ip);
+                Some(net.proxy(id, SocketAddr::new(ip, 0), peer_listen).await?)
+            }
+            None => None,
+        };
+        Ok(Addresses {
+            peer_addr: proxy.as_ref().map_or(peer_listen, |p| p.addr),
+            peer_listen,
+            client_addr,
+            listeners,
+            proxy,
+        })
+    }
+
+    fn node(self, id: NodeId, joined: bool, data_dir: PathBuf) -> (TestNode, Option<Listeners>) {
+        let node = TestNode {
+            id,
+            joined,
+            peer_addr: self.peer_addr,
+            peer_listen: self.peer_listen,
+            client_addr: self.client_addr,
+            data_dir,
+            running: None,
+            _proxy: self.proxy,
+        };
+        (node, self.listeners)
+    }
 }
 
 impl Cluster {
     /// Start a new cluster and wait until it has a leader.
     pub async fn start(backend: Backend, options: Options) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("keel-test").tempdir()?;
+        let net = options.network.map(net::Net::new);
         let mut nodes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         for i in 1..=options.nodes as NodeId {
-            let (peer_addr, client_addr) = match backend {
-                Backend::InProcess => {
-                    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                    let client = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                    let addrs = (peer.local_addr()?, client.local_addr()?);
-                    listeners.insert(i, Listeners { peer, client });
-                    addrs
-                }
-                Backend::Process => (free_port()?, free_port()?),
-            };
-            let data_dir = dir.path().join(format!("node{i}"));
-            nodes.insert(
-                i,
-                TestNode {
-                    id: i,
-                    joined: false,
-                    peer_addr,
-                    client_addr,
-                    data_dir,
-                    running: None,
-                },
-            );
+            let addrs = Addresses::new(backend, net.as_ref(), i).await?;
+            let (node, l) = addrs.node(i, false, dir.path().join(format!("node{i}")));
+            nodes.insert(i, node);
+            if let Some(l) = l {
+                listeners.insert(i, l);
+            }
         }
         let initial_cluster = nodes
             .values()
@@ -123,6 +179,8 @@ impl Cluster {
             nodes,
             initial_cluster,
             flags: options.flags,
+            net,
+            next_id: options.nodes as NodeId + 1,
             dir,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
@@ -132,6 +190,11 @@ impl Cluster {
         }
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
         Ok(cluster)
+    }
+
+    /// The fault-injecting network, if the cluster was started with [`Options::network`].
+    pub fn net(&self) -> Option<&net::Net> {
+        self.net.as_ref()
     }
 
     /// The directory holding every node's data.
@@ -148,6 +211,8 @@ impl Cluster {
             "--data-dir".into(),
             n.data_dir.display().to_string(),
             "--peer-addr".into(),
+            n.peer_listen.to_string(),
+            "--advertise-peer-addr".into(),
             n.peer_addr.to_string(),
             "--client-addr".into(),
             n.client_addr.to_string(),
@@ -181,31 +246,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Start a new, empty node with `--join` and the next free id; it waits until a member add
+    /// Start a new, empty node with `--join` and the next id never used in this cluster; it waits until a member add
     /// brings it in. Returns its id.
     pub async fn start_joiner(&mut self) -> anyhow::Result<NodeId> {
-        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let (peer_addr, client_addr, listeners) = match self.backend {
-            Backend::InProcess => {
-                let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let client = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addrs = (peer.local_addr()?, client.local_addr()?);
-                (addrs.0, addrs.1, Some(Listeners { peer, client }))
-            }
-            Backend::Process => (free_port()?, free_port()?, None),
-        };
-        let data_dir = self.dir.path().join(format!("node{id}"));
-        self.nodes.insert(
-            id,
-            TestNode {
-                id,
-                joined: true,
-                peer_addr,
-                client_addr,
-                data_dir,
-                running: None,
-            },
-        );
+        let id = self.next_id;
+        self.next_id += 1;
+        let addrs = Addresses::new(self.backend, self.net.as_ref(), id).await?;
+        let (node, listeners) = addrs.node(id, true, self.dir.path().join(format!("node{id}")));
+        self.nodes.insert(id, node);
         self.launch(id, listeners).await?;
         Ok(id)
     }

@@ -13,18 +13,20 @@ fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir).join(name));
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/test-binary → target/<profile>/NAME
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
-    let path = profile_dir.join(name);
-    if !path.exists() {
+    // A test runs from target/<profile>/deps/, a tool such as keel-chaos from target/<profile>/.
+    let dir = exe.parent().context("executable has no directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    let Some(path) = candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+    else {
         bail!(
-            "{} not found; build it first (cargo build --workspace --bins) or set KEEL_BIN_DIR",
-            path.display()
+            "{name} not found next to {}; build it first (cargo build --workspace --bins) or set KEEL_BIN_DIR",
+            exe.display()
         );
-    }
+    };
     Ok(path)
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,9 +63,23 @@ fn entries_that_fit(entries: &[keel_storage::Entry], budget: usize) -> Option<u6
 #[derive(Default)]
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
+    /// The source address of outgoing peer connections (see [`PeerChannels::from_listen_addr`]).
+    local_ip: Option<IpAddr>,
 }
 
 impl PeerChannels {
+    /// Channels whose connections leave from the IP the peer listener is bound to, unless that
+    /// is the wildcard address. As with Consul's `bind_addr`, a multi-homed host then talks to
+    /// its peers from the address they know it by, and firewall rules or a fault-injecting proxy
+    /// can tell the members' connections apart (keel's chaos tests give each node its own
+    /// 127.0.0.x).
+    pub fn from_listen_addr(addr: SocketAddr) -> PeerChannels {
+        PeerChannels {
+            channels: Mutex::default(),
+            local_ip: (!addr.ip().is_unspecified()).then_some(addr.ip()),
+        }
+    }
+
     /// The client for the peer at `addr`, on the one channel kept for it.
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,6 +92,7 @@ impl PeerChannels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
+            .local_address(self.local_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(RaftClient::new(ch)

@@ -256,7 +256,7 @@ impl KOp<'_> {
 }
 
 /// Prepare the operations of one key: drop what constrains nothing and intern values.
-fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>) -> Vec<KOp<'a>> {
+fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>, prune: bool) -> Vec<KOp<'a>> {
     let mut kops = Vec::new();
     for o in ops {
         let effect = match (&o.op, &o.outcome) {
@@ -289,19 +289,20 @@ fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>) -> Vec<KOp<'a>> 
         });
     }
     // An unknown write of a value nobody observed (no read returned it, no compare-and-swap
-    // expected it) can be dropped from any linearization that includes it: until the next
-    // write, nothing depends on its value, so the operations there stay valid with the value
-    // before it. The one exception is a compare-and-swap that did not swap, which the
-    // unobserved value may be needed to explain; so prune only when there is none. This keeps
-    // writes lost to crashes from multiplying the search.
-    let has_not_swapped = kops.iter().any(|k| matches!(k.effect, Effect::NotSwapped { .. }));
-    if !has_not_swapped {
+    // expected it) is a candidate for pruning: a linearization of the rest is one of the whole
+    // in which it never took effect. The converse can fail only through a compare-and-swap that
+    // did not swap, which the unobserved value may be needed to explain; so `check_key` searches
+    // the pruned operations first and falls back to all of them if that finds no order. This
+    // keeps writes lost to crashes from multiplying the search.
+    if prune {
         let mut observed = HashSet::new();
         for k in &kops {
             match k.effect {
                 Effect::Read(v) => observed.insert(v),
-                Effect::Swapped { expect, .. } | Effect::MaybeSwap { expect, .. } => observed.insert(expect),
-                Effect::NotSwapped { .. } | Effect::Write(_) => false,
+                Effect::Swapped { expect, .. } | Effect::MaybeSwap { expect, .. } | Effect::NotSwapped { expect } => {
+                    observed.insert(expect)
+                }
+                Effect::Write(_) => false,
             };
         }
         kops.retain(|k| match k.effect {
@@ -444,8 +445,21 @@ struct Deepest {
 /// linearized operations, value) already explored, since the rest of the search depends on
 /// nothing else.
 fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Result<(), Violation> {
+    let pruned = search_key(key, ops, max_steps, true);
+    // Only a pruned search that dropped something can be wrong where the full one is right.
+    let dropped_any = || {
+        let mut names = Interner::default();
+        prepare(ops, &mut names, true).len() != prepare(ops, &mut names, false).len()
+    };
+    match pruned {
+        Err(_) if dropped_any() => search_key(key, ops, max_steps, false),
+        result => result,
+    }
+}
+
+fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Result<(), Violation> {
     let mut names = Interner::default();
-    let kops = prepare(ops, &mut names);
+    let kops = prepare(ops, &mut names, prune);
     let total_required = kops.iter().filter(|k| k.ret.is_some()).count();
     if total_required == 0 {
         return Ok(());

@@ -1,0 +1,161 @@
+//! `keel-chaos`: chaos runs against a local cluster, for soaks (`scripts/chaos.sh`) and CI.
+//!
+//! Each run starts a fresh three-node cluster of `keel` processes behind the proxy network,
+//! drives the workload under the nemesis, checks the history, prints the report and, after
+//! several runs, a summary table. Exit status: 0 if every run passed, 1 if any failed, 2 for bad
+//! flags. Node logs and the history of a failed run are kept under `--artifacts`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use keel_testkit::chaos::{self, Fault, Report};
+use keel_testkit::{Backend, Cluster, Options};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel-chaos",
+    about = "Fault-injection runs against a local keel cluster, checked for linearizability"
+)]
+struct Args {
+    /// Length of one run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seed of the first run (later runs add 1 each); random if not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Comma-separated faults: kill, pause, partition, delay, membership.
+    #[arg(long, default_value = "kill,pause,partition,delay,membership", value_delimiter = ',', value_parser = parse_faults)]
+    faults: Vec<Fault>,
+    /// process: keel processes behind the proxy network; in-process: nodes inside this program
+    /// (no pause). The compose deployment is driven by scripts/chaos.sh --backend docker.
+    #[arg(long, default_value = "process", value_parser = ["process", "in-process"])]
+    backend: String,
+    /// Number of consecutive runs.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Where failed runs leave their node logs and history.
+    #[arg(long, default_value = "target/chaos")]
+    artifacts: PathBuf,
+}
+
+fn parse_faults(s: &str) -> Result<Fault, String> {
+    Fault::parse(s.trim()).ok_or_else(|| format!("unknown fault {s:?} (kill, pause, partition, delay, membership)"))
+}
+
+fn random_seed() -> u64 {
+    rand::random::<u64>() % 1_000_000_000
+}
+
+async fn one_run(args: &Args, seed: u64) -> anyhow::Result<(Report, Cluster)> {
+    let backend = match args.backend.as_str() {
+        "in-process" => Backend::InProcess,
+        _ => Backend::Process,
+    };
+    let options = Options {
+        nodes: 3,
+        // Frequent snapshots, so that restarted and new members are also caught up by
+        // snapshot installation, not only by the log.
+        flags: vec!["--snapshot-logs".into(), "500".into()],
+        network: Some(seed),
+    };
+    let mut cluster = Cluster::start(backend, options).await?;
+    let mut config = chaos::Config::new(seed, Duration::from_secs(args.duration));
+    config.schedule.faults = args.faults.clone();
+    config.load.clients = args.clients;
+    config.load.keys = args.keys;
+    let report = chaos::run(&mut cluster, &config).await?;
+    Ok((report, cluster))
+}
+
+/// Keep what a failed run leaves behind: every node's log and the report.
+fn keep_artifacts(args: &Args, report: &Report, cluster: &Cluster) -> std::io::Result<PathBuf> {
+    let dir = args.artifacts.join(format!("seed-{}", report.seed));
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(cluster.dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, dir.join(name))?;
+            }
+        }
+    }
+    std::fs::File::create(dir.join("report.txt"))?.write_all(report.to_string().as_bytes())?;
+    Ok(dir)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let first = args.seed.unwrap_or_else(random_seed);
+    let mut summary = Vec::new();
+    for run in 0..args.runs {
+        let seed = if args.seed.is_some() {
+            first + u64::from(run)
+        } else {
+            random_seed()
+        };
+        println!("=== run {}/{} seed {seed}", run + 1, args.runs);
+        match one_run(&args, seed).await {
+            Ok((report, cluster)) => {
+                println!("{report}");
+                if !report.passed() {
+                    match keep_artifacts(&args, &report, &cluster) {
+                        Ok(dir) => println!("artifacts: {}", dir.display()),
+                        Err(e) => println!("could not keep artifacts: {e}"),
+                    }
+                }
+                let shutdown = cluster.shutdown().await;
+                if let Err(e) = shutdown {
+                    println!("shutdown after the run failed: {e:#}");
+                }
+                summary.push((seed, Some(report)));
+            }
+            Err(e) => {
+                println!("run could not be carried out: {e:#}");
+                summary.push((seed, None));
+            }
+        }
+    }
+    println!("\n| run | seed | ops ok / failed / unknown | writes acked | after heal | recovery | linearizable | lost writes | replicas agree | verdict |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut all_passed = true;
+    for (i, (seed, report)) in summary.iter().enumerate() {
+        let Some(r) = report else {
+            all_passed = false;
+            println!("| {} | {seed} | - | - | - | - | - | - | - | ERROR |", i + 1);
+            continue;
+        };
+        all_passed &= r.passed();
+        let ok = r.puts.ok + r.gets.ok + r.cases.ok;
+        let failed = r.puts.failed + r.gets.failed + r.cases.failed;
+        let unknown = r.puts.unknown + r.gets.unknown + r.cases.unknown;
+        let yes = |b: bool| if b { "yes" } else { "NO" };
+        println!(
+            "| {} | {seed} | {ok} / {failed} / {unknown} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            r.acknowledged_writes(),
+            r.writes_after_heal,
+            r.recovery
+                .as_ref()
+                .map_or("NO".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
+            yes(r.linearizable.is_ok()),
+            if r.no_lost_writes.is_ok() { "0" } else { "SOME" },
+            yes(r.replicas_agree.is_ok()),
+            if r.passed() { "PASS" } else { "FAIL" },
+        );
+    }
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

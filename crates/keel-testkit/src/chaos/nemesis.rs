@@ -1,0 +1,220 @@
+//! The nemesis: faults drawn from a seed, one at a time, each held for a while and then undone.
+
+use std::time::{Duration, Instant};
+
+use keel_storage::NodeId;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use super::target::{Fault, Target};
+use crate::net::LinkFault;
+
+/// One line of the fault timeline.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// Which faults to draw, and how long to keep each.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub faults: Vec<Fault>,
+    /// Quiet time between two faults.
+    pub gap: (Duration, Duration),
+    /// How long a fault is held.
+    pub hold: (Duration, Duration),
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            faults: Fault::ALL.to_vec(),
+            gap: (Duration::from_millis(500), Duration::from_secs(2)),
+            hold: (Duration::from_secs(1), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The fault in force, to be undone.
+enum Active {
+    Killed(NodeId),
+    Paused(NodeId),
+    Network,
+}
+
+pub struct Nemesis {
+    rng: StdRng,
+    start: Instant,
+    pub timeline: Vec<Event>,
+}
+
+fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
+    if hi <= lo {
+        return lo;
+    }
+    lo + (hi - lo).mul_f64(rng.random())
+}
+
+impl Nemesis {
+    pub fn new(seed: u64, start: Instant) -> Nemesis {
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed),
+            start,
+            timeline: Vec::new(),
+        }
+    }
+
+    pub fn log(&mut self, what: impl Into<String>) {
+        let event = Event {
+            at: self.start.elapsed(),
+            what: what.into(),
+        };
+        tracing::info!(at = ?event.at, "{}", event.what);
+        self.timeline.push(event);
+    }
+
+    /// Inject faults until `until`, then undo the last one. Membership changes publish the new
+    /// client endpoints on `endpoints`.
+    pub async fn run<T: Target>(
+        &mut self,
+        target: &mut T,
+        schedule: &Schedule,
+        until: Instant,
+        endpoints: &watch::Sender<Vec<String>>,
+    ) {
+        let faults: Vec<Fault> = schedule
+            .faults
+            .iter()
+            .copied()
+            .filter(|f| target.supports(*f))
+            .collect();
+        for f in &schedule.faults {
+            if !target.supports(*f) {
+                self.log(format!("{} is not supported by this backend; skipped", f.name()));
+            }
+        }
+        loop {
+            let gap = between(&mut self.rng, schedule.gap);
+            if Instant::now() + gap >= until {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+            let Some(&fault) = faults.choose(&mut self.rng) else {
+                continue;
+            };
+            let hold = between(&mut self.rng, schedule.hold).min(until.saturating_duration_since(Instant::now()));
+            match self.inject(target, fault, endpoints).await {
+                Ok(Some(active)) => {
+                    tokio::time::sleep(hold).await;
+                    self.undo(target, active).await;
+                }
+                Ok(None) => {}
+                Err(e) => self.log(format!("{} failed: {e:#}", fault.name())),
+            }
+        }
+    }
+
+    /// A member to hit: the leader half the time (the interesting case), else anyone.
+    async fn victim<T: Target>(&mut self, target: &T) -> (NodeId, &'static str) {
+        let leader = target.leader().await;
+        let members = target.members();
+        match leader {
+            Some(l) if self.rng.random_bool(0.5) => (l, " (leader)"),
+            _ => {
+                let id = *members.choose(&mut self.rng).expect("a cluster has members");
+                (id, if Some(id) == leader { " (leader)" } else { "" })
+            }
+        }
+    }
+
+    async fn inject<T: Target>(
+        &mut self,
+        target: &mut T,
+        fault: Fault,
+        endpoints: &watch::Sender<Vec<String>>,
+    ) -> anyhow::Result<Option<Active>> {
+        let (id, role) = self.victim(target).await;
+        let others: Vec<NodeId> = target.members().into_iter().filter(|m| *m != id).collect();
+        match fault {
+            Fault::Kill => {
+                self.log(format!("kill -9 node {id}{role}"));
+                target.kill(id).await?;
+                Ok(Some(Active::Killed(id)))
+            }
+            Fault::Pause => {
+                self.log(format!("pause node {id}{role}"));
+                target.pause(id, true).await?;
+                Ok(Some(Active::Paused(id)))
+            }
+            Fault::Partition => {
+                match self.rng.random_range(0..3) {
+                    0 => {
+                        self.log(format!("partition: isolate node {id}{role} from {others:?}"));
+                        target.partition(&[vec![id], others]).await?;
+                    }
+                    1 => {
+                        self.log(format!(
+                            "partition: node {id}{role} cannot send to {others:?} (one way)"
+                        ));
+                        for &o in &others {
+                            target.block_one_way(id, o).await?;
+                        }
+                    }
+                    _ => {
+                        self.log(format!(
+                            "partition: node {id}{role} cannot receive from {others:?} (one way)"
+                        ));
+                        for &o in &others {
+                            target.block_one_way(o, id).await?;
+                        }
+                    }
+                }
+                Ok(Some(Active::Network))
+            }
+            Fault::Delay => {
+                let fault = LinkFault {
+                    blocked: false,
+                    delay: Duration::from_millis(self.rng.random_range(10..=150)),
+                    jitter: Duration::from_millis(self.rng.random_range(0..=50)),
+                    drop_rate: [0.0, 0.001, 0.01][self.rng.random_range(0..3)],
+                };
+                self.log(format!(
+                    "degrade every link: delay {:?} + jitter {:?}, drop rate {}",
+                    fault.delay, fault.jitter, fault.drop_rate
+                ));
+                target.degrade(fault).await?;
+                Ok(Some(Active::Network))
+            }
+            Fault::Membership => {
+                self.log(format!("membership: replace node {id}{role}"));
+                let new = target.replace(id).await?;
+                endpoints.send_replace(target.endpoints());
+                self.log(format!("membership: node {new} replaced node {id}"));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn undo<T: Target>(&mut self, target: &mut T, active: Active) {
+        let result = match active {
+            Active::Killed(id) => {
+                self.log(format!("restart node {id}"));
+                target.restart(id).await
+            }
+            Active::Paused(id) => {
+                self.log(format!("resume node {id}"));
+                target.pause(id, false).await
+            }
+            Active::Network => {
+                self.log("heal the network");
+                target.heal_network().await
+            }
+        };
+        if let Err(e) = result {
+            self.log(format!("undo failed: {e:#}"));
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The clients of a chaos run: put, linearizable get and compare-and-swap on a few keys, every
+//! operation recorded for the checker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_client::proto::{compare, request_op, Compare, PutRequest, RequestOp, TxnRequest};
+use keel_client::{Client, ClientConfig, Error};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::history::{Op, Outcome, ProcessId, Recorder};
+
+/// The shape of the load.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub clients: usize,
+    pub keys: usize,
+    /// Per-request deadline, retries included.
+    pub timeout: Duration,
+    /// Most operations one client issues (a bound besides time).
+    pub max_ops_per_client: u64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            clients: 8,
+            keys: 8,
+            timeout: Duration::from_secs(3),
+            max_ops_per_client: 100_000,
+        }
+    }
+}
+
+/// The key names of a run.
+pub fn key_names(keys: usize) -> Vec<String> {
+    (0..keys).map(|k| format!("chaos/k{k}")).collect()
+}
+
+/// How an error ends a write: surely not applied, or maybe.
+fn write_outcome(e: &Error) -> Outcome {
+    if e.is_write_safe_to_retry() {
+        Outcome::Failed
+    } else {
+        Outcome::Unknown
+    }
+}
+
+/// One client's loop, until `stop` or its operation budget. Endpoints are re-read from
+/// `endpoints` whenever membership changes them.
+pub async fn client(
+    process: ProcessId,
+    seed: u64,
+    load: Load,
+    recorder: Recorder,
+    mut endpoints: watch::Receiver<Vec<String>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let keys = key_names(load.keys);
+    // Odd clients write without sessions and give up sooner: their timeouts leave writes whose
+    // outcome is unknown, which the checker must place (or not) somewhere after invocation.
+    let config = if process % 2 == 0 {
+        ClientConfig::with_timeout(load.timeout)
+    } else {
+        ClientConfig {
+            exactly_once: false,
+            ..ClientConfig::with_timeout(load.timeout / 3)
+        }
+    };
+    let connect = |eps: Vec<String>| Client::connect(eps, config.clone());
+    let initial = endpoints.borrow_and_update().clone();
+    let Ok(mut client) = connect(initial).await else {
+        return;
+    };
+    // The value this client last saw on each key, for its compare-and-swaps.
+    let mut seen: HashMap<usize, Option<String>> = HashMap::new();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) && seq < load.max_ops_per_client {
+        if endpoints.has_changed().unwrap_or(false) {
+            let current = endpoints.borrow_and_update().clone();
+            if let Ok(c) = connect(current).await {
+                client = c;
+            }
+        }
+        seq += 1;
+        let k = rng.random_range(0..keys.len());
+        let key = &keys[k];
+        let value = format!("c{process}-{seq}");
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let id = recorder.invoke(process, key.clone(), Op::Put(value.clone()));
+                let outcome = match client.put(key.clone(), value.clone()).await {
+                    Ok(_) => {
+                        seen.insert(k, Some(value));
+                        Outcome::PutOk
+                    }
+                    Err(e) => write_outcome(&e),
+                };
+                recorder.complete(id, outcome);
+            }
+            4..=7 => {
+                let id = recorder.invoke(process, key.clone(), Op::Get);
+                let outcome = match client.get(key.clone()).await {
+                    Ok(kv) => {
+                        let v = kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                        seen.insert(k, v.clone());
+                        Outcome::GetOk(v)
+                    }
+                    Err(_) => Outcome::Failed,
+                };
+                recorder.complete(id, outcome);
+            }
+            _ => {
+                let expect = seen.get(&k).cloned().flatten();
+                let op = Op::Cas {
+                    expect: expect.clone(),
+                    new: value.clone(),
+                };
+                let id = recorder.invoke(process, key.clone(), op);
+                let outcome = match client.txn(cas(key, expect.as_deref(), &value)).await {
+                    Ok(r) => {
+                        if r.succeeded {
+                            seen.insert(k, Some(value));
+                        } else {
+                            seen.remove(&k);
+                        }
+                        Outcome::CasOk(r.succeeded)
+                    }
+                    Err(e) => write_outcome(&e),
+                };
+                recorder.complete(id, outcome);
+            }
+        }
+    }
+}
+
+/// A transaction that sets `key` to `new` if it holds `expect` (`None`: if it is absent).
+fn cas(key: &str, expect: Option<&str>, new: &str) -> TxnRequest {
+    let compare = match expect {
+        Some(v) => Compare {
+            key: key.as_bytes().to_vec(),
+            op: compare::Op::Equal as i32,
+            target: Some(compare::Target::Value(v.as_bytes().to_vec())),
+        },
+        None => Compare {
+            key: key.as_bytes().to_vec(),
+            op: compare::Op::Equal as i32,
+            target: Some(compare::Target::Version(0)),
+        },
+    };
+    TxnRequest {
+        compare: vec![compare],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: new.as_bytes().to_vec(),
+                prev_kv: false,
+                session: None,
+            })),
+        }],
+        failure: Vec::new(),
+        session: None,
+    }
+}
+
+/// Read every key linearizably, retrying until `timeout`.
+pub async fn final_state(
+    endpoints: Vec<String>,
+    keys: usize,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    let client = Client::connect(endpoints, ClientConfig::with_timeout(Duration::from_secs(2))).await?;
+    let deadline = Instant::now() + timeout;
+    let mut state = BTreeMap::new();
+    for key in key_names(keys) {
+        let value = loop {
+            match client.get(key.clone()).await {
+                Ok(kv) => break kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                Err(e) if Instant::now() > deadline => anyhow::bail!("final read of {key}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        state.insert(key, value);
+    }
+    Ok(state)
+}
