@@ -12,7 +12,8 @@
 #   scripts/chaos.sh --seed 424242 --faults partition   replay one scenario with one fault kind
 #   scripts/chaos.sh --backend docker --duration 60     against the compose deployment
 #
-# Builds release binaries (KEEL_BIN_DIR overrides). Exit status: 0 if every run passed, 1 if
+# Builds release binaries (KEEL_BIN_DIR overrides); the docker backend builds its image from
+# them with scripts/build-image.sh. Exit status: 0 if every run passed, 1 if
 # one failed (its node logs and report are kept under target/chaos/seed-N), 2 for bad flags.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,10 +23,4 @@ if [ -z "${KEEL_BIN_DIR:-}" ]; then
   cargo build --release -q -p keel-server -p keel-cli -p keel-testkit --bins
   export KEEL_BIN_DIR="$repo/target/release"
 fi
-for arg in "$@"; do
-  if [ "$arg" = "docker" ]; then
-    # The compose deployment runs the image built from these binaries.
-    scripts/build-image.sh >&2
-  fi
-done
 exec "$KEEL_BIN_DIR/keel-chaos" "$@"

@@ -15,6 +15,7 @@
 //! are killed on drop.
 
 pub mod chaos;
+pub mod compose;
 pub mod history;
 pub mod net;
 mod process;

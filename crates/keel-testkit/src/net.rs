@@ -298,3 +298,159 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpSocket;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    /// An upstream that echoes everything and reports what it received.
+    async fn echo_server() -> (SocketAddr, UnboundedReceiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        let _ = tx.send(buf[..n].to_vec());
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Node 1 (at its own IP) connected through node 2's proxy to an echo server.
+    async fn setup() -> (Net, Proxy, TcpStream, UnboundedReceiver<Vec<u8>>) {
+        let net = Net::new(7);
+        net.register(1, node_ip(1));
+        net.register(2, node_ip(2));
+        let (upstream, received) = echo_server().await;
+        let proxy = net.proxy(2, SocketAddr::new(node_ip(2), 0), upstream).await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(node_ip(1), 0)).unwrap();
+        let stream = socket.connect(proxy.addr).await.unwrap();
+        (net, proxy, stream, received)
+    }
+
+    async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Option<Vec<u8>> {
+        s.write_all(msg).await.ok()?;
+        let mut buf = vec![0u8; msg.len()];
+        match tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// Waits for the proxy to close the connection (EOF or reset), up to 5 s.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn node_ips_are_distinct_loopback_addresses() {
+        let ips: std::collections::HashSet<IpAddr> = (1..=600).map(node_ip).collect();
+        assert_eq!(ips.len(), 600);
+        assert!(ips
+            .iter()
+            .all(|ip| ip.is_loopback() && *ip != IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+
+    #[tokio::test]
+    async fn a_healthy_link_carries_bytes_both_ways() {
+        let (_net, _proxy, mut s, _) = setup().await;
+        assert_eq!(round_trip(&mut s, b"ping").await.as_deref(), Some(&b"ping"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_blocked_link_loses_bytes_and_its_connections_close_on_heal() {
+        let (net, proxy, mut s, mut received) = setup().await;
+        assert!(round_trip(&mut s, b"one").await.is_some());
+        assert_eq!(received.recv().await.unwrap(), b"one");
+        net.partition(&[vec![1], vec![2]]);
+        assert_eq!(round_trip(&mut s, b"two").await, None);
+        assert!(received.try_recv().is_err(), "bytes crossed a blocked link");
+        net.heal();
+        assert!(
+            closed(&mut s).await,
+            "a connection that lost bytes must be closed at the heal"
+        );
+        // New connections work again.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(node_ip(1), 0)).unwrap();
+        let mut s = socket.connect(proxy.addr).await.unwrap();
+        assert_eq!(round_trip(&mut s, b"three").await.as_deref(), Some(&b"three"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_one_way_block_stops_only_that_direction() {
+        let (net, _proxy, mut s, mut received) = setup().await;
+        net.update(2, 1, |f| f.blocked = true);
+        // 1 → 2 still arrives, but the echo (2 → 1) is lost.
+        assert_eq!(round_trip(&mut s, b"hello").await, None);
+        assert_eq!(received.recv().await.unwrap(), b"hello");
+        assert_eq!(net.fault(1, 2), LinkFault::default());
+        assert!(net.fault(2, 1).blocked);
+    }
+
+    #[tokio::test]
+    async fn delay_holds_every_chunk_back_in_order() {
+        let (net, _proxy, mut s, _) = setup().await;
+        net.set(
+            1,
+            2,
+            LinkFault {
+                delay: Duration::from_millis(150),
+                jitter: Duration::from_millis(50),
+                ..LinkFault::default()
+            },
+        );
+        let start = Instant::now();
+        s.write_all(b"a").await.unwrap();
+        s.write_all(b"b").await.unwrap();
+        s.write_all(b"c").await.unwrap();
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"abc");
+        assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_lossy_link_breaks_connections() {
+        let (net, _proxy, mut s, _) = setup().await;
+        net.set(
+            1,
+            2,
+            LinkFault {
+                drop_rate: 1.0,
+                ..LinkFault::default()
+            },
+        );
+        let _ = s.write_all(b"x").await;
+        assert!(closed(&mut s).await);
+    }
+
+    #[tokio::test]
+    async fn unknown_callers_are_not_faulted() {
+        let (net, proxy, _s, _) = setup().await;
+        net.partition(&[vec![1], vec![2]]);
+        // From 127.0.0.1, which no node uses.
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(round_trip(&mut s, b"client").await.as_deref(), Some(&b"client"[..]));
+    }
+}

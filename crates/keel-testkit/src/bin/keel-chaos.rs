@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use keel_testkit::chaos::{self, Fault, Report};
+use keel_testkit::chaos::{self, Fault, Report, Target};
+use keel_testkit::compose::{self, Compose};
 use keel_testkit::{Backend, Cluster, Options};
 
 #[derive(Parser, Debug)]
@@ -30,8 +31,9 @@ struct Args {
     #[arg(long, default_value = "kill,pause,partition,delay,membership", value_delimiter = ',', value_parser = parse_faults)]
     faults: Vec<Fault>,
     /// process: keel processes behind the proxy network; in-process: nodes inside this program
-    /// (no pause). The compose deployment is driven by scripts/chaos.sh --backend docker.
-    #[arg(long, default_value = "process", value_parser = ["process", "in-process"])]
+    /// (no pause); docker: the compose deployment, image built from the binaries next to this
+    /// one (kill, pause and partition only).
+    #[arg(long, default_value = "process", value_parser = ["process", "in-process", "docker"])]
     backend: String,
     /// Number of consecutive runs.
     #[arg(long, default_value_t = 1)]
@@ -55,7 +57,39 @@ fn random_seed() -> u64 {
     rand::random::<u64>() % 1_000_000_000
 }
 
-async fn one_run(args: &Args, seed: u64) -> anyhow::Result<(Report, Cluster)> {
+fn config(args: &Args, seed: u64) -> chaos::Config {
+    let mut config = chaos::Config::new(seed, Duration::from_secs(args.duration));
+    config.schedule.faults = args.faults.clone();
+    config.load.clients = args.clients;
+    config.load.keys = args.keys;
+    config
+}
+
+/// One run; a failed run's node logs and report are kept under `--artifacts`.
+async fn one_run(args: &Args, seed: u64) -> anyhow::Result<Report> {
+    let config = config(args, seed);
+    if args.backend == "docker" {
+        let Some(tool) = compose::compose_tool() else {
+            anyhow::bail!("no Docker engine or compose tool reachable");
+        };
+        let bin_dir = keel_testkit::keel_binary()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let mut d = Compose::up(tool, &format!("keelchaos{}", std::process::id()), &bin_dir).await?;
+        let report = chaos::run(&mut d, &config).await?;
+        if !report.passed() {
+            let logs = (1..=3)
+                .map(|n| {
+                    let out = d.compose(&["logs", "--no-color", &format!("node{n}")]).output();
+                    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                    (format!("node{n}.log"), text.unwrap_or_default())
+                })
+                .collect();
+            keep_artifacts(args, &report, logs);
+        }
+        return Ok(report);
+    }
     let backend = match args.backend.as_str() {
         "in-process" => Backend::InProcess,
         _ => Backend::Process,
@@ -68,28 +102,34 @@ async fn one_run(args: &Args, seed: u64) -> anyhow::Result<(Report, Cluster)> {
         network: Some(seed),
     };
     let mut cluster = Cluster::start(backend, options).await?;
-    let mut config = chaos::Config::new(seed, Duration::from_secs(args.duration));
-    config.schedule.faults = args.faults.clone();
-    config.load.clients = args.clients;
-    config.load.keys = args.keys;
     let report = chaos::run(&mut cluster, &config).await?;
-    Ok((report, cluster))
+    if !report.passed() {
+        let ids: Vec<u64> = (1..=cluster.members().into_iter().max().unwrap_or(3)).collect();
+        let logs = ids
+            .into_iter()
+            .map(|id| (format!("node{id}.log"), cluster.log(id)))
+            .collect();
+        keep_artifacts(args, &report, logs);
+    }
+    if let Err(e) = cluster.shutdown().await {
+        println!("shutdown after the run failed: {e:#}");
+    }
+    Ok(report)
 }
 
 /// Keep what a failed run leaves behind: every node's log and the report.
-fn keep_artifacts(args: &Args, report: &Report, cluster: &Cluster) -> std::io::Result<PathBuf> {
+fn keep_artifacts(args: &Args, report: &Report, logs: Vec<(String, String)>) {
     let dir = args.artifacts.join(format!("seed-{}", report.seed));
-    std::fs::create_dir_all(&dir)?;
-    for entry in std::fs::read_dir(cluster.dir())? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            if let Some(name) = path.file_name() {
-                std::fs::copy(&path, dir.join(name))?;
-            }
+    let result = std::fs::create_dir_all(&dir).and_then(|()| {
+        for (name, text) in &logs {
+            std::fs::write(dir.join(name), text)?;
         }
+        std::fs::File::create(dir.join("report.txt"))?.write_all(report.to_string().as_bytes())
+    });
+    match result {
+        Ok(()) => println!("artifacts: {}", dir.display()),
+        Err(e) => println!("could not keep artifacts in {}: {e}", dir.display()),
     }
-    std::fs::File::create(dir.join("report.txt"))?.write_all(report.to_string().as_bytes())?;
-    Ok(dir)
 }
 
 #[tokio::main]
@@ -105,18 +145,8 @@ async fn main() -> ExitCode {
         };
         println!("=== run {}/{} seed {seed}", run + 1, args.runs);
         match one_run(&args, seed).await {
-            Ok((report, cluster)) => {
+            Ok(report) => {
                 println!("{report}");
-                if !report.passed() {
-                    match keep_artifacts(&args, &report, &cluster) {
-                        Ok(dir) => println!("artifacts: {}", dir.display()),
-                        Err(e) => println!("could not keep artifacts: {e}"),
-                    }
-                }
-                let shutdown = cluster.shutdown().await;
-                if let Err(e) = shutdown {
-                    println!("shutdown after the run failed: {e:#}");
-                }
                 summary.push((seed, Some(report)));
             }
             Err(e) => {

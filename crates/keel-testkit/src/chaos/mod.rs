@@ -20,7 +20,7 @@ pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,15 @@ impl Config {
             load: Load::default(),
         }
     }
+}
+
+/// The seed for a test's chaos run: `KEEL_CHAOS_SEED` if set (to replay a failure), else a
+/// random one. Tests print it with their report.
+pub fn seed_from_env() -> u64 {
+    std::env::var("KEEL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000_000)
 }
 
 /// Counts of one operation type's outcomes.
@@ -128,6 +137,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
     let recorder = Recorder::new();
     let (endpoints_tx, endpoints_rx) = watch::channel(target.endpoints());
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for p in 0..config.load.clients as u64 {
         clients.spawn(workload::client(
@@ -137,10 +147,11 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
             recorder.clone(),
             endpoints_rx.clone(),
             stop.clone(),
+            acked.clone(),
         ));
     }
 
-    let mut nemesis = nemesis::Nemesis::new(config.seed, start);
+    let mut nemesis = nemesis::Nemesis::new(config.seed, start, acked);
     let faults_end = start + config.duration.saturating_sub(config.settle);
     nemesis.run(target, &config.schedule, faults_end, &endpoints_tx).await;
     nemesis.log("heal everything");

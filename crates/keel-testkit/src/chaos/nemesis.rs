@@ -1,5 +1,7 @@
 //! The nemesis: faults drawn from a seed, one at a time, each held for a while and then undone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_storage::NodeId;
@@ -48,6 +50,8 @@ enum Active {
 pub struct Nemesis {
     rng: StdRng,
     start: Instant,
+    /// Writes acknowledged so far (kept by the workload), to report progress under each fault.
+    acked: Arc<AtomicU64>,
     pub timeline: Vec<Event>,
 }
 
@@ -59,10 +63,11 @@ fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
 }
 
 impl Nemesis {
-    pub fn new(seed: u64, start: Instant) -> Nemesis {
+    pub fn new(seed: u64, start: Instant, acked: Arc<AtomicU64>) -> Nemesis {
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
             start,
+            acked,
             timeline: Vec::new(),
         }
     }
@@ -106,9 +111,12 @@ impl Nemesis {
                 continue;
             };
             let hold = between(&mut self.rng, schedule.hold).min(until.saturating_duration_since(Instant::now()));
+            let acked_before = self.acked.load(Ordering::Relaxed);
             match self.inject(target, fault, endpoints).await {
                 Ok(Some(active)) => {
                     tokio::time::sleep(hold).await;
+                    let during = self.acked.load(Ordering::Relaxed) - acked_before;
+                    self.log(format!("  ({during} writes acknowledged during the fault)"));
                     self.undo(target, active).await;
                 }
                 Ok(None) => {}
@@ -150,7 +158,8 @@ impl Nemesis {
                 Ok(Some(Active::Paused(id)))
             }
             Fault::Partition => {
-                match self.rng.random_range(0..3) {
+                let kinds = if target.one_way() { 3 } else { 1 };
+                match self.rng.random_range(0..kinds) {
                     0 => {
                         self.log(format!("partition: isolate node {id}{role} from {others:?}"));
                         target.partition(&[vec![id], others]).await?;

@@ -56,6 +56,10 @@ impl Fault {
 pub trait Target {
     /// Which faults this backend can inject.
     fn supports(&self, fault: Fault) -> bool;
+    /// Whether [`Target::block_one_way`] works (otherwise partitions only isolate).
+    fn one_way(&self) -> bool {
+        true
+    }
     /// Every member's id, running or not.
     fn members(&self) -> Vec<NodeId>;
     /// Client endpoints (`host:port`) of every member.

@@ -2,7 +2,7 @@
 //! operation recorded for the checker.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,7 @@ pub async fn client(
     recorder: Recorder,
     mut endpoints: watch::Receiver<Vec<String>>,
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let keys = key_names(load.keys);
@@ -101,6 +102,9 @@ pub async fn client(
                     }
                     Err(e) => write_outcome(&e),
                 };
+                if outcome == Outcome::PutOk {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
                 recorder.complete(id, outcome);
             }
             4..=7 => {
@@ -133,6 +137,9 @@ pub async fn client(
                     }
                     Err(e) => write_outcome(&e),
                 };
+                if matches!(outcome, Outcome::CasOk(_)) {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
                 recorder.complete(id, outcome);
             }
         }

@@ -1,0 +1,141 @@
+//! Network faults between members, through the testkit's proxy network (each node on its own
+//! 127.0.0.x, every peer link behind a proxy): an isolated leader is replaced and cannot write;
+//! a leader that can receive but not send is replaced too; after the heal both catch up, and a
+//! write refused by the cut-off side never appears. Delay slows commits by at least the added
+//! round trip, but they still succeed.
+
+use std::time::{Duration, Instant};
+
+use keel_proto::v1::{PutRequest, RangeRequest};
+use keel_storage::NodeId;
+use keel_testkit::net::LinkFault;
+use keel_testkit::{Backend, Cluster, Options};
+use tonic::Code;
+
+fn put(key: &str, value: &str, timeout: Duration) -> tonic::Request<PutRequest> {
+    let mut req = tonic::Request::new(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        prev_kv: false,
+        session: None,
+    });
+    req.set_timeout(timeout);
+    req
+}
+
+async fn get(cluster: &Cluster, id: NodeId, key: &str, serializable: bool) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut req = tonic::Request::new(RangeRequest {
+        key: key.into(),
+        serializable,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let resp = cluster.kv(id).range(req).await?.into_inner();
+    Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+/// Wait until every node in `among` names the same leader, one of `among`, other than `not`.
+async fn new_leader(cluster: &Cluster, among: &[NodeId], not: NodeId) -> anyhow::Result<NodeId> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut named = Vec::new();
+        for id in among {
+            named.push(cluster.status(*id).await.map(|s| s.leader_id));
+        }
+        if let Some(Some(l)) = named.first().copied() {
+            if l != not && among.contains(&l) && named.iter().all(|n| *n == Some(l)) {
+                return Ok(l);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no new leader among {among:?}: {named:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start() -> anyhow::Result<(Cluster, NodeId, Vec<NodeId>)> {
+    let options = Options {
+        network: Some(1),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(Backend::Process, options).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let others = cluster.nodes.keys().copied().filter(|id| *id != leader).collect();
+    Ok((cluster, leader, others))
+}
+
+/// Cut the old leader off (however `cut` does it), check the majority takes over and the old
+/// leader cannot write, heal, and check it catches up and its refused write never applied.
+async fn leader_cut_off(cut: impl FnOnce(&Cluster, NodeId, &[NodeId])) -> anyhow::Result<()> {
+    let (cluster, old, others) = start().await?;
+    cluster.kv(old).put(put("before", "1", Duration::from_secs(5))).await?;
+    cut(&cluster, old, &others);
+    let leader = new_leader(&cluster, &others, old).await?;
+    cluster
+        .kv(leader)
+        .put(put("during", "2", Duration::from_secs(5)))
+        .await?;
+    // The old leader cannot commit: it answers Unavailable (no quorum) or runs out of time.
+    let refused = cluster.kv(old).put(put("refused", "x", Duration::from_secs(2))).await;
+    let code = refused.expect_err("a cut-off leader accepted a write").code();
+    assert!(
+        matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown),
+        "{code:?}"
+    );
+    cluster.net().expect("network").heal();
+    let applied = cluster.status(leader).await.expect("status").applied_index;
+    cluster.wait_applied(old, applied, Duration::from_secs(20)).await?;
+    assert_eq!(get(&cluster, old, "during", true).await?, Some(b"2".to_vec()));
+    assert_eq!(cluster.status(old).await.expect("status").leader_id, leader);
+    // The refused write is not in the log anywhere (read through the leader, after the heal).
+    assert_eq!(get(&cluster, leader, "refused", false).await?, None);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_is_replaced_and_catches_up() -> anyhow::Result<()> {
+    leader_cut_off(|cluster, old, others| {
+        cluster.net().expect("network").partition(&[vec![old], others.to_vec()]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_cannot_send_is_replaced() -> anyhow::Result<()> {
+    leader_cut_off(|cluster, old, others| {
+        let net = cluster.net().expect("network");
+        for &o in others {
+            net.update(old, o, |f| f.blocked = true);
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delayed_links_slow_commits_by_the_round_trip() -> anyhow::Result<()> {
+    let (cluster, leader, _) = start().await?;
+    let net = cluster.net().expect("network");
+    // Below the heartbeat interval (50 ms), which is also openraft 0.9's AppendEntries timeout:
+    // a round trip longer than that stalls replication (see the README's tuning notes).
+    let delay = Duration::from_millis(20);
+    for a in cluster.nodes.keys() {
+        for b in cluster.nodes.keys() {
+            if a != b {
+                let fault = LinkFault {
+                    delay,
+                    ..LinkFault::default()
+                };
+                net.set(*a, *b, fault);
+            }
+        }
+    }
+    // A commit needs the leader's entries to reach a follower and its answer to come back.
+    let mut kv = cluster.kv(leader);
+    for i in 0..5 {
+        let start = Instant::now();
+        kv.put(put(&format!("slow{i}"), "v", Duration::from_secs(5))).await?;
+        assert!(start.elapsed() >= 2 * delay, "put {i} took {:?}", start.elapsed());
+    }
+    net.heal();
+    kv.put(put("fast", "v", Duration::from_secs(5))).await?;
+    cluster.shutdown().await
+}
