@@ -48,6 +48,8 @@ fn a_data_dir_is_only_ever_its_own_nodes() {
         "127.0.0.1:0",
         "--client-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -70,6 +72,8 @@ fn a_data_dir_is_only_ever_its_own_nodes() {
         "127.0.0.1:0",
         "--client-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("belongs to node 1, not to node 2"), "{stderr}");
@@ -83,6 +87,8 @@ fn a_data_dir_is_only_ever_its_own_nodes() {
         "--peer-addr",
         "127.0.0.1:0",
         "--client-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
         "127.0.0.1:0",
     ]);
     assert_eq!(code, Some(1), "{stderr}");

@@ -1,8 +1,15 @@
-//! grpc.health.v1 serving status that follows the node's state: SERVING while the node is a voter
-//! (leader or follower) that knows a leader, NOT_SERVING otherwise (no leader, candidate, learner,
-//! shutting down).
+//! Readiness, and the grpc.health.v1 serving status that follows it.
+//!
+//! A member is ready when it can serve linearizable requests itself: it is a voter (not a
+//! learner, not removed, not shutting down), it knows a leader (a leader: one that a quorum has
+//! acknowledged within the last election timeout), and it has applied everything that was
+//! committed when it started, so a restarted member does not serve while it replays its log.
+//! `/readyz` answers with the reason when it is not; grpc.health.v1 reports SERVING or
+//! NOT_SERVING for the whole server and for `keel.v1.KV`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keel_proto::v1::kv_server::KvServer;
 use openraft::ServerState;
@@ -11,32 +18,66 @@ use tonic_health::server::HealthReporter;
 use crate::node::Node;
 use crate::service::kv::KvService;
 
+/// Ok if `node` is ready to serve, else why not.
+pub fn readiness(node: &Node) -> Result<(), String> {
+    if node.is_shutting_down() {
+        return Err("shutting down".into());
+    }
+    if node.removed.load(Ordering::Acquire) {
+        return Err("removed from the cluster".into());
+    }
+    let m = node.metrics();
+    match m.state {
+        ServerState::Learner => return Err("a learner: not a voter yet".into()),
+        ServerState::Candidate => return Err("no leader: an election is under way".into()),
+        ServerState::Shutdown => return Err("raft has stopped".into()),
+        ServerState::Leader => {
+            let quorum_ack = m.millis_since_quorum_ack.map(Duration::from_millis);
+            if quorum_ack.is_none_or(|d| d > node.election_timeout_max) {
+                return Err("leader without a quorum: no majority has answered lately".into());
+            }
+        }
+        ServerState::Follower => {
+            if m.current_leader.is_none() {
+                return Err("no leader".into());
+            }
+        }
+    }
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let needed = node.log_stats.committed_at_open.load(Ordering::Relaxed);
+    if applied < needed {
+        return Err(format!(
+            "catching up: applied {applied} of the {needed} entries committed when it started"
+        ));
+    }
+    Ok(())
+}
+
+/// Keep the grpc.health.v1 status equal to [`readiness`] until Raft stops.
 pub async fn follow_readiness(node: Arc<Node>, health: HealthReporter) {
     let mut metrics = node.raft.metrics();
     let mut last = None;
+    // Readiness also changes without a metrics event (a leader's quorum acknowledgements age).
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let ready = {
-            let m = metrics.borrow_and_update();
-            m.current_leader.is_some()
-                && matches!(m.state, ServerState::Leader | ServerState::Follower)
-                && !node.removed.load(std::sync::atomic::Ordering::Acquire)
-        };
+        let ready = readiness(&node).is_ok();
         if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
             if ready {
                 health.set_serving::<KvServer<KvService>>().await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
             } else {
                 health.set_not_serving::<KvServer<KvService>>().await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
             }
             last = Some(ready);
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }

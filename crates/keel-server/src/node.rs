@@ -50,6 +50,8 @@ pub struct Node {
     pub(crate) removed: AtomicBool,
     /// Elections are held (not started) until this instant.
     pub(crate) election_hold: Arc<std::sync::Mutex<Instant>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub log_stats: Arc<keel_storage::LogStats>,
 }
 
 impl Node {
@@ -64,6 +66,8 @@ impl Node {
         advertise: Member,
         election_timeout_max: Duration,
         data_dir: std::path::PathBuf,
+        metrics: Arc<crate::metrics::Metrics>,
+        log_stats: Arc<keel_storage::LogStats>,
     ) -> Self {
         Node {
             id,
@@ -79,6 +83,8 @@ impl Node {
             transferring: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             election_hold: Arc::new(std::sync::Mutex::new(Instant::now())),
+            metrics,
+            log_stats,
         }
     }
 
@@ -89,6 +95,10 @@ impl Node {
     /// Refuse new requests from now on; those in flight finish.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     fn check_running(&self) -> Result<(), NodeError> {
@@ -270,6 +280,13 @@ impl Node {
     /// Propose a write on this node, which must be the leader.
     pub async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
         self.check_leader_with_quorum()?;
+        let started = Instant::now();
+        let result = self.propose(req, deadline).await;
+        self.metrics.proposal(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn propose(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
         match tokio::time::timeout_at(deadline.into(), self.raft.client_write(req)).await {
             Err(_) => Err(NodeError::DeadlineExceeded(
                 "deadline exceeded before the write committed; it may still apply".into(),

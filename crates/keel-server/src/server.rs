@@ -26,10 +26,11 @@ use crate::peer::service::PeerService;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 
-/// The two gRPC listeners of a node.
+/// The listeners of a node: two gRPC, and HTTP for metrics and probes (None: not served).
 pub struct Listeners {
     pub peer: TcpListener,
     pub client: TcpListener,
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -41,7 +42,14 @@ impl Listeners {
         let client = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on --client-addr {}: {e}", config.client_addr))?;
-        Ok(Listeners { peer, client })
+        let metrics = TcpListener::bind(config.metrics_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", config.metrics_addr))?;
+        Ok(Listeners {
+            peer,
+            client,
+            metrics: Some(metrics),
+        })
     }
 }
 
@@ -85,6 +93,9 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         },
     )?;
     let reader = store.sm.reader();
+    let metrics = crate::metrics::Metrics::new(config.id);
+    store.sm.set_observer(metrics.clone());
+    let log_stats = store.log.stats();
     let durability = store.durability.clone();
 
     let raft_config = openraft::Config {
@@ -146,6 +157,8 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         },
         config.election_timeout.1,
         config.data_dir.clone(),
+        metrics.clone(),
+        log_stats.clone(),
     ));
 
     let (stop, stopped) = watch::channel(false);
@@ -175,6 +188,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let client_server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(KvServer::new(KvService { node: node.clone() }))
@@ -182,11 +196,20 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), until_stopped(stopped.clone())),
     );
 
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(node.clone().publish_addresses()),
         tokio::spawn(node.clone().watch_removal()),
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
+        tokio::spawn(crate::metrics::follow_raft(node.clone(), metrics.clone(), log_stats)),
     ];
+    if let Some(listener) = listeners.metrics {
+        let serve = crate::http::serve(listener, node.clone(), metrics, until_stopped(stopped.clone()));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "metrics server stopped with an error");
+            }
+        }));
+    }
     tracing::info!(
         id = config.id,
         peer = %config.peer_addr,

@@ -52,6 +52,7 @@
 pub mod codec;
 pub mod durability;
 pub mod log_store;
+pub mod observe;
 pub mod sm;
 mod store;
 pub mod testing;
@@ -59,6 +60,7 @@ pub mod types;
 pub mod validate;
 
 pub use log_store::{LogReader, LogStats, LogStore};
+pub use observe::Observer;
 pub use sm::snapshot_file::{
     SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotSession, SnapshotWriter,
 };

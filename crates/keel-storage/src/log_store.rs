@@ -61,6 +61,11 @@ pub struct LogStats {
     pub entries: AtomicU64,
     /// Group commits (syncs) run by the flusher.
     pub group_commits: AtomicU64,
+    /// The highest committed log index openraft has told this store (0: none).
+    pub committed: AtomicU64,
+    /// The committed index stored when the log was opened: what a restarted node must apply
+    /// before it is ready to serve.
+    pub committed_at_open: AtomicU64,
 }
 
 /// The Raft log store. Cloning is cheap; all clones share the flusher thread, which stops (and
@@ -109,6 +114,10 @@ impl LogStore {
         let tree = dur.db().open_tree("raft").map_err(crate::durability::sled_to_io)?;
         let (flush_tx, flush_rx) = mpsc::channel();
         let stats = Arc::new(LogStats::default());
+        let committed: Option<Option<LogId>> = read_meta_from(&tree, COMMITTED_KEY)?;
+        let committed = committed.flatten().map_or(0, |l| l.index);
+        stats.committed.store(committed, Ordering::Relaxed);
+        stats.committed_at_open.store(committed, Ordering::Relaxed);
         let (d, s) = (dur.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("keel-log-flush".into())
@@ -137,10 +146,14 @@ impl LogStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
-        match self.tree.get(key).map_err(crate::durability::sled_to_io)? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
-        }
+        read_meta_from(&self.tree, key)
+    }
+}
+
+fn read_meta_from<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, io::Error> {
+    match tree.get(key).map_err(crate::durability::sled_to_io)? {
+        None => Ok(None),
+        Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
     }
 }
 
@@ -252,6 +265,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tree
             .insert(COMMITTED_KEY, codec::encode(&committed))
             .map_err(|e| StorageIOError::write(&e))?;
+        if let Some(c) = committed {
+            self.stats.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -77,6 +77,8 @@ pub struct TestNode {
     /// Where the node's peer listener really is.
     pub peer_listen: SocketAddr,
     pub client_addr: SocketAddr,
+    /// HTTP: /metrics, /livez, /readyz.
+    pub metrics_addr: SocketAddr,
     pub data_dir: PathBuf,
     running: Option<Running>,
     _proxy: Option<net::Proxy>,
@@ -105,6 +107,7 @@ struct Addresses {
     peer_addr: SocketAddr,
     peer_listen: SocketAddr,
     client_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     listeners: Option<Listeners>,
     proxy: Option<net::Proxy>,
 }
@@ -115,14 +118,20 @@ impl Addresses {
             Some(_) => net::node_ip(id),
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
-        let (peer_listen, client_addr, listeners) = match backend {
+        let (peer_listen, client_addr, metrics_addr, listeners) = match backend {
             Backend::InProcess => {
                 let peer = tokio::net::TcpListener::bind((ip, 0)).await?;
                 let client = tokio::net::TcpListener::bind((ip, 0)).await?;
-                let addrs = (peer.local_addr()?, client.local_addr()?);
-                (addrs.0, addrs.1, Some(Listeners { peer, client }))
+                let metrics = tokio::net::TcpListener::bind((ip, 0)).await?;
+                let addrs = (peer.local_addr()?, client.local_addr()?, metrics.local_addr()?);
+                let listeners = Listeners {
+                    peer,
+                    client,
+                    metrics: Some(metrics),
+                };
+                (addrs.0, addrs.1, addrs.2, Some(listeners))
             }
-            Backend::Process => (free_port(ip)?, free_port(ip)?, None),
+            Backend::Process => (free_port(ip)?, free_port(ip)?, free_port(ip)?, None),
         };
         let proxy = match net {
             Some(net) => {
@@ -135,6 +144,7 @@ impl Addresses {
             peer_addr: proxy.as_ref().map_or(peer_listen, |p| p.addr),
             peer_listen,
             client_addr,
+            metrics_addr,
             listeners,
             proxy,
         })
@@ -147,6 +157,7 @@ impl Addresses {
             peer_addr: self.peer_addr,
             peer_listen: self.peer_listen,
             client_addr: self.client_addr,
+            metrics_addr: self.metrics_addr,
             data_dir,
             running: None,
             _proxy: self.proxy,
@@ -217,6 +228,8 @@ impl Cluster {
             n.peer_addr.to_string(),
             "--client-addr".into(),
             n.client_addr.to_string(),
+            "--metrics-addr".into(),
+            n.metrics_addr.to_string(),
         ];
         if n.joined {
             args.push("--join".into());

@@ -132,9 +132,14 @@ pub(crate) struct SmShared {
     pins: Mutex<BTreeMap<(u64, u64), usize>>,
     snapshots: SnapshotStore,
     config: SmConfig,
+    observer: RwLock<Arc<dyn crate::Observer>>,
 }
 
 impl SmShared {
+    fn observer(&self) -> Arc<dyn crate::Observer> {
+        self.observer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The current tree with its generation and revision, read together: an install swaps all
     /// three under the write lock.
     fn tree(&self) -> (sled::Tree, u64, u64) {
@@ -254,6 +259,7 @@ impl StateMachine {
             pins: Mutex::new(BTreeMap::new()),
             snapshots,
             config,
+            observer: RwLock::new(Arc::new(crate::observe::Ignore)),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -263,6 +269,11 @@ impl StateMachine {
             // Left over from a build that a restart interrupted.
             preserved: true,
         })
+    }
+
+    /// Report apply and snapshot work to `observer` from now on.
+    pub fn set_observer(&self, observer: Arc<dyn crate::Observer>) {
+        *self.shared.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
     }
 
     /// A handle for serving reads concurrently with apply.
@@ -428,6 +439,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let (tree, _, _) = self.shared.tree();
         let max_pin = self.shared.max_pinned_index();
         self.preserved |= max_pin.is_some();
@@ -437,6 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.compact_step(&tree)?;
         self.clean_preserved(&tree)?;
+        self.shared.observer().applied(responses.len(), started.elapsed());
         Ok(responses)
     }
 
@@ -466,6 +479,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let file = snapshot.into_std().await;
         let shared = self.shared.clone();
         let expected = meta.clone();
@@ -476,6 +490,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.meta = new_meta;
         self.membership = membership;
         self.shared.publish(&self.meta);
+        self.shared.observer().snapshot_installed(started.elapsed());
         Ok(())
     }
 

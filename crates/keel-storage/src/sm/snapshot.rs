@@ -266,10 +266,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             _pin: self.shared.pin(self.header.revision, self.applied_index()),
         };
         let signature = self.header.meta.signature();
+        let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || this.build_blocking())
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &io_err(e)))?
             .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.shared.observer().snapshot_built(bytes, started.elapsed());
         Ok(openraft::Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),

@@ -1,0 +1,342 @@
+//! # Metrics
+//!
+//! One Prometheus registry per node (the `prometheus` crate, with its Linux process collector),
+//! served as text on `--metrics-addr` `/metrics` (see [`crate::http`]). Where each series comes
+//! from:
+//! - Raft state (`keel_raft_*`, `keel_is_leader`, `keel_leader_changes_total`, replication lag):
+//!   a task that follows openraft's metrics watch ([`follow_raft`]); the commit index comes from
+//!   the log store, which openraft tells of every commit.
+//! - Proposals: counted and timed where the leader proposes (`Node::write_local`).
+//! - Apply and snapshots: the state machine reports to [`keel_storage::Observer`].
+//! - gRPC: a tower layer on the client server ([`GrpcMetricsLayer`]), by service, method and code.
+//! - Database size and key count: read at scrape time.
+//!
+//! Names follow Prometheus conventions: base units (seconds, bytes), `_total` for counters.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use keel_storage::{LogStats, NodeId};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use tonic::codegen::http;
+
+use crate::node::Node;
+
+/// Every series of a node.
+pub struct Metrics {
+    registry: Registry,
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub has_leader: IntGauge,
+    pub last_log_index: IntGauge,
+    pub commit_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub replication_lag: IntGaugeVec,
+    pub proposals_committed: IntCounter,
+    pub proposals_failed: IntCounter,
+    pub proposal_seconds: Histogram,
+    pub applied_entries: IntCounter,
+    pub apply_seconds: Histogram,
+    pub snapshots_built: IntCounter,
+    pub snapshot_build_seconds: Histogram,
+    pub snapshot_bytes: IntGauge,
+    pub snapshots_installed: IntCounter,
+    pub snapshot_install_seconds: Histogram,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_seconds: HistogramVec,
+    pub db_size_bytes: IntGauge,
+    pub keys: IntGauge,
+    pub ready: IntGauge,
+    pub backup_last_success: IntGauge,
+    pub backup_bytes: IntGauge,
+    pub backups: IntCounterVec,
+}
+
+/// Latency buckets from 100 µs to about 26 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 19).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new(id: NodeId) -> Arc<Metrics> {
+        let registry = Registry::new_custom(
+            Some("keel".into()),
+            Some([("member".to_string(), id.to_string())].into()),
+        )
+        .expect("valid registry");
+        let r = &registry;
+        let gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
+        let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
+        let histogram = |name: &str, help: &str| {
+            register(
+                r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets())),
+            )
+        };
+        let m = Metrics {
+            term: gauge("raft_term", "Current Raft term."),
+            is_leader: gauge("is_leader", "1 if this member is the leader."),
+            leader_changes: counter("leader_changes_total", "Times this member saw a new leader."),
+            has_leader: gauge("has_leader", "1 if this member knows a leader."),
+            last_log_index: gauge("raft_last_log_index", "Index of the last entry in this member's log."),
+            commit_index: gauge("raft_commit_index", "Highest log index known to be committed."),
+            applied_index: gauge("raft_applied_index", "Highest log index applied to the state machine."),
+            replication_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "raft_replication_lag_entries",
+                        "On the leader: entries each follower is behind.",
+                    ),
+                    &["follower"],
+                ),
+            ),
+            proposals_committed: counter("proposals_committed_total", "Writes proposed here and committed."),
+            proposals_failed: counter("proposals_failed_total", "Writes proposed here that failed."),
+            proposal_seconds: histogram("proposal_duration_seconds", "From proposal to applied, on the leader."),
+            applied_entries: counter("applied_entries_total", "Log entries applied to the state machine."),
+            apply_seconds: histogram("apply_duration_seconds", "Time of one state machine apply call."),
+            snapshots_built: counter("snapshots_built_total", "Snapshots built."),
+            snapshot_build_seconds: histogram("snapshot_build_duration_seconds", "Time to build a snapshot."),
+            snapshot_bytes: gauge("snapshot_size_bytes", "Size of the last snapshot built."),
+            snapshots_installed: counter("snapshots_installed_total", "Snapshots received and installed."),
+            snapshot_install_seconds: histogram(
+                "snapshot_install_duration_seconds",
+                "Time to install a received snapshot.",
+            ),
+            grpc_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "grpc_requests_total",
+                        "Client gRPC requests by service, method and code.",
+                    ),
+                    &["service", "method", "code"],
+                ),
+            ),
+            grpc_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("grpc_request_duration_seconds", "Client gRPC request latency.")
+                        .buckets(latency_buckets()),
+                    &["service", "method"],
+                ),
+            ),
+            db_size_bytes: gauge("db_size_bytes", "Bytes on disk of the member's database."),
+            keys: gauge("keys", "Live keys in the store."),
+            ready: gauge("ready", "1 if the member is ready to serve (see /readyz)."),
+            backup_last_success: gauge(
+                "backup_last_success_timestamp_seconds",
+                "Unix time of the last successful scheduled backup (0: none yet).",
+            ),
+            backup_bytes: gauge("backup_size_bytes", "Size of the last successful scheduled backup."),
+            backups: register(
+                r,
+                IntCounterVec::new(Opts::new("backups_total", "Scheduled backups by result."), &["result"]),
+            ),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            // Process metrics are conventionally unprefixed (process_cpu_seconds_total, ...).
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(e) = prometheus::default_registry().register(Box::new(process)) {
+                tracing::debug!(error = %e, "process collector already registered");
+            }
+        }
+        Arc::new(m)
+    }
+
+    /// The text exposition of every series, with the scrape-time values refreshed from `node`.
+    pub fn render(&self, node: &Node) -> String {
+        self.db_size_bytes.set(node.reader.db_size() as i64);
+        self.keys.set(node.reader.key_count() as i64);
+        self.ready.set(i64::from(crate::health::readiness(node).is_ok()));
+        let mut families = self.registry.gather();
+        families.extend(prometheus::default_registry().gather());
+        TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "encoding metrics failed");
+            String::new()
+        })
+    }
+
+    /// Record a proposal's outcome and latency.
+    pub fn proposal(&self, ok: bool, took: Duration) {
+        if ok {
+            self.proposals_committed.inc();
+            self.proposal_seconds.observe(took.as_secs_f64());
+        } else {
+            self.proposals_failed.inc();
+        }
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: prometheus::Result<M>) -> M {
+    let m = m.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+impl keel_storage::Observer for Metrics {
+    fn applied(&self, entries: usize, took: Duration) {
+        self.applied_entries.inc_by(entries as u64);
+        self.apply_seconds.observe(took.as_secs_f64());
+    }
+
+    fn snapshot_built(&self, bytes: u64, took: Duration) {
+        self.snapshots_built.inc();
+        self.snapshot_bytes.set(bytes as i64);
+        self.snapshot_build_seconds.observe(took.as_secs_f64());
+    }
+
+    fn snapshot_installed(&self, took: Duration) {
+        self.snapshots_installed.inc();
+        self.snapshot_install_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// Keep the Raft gauges in step with openraft's metrics until Raft stops.
+pub async fn follow_raft(node: Arc<Node>, metrics: Arc<Metrics>, log: Arc<LogStats>) {
+    let mut rx = node.raft.metrics();
+    let mut leader = None;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics.term.set(m.current_term as i64);
+            metrics.is_leader.set(i64::from(m.current_leader == Some(node.id)));
+            metrics.has_leader.set(i64::from(m.current_leader.is_some()));
+            if m.current_leader.is_some() && m.current_leader != leader {
+                metrics.leader_changes.inc();
+            }
+            leader = m.current_leader;
+            let last_log = m.last_log_index.unwrap_or(0);
+            metrics.last_log_index.set(last_log as i64);
+            metrics.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+            metrics.commit_index.set(log.committed.load(Ordering::Relaxed) as i64);
+            metrics.replication_lag.reset();
+            if let Some(replication) = &m.replication {
+                for (id, matched) in replication.iter().filter(|(id, _)| **id != node.id) {
+                    let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
+                    metrics
+                        .replication_lag
+                        .with_label_values(&[&id.to_string()])
+                        .set(lag as i64);
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A tower layer counting and timing gRPC requests by service, method and status code.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// `("keel.v1.KV", "Put")` from `/keel.v1.KV/Put`.
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or("").to_string();
+    let method = parts.next().unwrap_or("").to_string();
+    (service, method)
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (service, method) = split_path(req.uri().path());
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            // An error status comes in the headers (trailers-only response); a success's status
+            // is in the trailers, which have not been sent yet: no grpc-status header means OK.
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Internal,
+            };
+            metrics
+                .grpc_requests
+                .with_label_values(&[&service, &method, &format!("{code:?}")])
+                .inc();
+            metrics
+                .grpc_seconds
+                .with_label_values(&[&service, &method])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/keel.v1.KV/Put"),
+            ("keel.v1.KV".to_string(), "Put".to_string())
+        );
+        assert_eq!(split_path("/"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn every_series_is_registered_once_with_the_prefix() {
+        let m = Metrics::new(3);
+        m.proposal(true, Duration::from_millis(2));
+        m.grpc_requests.with_label_values(&["keel.v1.KV", "Put", "Ok"]).inc();
+        let text = TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap();
+        for name in [
+            "keel_raft_term",
+            "keel_proposals_committed_total 1",
+            "keel_proposal_duration_seconds_bucket",
+            "keel_grpc_requests_total{code=\"Ok\",member=\"3\",method=\"Put\",service=\"keel.v1.KV\"} 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Hooks through which the node measures storage work, without this crate knowing about any
+//! metrics library.
+
+use std::time::Duration;
+
+/// Told about storage work as it happens. Every method has a no-op default; implementations must
+/// be cheap and must not block (they run on the apply and snapshot paths).
+pub trait Observer: Send + Sync {
+    /// `entries` log entries were applied to the state machine in one call, taking `took`.
+    fn applied(&self, entries: usize, took: Duration) {
+        let _ = (entries, took);
+    }
+    /// A snapshot of `bytes` bytes was built in `took`.
+    fn snapshot_built(&self, bytes: u64, took: Duration) {
+        let _ = (bytes, took);
+    }
+    /// A snapshot received from the leader was installed in `took`.
+    fn snapshot_installed(&self, took: Duration) {
+        let _ = took;
+    }
+}
+
+/// The observer used when none is set.
+pub(crate) struct Ignore;
+
+impl Observer for Ignore {}
