@@ -114,5 +114,39 @@ async fn keelctl_exit_codes_and_messages() -> anyhow::Result<()> {
     .await?;
     expect(&dead, 1, "127.0.0.1:1");
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+
+    // status --watch prints a document per round until stopped; every round names all members
+    // with their peer addresses.
+    let endpoints = cluster.endpoints().join(",");
+    let mut watch = std::process::Command::new(keelctl_binary()?)
+        .args(["--endpoints", &endpoints, "-o", "json", "status", "--watch", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // One JSON document per line; read two rounds (bounded by a deadline), then stop it.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .collect::<Result<Vec<String>, _>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(20), reader).await;
+    watch.kill()?;
+    watch.wait()?;
+    let lines = lines.expect("two rounds within 20 s")??;
+    let docs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(docs.len(), 2, "{lines:?}");
+    for doc in &docs {
+        let members = doc["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{doc}");
+        for m in members {
+            let id = m["id"].as_u64().expect("id");
+            assert_eq!(m["peer_addr"], cluster.nodes[&id].peer_addr.to_string(), "{m}");
+        }
+    }
     cluster.shutdown().await
 }

@@ -54,10 +54,17 @@ pub enum Command {
     #[command(subcommand)]
     Member(MemberCommand),
     /// The state of every member, one row each.
-    Status,
+    Status(StatusArgs),
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Refresh every INTERVAL (default 2s) until interrupted.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    pub watch: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -18,17 +18,28 @@ pub async fn member_list(client: &Client, format: Format) -> anyhow::Result<Outc
 /// that cannot be read (no leader, say), the endpoints given on the command line stand in, since
 /// a member's own status is what tells why.
 pub async fn status(client: &Client, format: Format) -> anyhow::Result<Outcome> {
-    let (targets, list_error): (Vec<(Option<u64>, String)>, _) = match client.member_list().await {
+    type Target = (Option<u64>, String, String);
+    let (targets, list_error): (Vec<Target>, _) = match client.member_list().await {
         Ok(resp) => {
-            let mut members: Vec<(Option<u64>, String)> =
-                resp.members.into_iter().map(|m| (Some(m.id), m.client_addr)).collect();
+            let mut members: Vec<Target> = resp
+                .members
+                .into_iter()
+                .map(|m| (Some(m.id), m.client_addr, m.peer_addr))
+                .collect();
             members.sort();
             (members, None)
         }
-        Err(err) => (client.endpoints().into_iter().map(|e| (None, e)).collect(), Some(err)),
+        Err(err) => (
+            client
+                .endpoints()
+                .into_iter()
+                .map(|e| (None, e, String::new()))
+                .collect(),
+            Some(err),
+        ),
     };
     let timeout = client.config().timeout;
-    let rows: Vec<StatusRow> = join_all(targets.into_iter().map(|(id, client_addr)| async move {
+    let rows: Vec<StatusRow> = join_all(targets.into_iter().map(|(id, client_addr, peer_addr)| async move {
         let result = if client_addr.is_empty() {
             Err("member has no client address".to_string())
         } else {
@@ -40,6 +51,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<Outcome> 
         StatusRow {
             id,
             client_addr,
+            peer_addr,
             result,
         }
     }))
@@ -59,6 +71,30 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<Outcome> 
             )
         }
     })
+}
+
+/// `status` again and again, every `every`, until interrupted (Ctrl-C ends keelctl). A table
+/// redraws in place on a terminal; other formats print one document per round. A round that
+/// fails prints its error and the watch goes on, since the cluster coming back is what one
+/// watches for.
+pub async fn watch(client: &Client, format: Format, every: std::time::Duration) -> anyhow::Result<Outcome> {
+    use std::io::IsTerminal;
+    let redraw = format == Format::Table && std::io::stdout().is_terminal();
+    loop {
+        let round = status(client, format).await;
+        if redraw {
+            // Clear the screen and go home.
+            print!("\x1b[2J\x1b[H");
+        }
+        match round {
+            Ok(Outcome::Done(text) | Outcome::CompareFailed(text)) => print!("{text}"),
+            Err(e) => println!("{e:#}"),
+        }
+        if redraw {
+            println!("\nevery {} (Ctrl-C to stop)", humantime::format_duration(every));
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// A member that has not yet published its client address (it does so shortly after a leader

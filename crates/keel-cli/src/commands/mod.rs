@@ -32,7 +32,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Del(args) => kv::del(&client, args, format).await,
         Command::Cas(args) => kv::cas(&client, args, format).await,
         Command::Member(MemberCommand::List) => cluster::member_list(&client, format).await,
-        Command::Status => cluster::status(&client, format).await,
+        Command::Status(args) => match args.watch {
+            Some(every) => cluster::watch(&client, format, every).await,
+            None => cluster::status(&client, format).await,
+        },
         Command::Member(MemberCommand::Add(args)) => membership::add(&client, args, format).await,
         Command::Member(MemberCommand::Promote { id }) => membership::promote(&client, *id, format).await,
         Command::Member(MemberCommand::Remove { id, force }) => membership::remove(&client, *id, *force, format).await,

@@ -75,6 +75,8 @@ pub struct StatusRow {
     /// From the member list; None when members are known only by address.
     pub id: Option<u64>,
     pub client_addr: String,
+    /// From the member list; empty when members are known only by address.
+    pub peer_addr: String,
     /// The member's status, or why it could not be had.
     pub result: Result<StatusResponse, String>,
 }
@@ -85,6 +87,7 @@ enum StatusRowJson<'a> {
     Reachable {
         id: u64,
         client_addr: &'a str,
+        peer_addr: &'a str,
         reachable: bool,
         role: &'a str,
         term: u64,
@@ -99,6 +102,7 @@ enum StatusRowJson<'a> {
     Unreachable {
         id: Option<u64>,
         client_addr: &'a str,
+        peer_addr: &'a str,
         reachable: bool,
         error: &'a str,
     },
@@ -123,6 +127,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
             Ok(s) => StatusRowJson::Reachable {
                 id: s.id,
                 client_addr: &row.client_addr,
+                peer_addr: &row.peer_addr,
                 reachable: true,
                 role: &s.role,
                 term: s.term,
@@ -137,6 +142,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
             Err(error) => StatusRowJson::Unreachable {
                 id: row.id,
                 client_addr: &row.client_addr,
+                peer_addr: &row.peer_addr,
                 reachable: false,
                 error,
             },
@@ -150,6 +156,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
             let mut headers = vec![
                 "ID",
                 "CLIENT ADDR",
+                "PEER ADDR",
                 "ROLE",
                 "TERM",
                 "LEADER",
@@ -169,6 +176,14 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
     }
 }
 
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
 fn opt(n: Option<u64>) -> String {
     n.map_or_else(|| "-".into(), |n| n.to_string())
 }
@@ -178,6 +193,7 @@ fn table_status(doc: &StatusRowJson<'_>) -> Vec<String> {
         StatusRowJson::Reachable {
             id,
             client_addr,
+            peer_addr,
             role,
             term,
             leader_id,
@@ -191,6 +207,7 @@ fn table_status(doc: &StatusRowJson<'_>) -> Vec<String> {
         } => vec![
             id.to_string(),
             client_addr.to_string(),
+            or_dash(peer_addr),
             role.to_string(),
             term.to_string(),
             opt(Some(*leader_id).filter(|&l| l != 0)),
@@ -202,9 +219,18 @@ fn table_status(doc: &StatusRowJson<'_>) -> Vec<String> {
             version.to_string(),
         ],
         StatusRowJson::Unreachable {
-            id, client_addr, error, ..
+            id,
+            client_addr,
+            peer_addr,
+            error,
+            ..
         } => {
-            let mut cells = vec![opt(*id), client_addr.to_string(), "unreachable".into()];
+            let mut cells = vec![
+                opt(*id),
+                client_addr.to_string(),
+                or_dash(peer_addr),
+                "unreachable".into(),
+            ];
             cells.extend(std::iter::repeat_n("-".to_string(), 8));
             cells.push(error.replace('\n', " "));
             cells
@@ -217,6 +243,7 @@ fn simple_status(doc: &StatusRowJson<'_>) -> String {
         StatusRowJson::Reachable {
             id,
             client_addr,
+            peer_addr,
             role,
             term,
             leader_id,
@@ -228,13 +255,21 @@ fn simple_status(doc: &StatusRowJson<'_>) -> String {
             version,
             ..
         } => format!(
-            "{id}, {client_addr}, {role}, {term}, {leader_id}, {last_log_index}, {applied_index}, {}, {db_size}, \
+            "{id}, {client_addr}, {peer_addr}, {role}, {term}, {leader_id}, {last_log_index}, {applied_index}, {}, {db_size}, \
              {key_count}, {version}",
             opt(*lag)
         ),
         StatusRowJson::Unreachable {
-            id, client_addr, error, ..
-        } => format!("{}, {client_addr}, unreachable, {}", opt(*id), error.replace('\n', " ")),
+            id,
+            client_addr,
+            peer_addr,
+            error,
+            ..
+        } => format!(
+            "{}, {client_addr}, {peer_addr}, unreachable, {}",
+            opt(*id),
+            error.replace('\n', " ")
+        ),
     }
 }
 
@@ -300,16 +335,19 @@ mod tests {
             StatusRow {
                 id: Some(1),
                 client_addr: "a:1".into(),
+                peer_addr: "a:2".into(),
                 result: Ok(status(1, "leader", 40, 40)),
             },
             StatusRow {
                 id: Some(2),
                 client_addr: "b:1".into(),
+                peer_addr: "b:2".into(),
                 result: Ok(status(2, "follower", 38, 35)),
             },
             StatusRow {
                 id: Some(3),
                 client_addr: "c:1".into(),
+                peer_addr: "c:2".into(),
                 result: Err("cannot reach c:1: connection refused".into()),
             },
         ]
@@ -322,7 +360,8 @@ mod tests {
         assert_eq!(lines.len(), 4, "{out}");
         assert!(lines[0].ends_with("VERSION  ERROR"), "{out}");
         let member2: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(member2[7], "5", "lag of member 2: {out}");
+        assert_eq!(member2[2], "b:2", "peer address of member 2: {out}");
+        assert_eq!(member2[8], "5", "lag of member 2: {out}");
         assert!(lines[2].contains("2.0 KiB"), "{out}");
         assert!(
             lines[3].contains("unreachable") && lines[3].ends_with("connection refused"),
@@ -333,20 +372,20 @@ mod tests {
         assert_eq!(
             doc["members"][1],
             json!({
-                "id": 2, "client_addr": "b:1", "reachable": true, "role": "follower", "term": 3, "leader_id": 1,
+                "id": 2, "client_addr": "b:1", "peer_addr": "b:2", "reachable": true, "role": "follower", "term": 3, "leader_id": 1,
                 "last_log_index": 38, "applied_index": 35, "lag": 5, "db_size": 2048, "key_count": 5,
                 "version": "0.1.0"
             })
         );
         assert_eq!(
             doc["members"][2],
-            json!({"id": 3, "client_addr": "c:1", "reachable": false, "error": "cannot reach c:1: connection refused"})
+            json!({"id": 3, "client_addr": "c:1", "peer_addr": "c:2", "reachable": false, "error": "cannot reach c:1: connection refused"})
         );
 
         let out = status(&rows(), Format::Simple);
         assert_eq!(
             out.lines().nth(1),
-            Some("2, b:1, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0")
+            Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0")
         );
     }
 
@@ -356,6 +395,6 @@ mod tests {
         assert!(status(&rows, Format::Json).contains(r#""lag":null"#));
         let out = status(&rows, Format::Table);
         let first: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-        assert_eq!(first.get(7), Some(&"-"), "{out}");
+        assert_eq!(first.get(8), Some(&"-"), "{out}");
     }
 }
