@@ -58,6 +58,39 @@ pub enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// Backups: save a snapshot from the leader, inspect one, restore a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a consistent point-in-time snapshot from the leader into FILE (written to
+    /// FILE.part, synced, verified, then renamed).
+    Save { file: std::path::PathBuf },
+    /// Verify FILE (every block's CRC and the SHA-256) and print its header.
+    Inspect { file: std::path::PathBuf },
+    /// Seed the empty data directory of one member of a new cluster from FILE. Restore every
+    /// member from the same file with the same --initial-cluster, then start them without it.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub file: std::path::PathBuf,
+    /// The new member's data directory; must not exist or be empty.
+    #[arg(long)]
+    pub data_dir: std::path::PathBuf,
+    /// The new member's id.
+    #[arg(long)]
+    pub id: u64,
+    /// The new cluster's members, `1=host:7101,2=host:7101,...` (peer addresses), as given to
+    /// `keel --initial-cluster` for a new cluster.
+    #[arg(long)]
+    pub initial_cluster: String,
+    /// The new cluster's token (`keel --cluster-token`).
+    #[arg(long, default_value = "keel")]
+    pub cluster_token: String,
 }
 
 #[derive(Debug, Args)]

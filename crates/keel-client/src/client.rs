@@ -57,6 +57,13 @@ trait HasHeader {
     fn header(&self) -> Option<&ResponseHeader>;
 }
 
+/// A stream's header comes in its first message, not in the response itself.
+impl<T> HasHeader for tonic::Streaming<T> {
+    fn header(&self) -> Option<&ResponseHeader> {
+        None
+    }
+}
+
 macro_rules! has_header {
     ($($t:ty),*) => {$(
         impl HasHeader for $t {
@@ -287,6 +294,20 @@ impl Client {
             req,
             |ch, r| async move { cluster(ch).leader_transfer(r).await },
         )
+        .await
+    }
+
+    /// A point-in-time snapshot of the whole store, streamed from the leader (a backup). The
+    /// request is sent to the leader (following leader hints) and retried until it starts
+    /// streaming; the stream's messages carry the file's bytes in order, the first one also its
+    /// total size.
+    pub async fn snapshot(&self) -> Result<tonic::Streaming<keel_proto::v1::SnapshotResponse>, Error> {
+        self.call(Kind::Read, keel_proto::v1::SnapshotRequest {}, |ch, r| async move {
+            keel_proto::v1::maintenance_client::MaintenanceClient::new(ch)
+                .max_decoding_message_size(usize::MAX)
+                .snapshot(r)
+                .await
+        })
         .await
     }
 

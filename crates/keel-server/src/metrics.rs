@@ -1,7 +1,7 @@
 //! # Metrics
 //!
 //! One Prometheus registry per node (the `prometheus` crate, with its Linux process collector),
-//! served as text on `--metrics-addr` `/metrics` (see [`crate::http`]). Where each series comes
+//! served as text on `--metrics-addr` `/metrics` (see `http.rs`). Where each series comes
 //! from:
 //! - Raft state (`keel_raft_*`, `keel_is_leader`, `keel_leader_changes_total`, replication lag):
 //!   a task that follows openraft's metrics watch ([`follow_raft`]); the commit index comes from

@@ -304,6 +304,43 @@ impl Node {
         }
     }
 
+    /// On the leader: build a snapshot of everything applied so far and open it. Returns the
+    /// snapshot's revision and the file (which stays readable if a newer snapshot replaces it).
+    pub async fn fresh_snapshot(&self, deadline: Instant) -> Result<(u64, std::fs::File), NodeError> {
+        self.check_leader_with_quorum()?;
+        let target = self.metrics().last_applied;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Internal(format!("cannot start a snapshot: {e}")))?;
+        let mut rx = self.raft.metrics();
+        let built = rx.wait_for(|m| m.snapshot >= target);
+        match tokio::time::timeout_at(deadline.into(), built).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(NodeError::Unavailable("raft stopped".into())),
+            Err(_) => {
+                return Err(NodeError::DeadlineExceeded(
+                    "deadline exceeded while the snapshot was being built".into(),
+                ))
+            }
+        }
+        let (_, file) = self
+            .reader
+            .current_snapshot()
+            .map_err(|e| NodeError::Internal(format!("cannot open the snapshot: {e}")))?
+            .ok_or_else(|| NodeError::Internal("no snapshot after building one".into()))?;
+        let header = keel_storage::SnapshotReader::open(std::io::BufReader::new(
+            file.try_clone().map_err(|e| NodeError::Internal(e.to_string()))?,
+        ))
+        .map_err(|e| NodeError::Internal(format!("the snapshot just built does not read back: {e}")))?
+        .1;
+        use std::io::Seek;
+        let mut file = file;
+        file.rewind().map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok((header.revision, file))
+    }
+
     /// Make a following local read linearizable: wait until this node has applied everything
     /// committed before the call.
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), NodeError> {

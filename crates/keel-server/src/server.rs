@@ -183,6 +183,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         // The descriptor set also holds the peer service, which is not served here.
         .with_service_name("keel.v1.KV")
         .with_service_name("keel.v1.Cluster")
+        .with_service_name("keel.v1.Maintenance")
         .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
     let client_server = tokio::spawn(
@@ -193,6 +194,12 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             .add_service(reflection)
             .add_service(KvServer::new(KvService { node: node.clone() }))
             .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+            .add_service(
+                keel_proto::v1::maintenance_server::MaintenanceServer::new(
+                    crate::service::maintenance::MaintenanceService { node: node.clone() },
+                )
+                .max_encoding_message_size(usize::MAX),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), until_stopped(stopped.clone())),
     );
 

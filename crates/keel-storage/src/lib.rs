@@ -53,6 +53,7 @@ pub mod codec;
 pub mod durability;
 pub mod log_store;
 pub mod observe;
+pub mod restore;
 pub mod sm;
 mod store;
 pub mod testing;

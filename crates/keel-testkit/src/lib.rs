@@ -93,6 +93,8 @@ pub struct Cluster {
     net: Option<net::Net>,
     /// Ids are never reused, as in etcd: a removed member's id stays retired.
     next_id: NodeId,
+    /// In-process listeners bound by [`Cluster::prepare`], not yet launched.
+    pending: BTreeMap<NodeId, Listeners>,
     dir: tempfile::TempDir,
 }
 
@@ -169,6 +171,16 @@ impl Addresses {
 impl Cluster {
     /// Start a new cluster and wait until it has a leader.
     pub async fn start(backend: Backend, options: Options) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::prepare(backend, options).await?;
+        cluster.launch_all().await?;
+        cluster.wait_for_leader(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    /// Choose addresses and data directories for a new cluster without starting it, so that a
+    /// test can seed the data directories first (a restore from backup); then
+    /// [`Cluster::launch_all`].
+    pub async fn prepare(backend: Backend, options: Options) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("keel-test").tempdir()?;
         let net = options.network.map(net::Net::new);
         let mut nodes = BTreeMap::new();
@@ -186,22 +198,32 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             backend,
             nodes,
             initial_cluster,
             flags: options.flags,
             net,
             next_id: options.nodes as NodeId + 1,
+            pending: listeners,
             dir,
         };
-        let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
-        for id in ids {
-            let l = listeners.remove(&id);
-            cluster.launch(id, l).await?;
-        }
-        cluster.wait_for_leader(Duration::from_secs(20)).await?;
         Ok(cluster)
+    }
+
+    /// Start every node of a prepared cluster (does not wait for a leader).
+    pub async fn launch_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let l = self.pending.remove(&id);
+            self.launch(id, l).await?;
+        }
+        Ok(())
+    }
+
+    /// `--initial-cluster` of this cluster: `1=addr,2=addr,...` (advertised peer addresses).
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
     }
 
     /// The fault-injecting network, if the cluster was started with [`Options::network`].

@@ -3,13 +3,14 @@
 mod cluster;
 mod kv;
 mod membership;
+mod snapshot;
 
 use std::time::Duration;
 
 use anyhow::anyhow;
 use keel_client::{Client, ClientConfig};
 
-use crate::args::{Cli, Command, LeaderCommand, MemberCommand};
+use crate::args::{Cli, Command, LeaderCommand, MemberCommand, SnapshotCommand};
 
 /// What a verb printed, and how keelctl should exit.
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Member(MemberCommand::Promote { id }) => membership::promote(&client, *id, format).await,
         Command::Member(MemberCommand::Remove { id, force }) => membership::remove(&client, *id, *force, format).await,
         Command::Leader(LeaderCommand::Transfer { to }) => membership::transfer(&client, *to, format).await,
+        Command::Snapshot(SnapshotCommand::Save { file }) => snapshot::save(&client, file, format).await,
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => snapshot::inspect(file, format),
+        Command::Snapshot(SnapshotCommand::Restore(args)) => snapshot::restore(args, format).await,
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),

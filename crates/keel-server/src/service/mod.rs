@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod maintenance;
 
 use std::time::{Duration, Instant};
 

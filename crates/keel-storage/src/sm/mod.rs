@@ -276,6 +276,24 @@ impl StateMachine {
         *self.shared.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
     }
 
+    /// Seed this empty state machine from a snapshot (a backup) for a member of a new cluster:
+    /// the snapshot's keys, revision and sessions, its last log id as applied, and `membership`
+    /// instead of the old cluster's. See [`crate::restore`].
+    pub fn seed_from_snapshot(
+        &mut self,
+        input: impl std::io::Read,
+        membership: StoredMembership,
+    ) -> io::Result<crate::SnapshotHeader> {
+        if self.meta.applied.is_some() {
+            return Err(io::Error::other("the state machine is not empty"));
+        }
+        let (meta, membership, header) = snapshot::seed(&self.shared, input, membership)?;
+        self.meta = meta;
+        self.membership = membership;
+        self.shared.publish(&self.meta);
+        Ok(header)
+    }
+
     /// A handle for serving reads concurrently with apply.
     pub fn reader(&self) -> KvReader {
         KvReader::new(self.shared.clone())

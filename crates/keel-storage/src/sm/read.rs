@@ -60,6 +60,11 @@ impl KvReader {
     }
 
     /// Bytes on disk of the whole database (log and state).
+    /// The newest snapshot file, opened (it stays readable even if a newer one replaces it).
+    pub fn current_snapshot(&self) -> std::io::Result<Option<(crate::SnapshotMeta, std::fs::File)>> {
+        self.shared.snapshots.open_current()
+    }
+
     pub fn db_size(&self) -> u64 {
         self.shared.dur.size_on_disk()
     }

@@ -16,7 +16,7 @@
 //! Only the newest snapshot file is kept.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -294,8 +294,8 @@ pub(crate) fn install(
         input: BufReader::with_capacity(256 * 1024, file),
         copy,
     };
-    let (meta, copy) = match load_generation(shared, expected, tee) {
-        Ok(done) => done,
+    let (meta, copy) = match load_generation(shared, Some(expected), tee, None) {
+        Ok((meta, tee)) => (meta, tee.copy),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -309,19 +309,38 @@ pub(crate) fn install(
     Ok(meta)
 }
 
-/// Load a verified snapshot into a new generation and switch to it.
-fn load_generation(
+/// Seed an empty state machine from the snapshot in `input` for a member of a new cluster:
+/// the snapshot's data, revision and sessions, its last log id as applied, but `membership`
+/// instead of the old cluster's. Returns the snapshot's header.
+pub(crate) fn seed(
     shared: &SmShared,
-    expected: &SnapshotMeta,
-    tee: Tee<BufReader<File>, BufWriter<File>>,
-) -> io::Result<((SmMeta, StoredMembership), BufWriter<File>)> {
+    input: impl Read,
+    membership: StoredMembership,
+) -> io::Result<(SmMeta, StoredMembership, SnapshotHeader)> {
+    let _installing = shared.snapshots.installing.lock().unwrap_or_else(|e| e.into_inner());
+    let mut header = None;
+    let ((meta, membership), _) = load_generation(shared, None, input, Some((membership, &mut header)))?;
+    Ok((meta, membership, header.expect("load_generation reports the header")))
+}
+
+/// Load a verified snapshot into a new generation and switch to it. With `expected`, the file
+/// must describe that snapshot; with `seed`, its membership is replaced by the given one (and
+/// its header handed back).
+fn load_generation<R: Read>(
+    shared: &SmShared,
+    expected: Option<&SnapshotMeta>,
+    input: R,
+    seed: Option<(StoredMembership, &mut Option<SnapshotHeader>)>,
+) -> io::Result<((SmMeta, StoredMembership), R)> {
     let db = shared.dur.db();
-    let (mut reader, header) = SnapshotReader::open(tee).map_err(io_err)?;
-    if header.meta.last_log_id != expected.last_log_id || header.meta.last_membership != expected.last_membership {
-        return Err(io::Error::other(format!(
-            "snapshot file describes {:?}, Raft expected {:?}",
-            header.meta.last_log_id, expected.last_log_id
-        )));
+    let (mut reader, header) = SnapshotReader::open(input).map_err(io_err)?;
+    if let Some(expected) = expected {
+        if header.meta.last_log_id != expected.last_log_id || header.meta.last_membership != expected.last_membership {
+            return Err(io::Error::other(format!(
+                "snapshot file describes {:?}, Raft expected {:?}",
+                header.meta.last_log_id, expected.last_log_id
+            )));
+        }
     }
     let old_name = shared.root.get(ROOT_CURRENT).map_err(sled_to_io)?.map(|n| n.to_vec());
     let next = old_name
@@ -384,12 +403,18 @@ fn load_generation(
         key_count,
         session_count: clients.len() as u64,
     };
-    let membership = header.meta.last_membership.clone();
+    let membership = match seed {
+        Some((membership, out)) => {
+            *out = Some(header.clone());
+            membership
+        }
+        None => header.meta.last_membership.clone(),
+    };
     batch.insert(META_KEY, codec::encode(&meta));
     batch.insert(MEMBERSHIP_KEY, codec::encode(&membership));
     tree.apply_batch(batch).map_err(sled_to_io)?;
     // next_kv returned None, so the trailer is verified; this only hands back the input.
-    let (_, _, tee) = reader.finish().map_err(io_err)?;
+    let (_, _, input) = reader.finish().map_err(io_err)?;
 
     // Durable new generation first, then the switch, then the cleanup.
     shared.dur.sync()?;
@@ -412,7 +437,7 @@ fn load_generation(
             db.drop_tree(&old).map_err(sled_to_io)?;
         }
     }
-    Ok(((meta, membership), tee.copy))
+    Ok(((meta, membership), input))
 }
 
 #[cfg(test)]

@@ -1,0 +1,208 @@
+//! snapshot save, inspect, restore: backups and disaster recovery.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_client::Client;
+use keel_server::identity::{self, Identity};
+use keel_storage::restore::{self, Verified};
+use keel_storage::{Member, StoreConfig};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::Outcome;
+use crate::args::{Format, RestoreArgs};
+use crate::output::json;
+
+/// What save, inspect and restore print about a snapshot file.
+#[derive(Serialize)]
+struct SnapshotDoc {
+    file: String,
+    format_version: u8,
+    cluster_id: String,
+    revision: u64,
+    last_log_term: u64,
+    last_log_index: u64,
+    members: Vec<u64>,
+    created: String,
+    records: u64,
+    bytes: u64,
+    sha256: String,
+}
+
+fn doc(file: &Path, v: &Verified) -> SnapshotDoc {
+    let h = &v.header;
+    let created = UNIX_EPOCH + Duration::from_millis(h.created_unix_ms);
+    SnapshotDoc {
+        file: file.display().to_string(),
+        format_version: keel_storage::sm::snapshot_file::SNAPSHOT_FORMAT,
+        cluster_id: h.cluster_id.clone(),
+        revision: h.revision,
+        last_log_term: h.meta.last_log_id.map_or(0, |l| l.leader_id.term),
+        last_log_index: h.meta.last_log_id.map_or(0, |l| l.index),
+        members: h.meta.last_membership.membership().voter_ids().collect(),
+        created: humantime::format_rfc3339_seconds(created).to_string(),
+        records: v.records,
+        bytes: v.bytes,
+        sha256: v.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn render(d: &SnapshotDoc, format: Format, verb: &str) -> String {
+    match format {
+        Format::Json => json(d),
+        Format::Simple => format!("{}, {}, {}, {}\n", d.file, d.revision, d.records, d.sha256),
+        Format::Table => format!(
+            "{verb} {}\n  format version  {}\n  cluster id      {}\n  revision        {}\n  last log        term {}, index {}\n  \
+             members         {:?}\n  created         {}\n  records         {}\n  size            {} bytes\n  sha256          {}\n",
+            d.file,
+            d.format_version,
+            if d.cluster_id.is_empty() { "-" } else { &d.cluster_id },
+            d.revision,
+            d.last_log_term,
+            d.last_log_index,
+            d.members,
+            d.created,
+            d.records,
+            d.bytes,
+            d.sha256
+        ),
+    }
+}
+
+fn verify(file: &Path) -> anyhow::Result<Verified> {
+    restore::verify(file).map_err(|e| anyhow!("{}: {e}", file.display()))
+}
+
+/// Fsync a directory, so a rename into it is durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?
+    .sync_all()
+}
+
+pub async fn save(client: &Client, file: &Path, format: Format) -> anyhow::Result<Outcome> {
+    let part = PathBuf::from(format!("{}.part", file.display()));
+    let result = save_to(client, &part).await;
+    let verified = match result.and_then(|()| verify(&part)) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&part, file).with_context(|| format!("renaming {} to {}", part.display(), file.display()))?;
+    sync_dir(file.parent().unwrap_or(Path::new(".")))?;
+    Ok(Outcome::Done(render(&doc(file, &verified), format, "saved")))
+}
+
+/// Stream the leader's snapshot into `part` and sync it.
+async fn save_to(client: &Client, part: &Path) -> anyhow::Result<()> {
+    let mut stream = client.snapshot().await?;
+    let mut out = tokio::fs::File::create(part)
+        .await
+        .with_context(|| format!("creating {}", part.display()))?;
+    let mut bar: Option<ProgressBar> = None;
+    let (mut received, mut total) = (0u64, 0u64);
+    while let Some(msg) = stream.message().await.map_err(keel_client_error)? {
+        if bar.is_none() {
+            total = msg.total_bytes;
+            let b = if std::io::stderr().is_terminal() {
+                ProgressBar::new(total)
+            } else {
+                ProgressBar::hidden()
+            };
+            b.set_style(
+                ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar = Some(b);
+        }
+        out.write_all(&msg.blob)
+            .await
+            .with_context(|| format!("writing {}", part.display()))?;
+        received += msg.blob.len() as u64;
+        if let Some(b) = &bar {
+            b.set_position(received);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if received != total {
+        bail!("the stream ended after {received} of {total} bytes");
+    }
+    out.sync_all()
+        .await
+        .with_context(|| format!("syncing {}", part.display()))?;
+    Ok(())
+}
+
+fn keel_client_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("snapshot stream broke: {}: {}", status.code(), status.message())
+}
+
+pub fn inspect(file: &Path, format: Format) -> anyhow::Result<Outcome> {
+    let verified = verify(file)?;
+    Ok(Outcome::Done(render(&doc(file, &verified), format, "verified")))
+}
+
+pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outcome> {
+    let peers = keel_server::config::parse_initial_cluster(&args.initial_cluster)
+        .map_err(|e| anyhow!("--initial-cluster: {e}"))?;
+    if !peers.contains_key(&args.id) {
+        bail!("--id {} is not among the --initial-cluster members", args.id);
+    }
+    let dir = &args.data_dir;
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{}: the data directory is not empty; restore only into a new, empty directory",
+            dir.display()
+        );
+    }
+    // Everything is written into a sibling directory first and renamed into place at the end,
+    // so a failure leaves no half-restored data directory behind.
+    let staging = PathBuf::from(format!("{}.restoring-{}", dir.display(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let members: BTreeMap<u64, Member> = peers
+        .iter()
+        .map(|(id, peer)| {
+            let member = Member {
+                peer_addr: peer.clone(),
+                client_addr: String::new(),
+            };
+            (*id, member)
+        })
+        .collect();
+    let result = async {
+        let verified = restore::restore(&staging, &args.file, args.id, members, &StoreConfig::default()).await?;
+        let identity = Identity {
+            format: 1,
+            node_id: args.id,
+            cluster_token: args.cluster_token.clone(),
+            cluster_id: identity::cluster_id(&args.cluster_token, &peers),
+        };
+        identity::write(&staging, &identity)?;
+        if dir.exists() {
+            std::fs::remove_dir(dir)?;
+        }
+        std::fs::rename(&staging, dir)?;
+        sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+        anyhow::Ok(verified)
+    }
+    .await;
+    match result {
+        Ok(verified) => Ok(Outcome::Done(render(&doc(&args.file, &verified), format, "restored"))),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
