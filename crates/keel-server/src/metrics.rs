@@ -332,9 +332,9 @@ mod tests {
         let text = TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap();
         for name in [
             "keel_raft_term",
-            "keel_proposals_committed_total 1",
+            "keel_proposals_committed_total{member=\"3\"} 1",
             "keel_proposal_duration_seconds_bucket",
-            "keel_grpc_requests_total{code=\"Ok\",member=\"3\",method=\"Put\",service=\"keel.v1.KV\"} 1",
+            "keel_grpc_requests_total{code=\"Ok\",method=\"Put\",service=\"keel.v1.KV\",member=\"3\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
