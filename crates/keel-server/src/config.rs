@@ -75,6 +75,15 @@ pub struct Flags {
     /// Largest value in bytes. [default: 1048576]
     #[arg(long, env = "KEEL_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Directory for scheduled backups, taken by the leader (none if not set).
+    #[arg(long, env = "KEEL_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Time between scheduled backups, e.g. `1h`, `30m`. [default: 1h]
+    #[arg(long, env = "KEEL_BACKUP_INTERVAL")]
+    pub backup_interval: Option<String>,
+    /// Scheduled backups kept; older ones are deleted. [default: 24]
+    #[arg(long, env = "KEEL_BACKUP_RETAIN")]
+    pub backup_retain: Option<usize>,
     /// Log format: text or json. [default: text]
     #[arg(long, env = "KEEL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -107,6 +116,9 @@ pub struct FileConfig {
     pub cache_mb: Option<u64>,
     pub max_key_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
+    pub backup_dir: Option<PathBuf>,
+    pub backup_interval: Option<String>,
+    pub backup_retain: Option<usize>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
 }
@@ -138,8 +150,17 @@ pub struct Config {
     pub history_revisions: u64,
     pub cache_bytes: u64,
     pub limits: keel_storage::Limits,
+    pub backup: Option<BackupConfig>,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// Scheduled backups.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub retain: usize,
 }
 
 /// A configuration error, shown to the operator as one line.
@@ -274,6 +295,21 @@ impl Config {
                 "--max-key-bytes must be positive and --max-value-bytes at most 64 MiB",
             ));
         }
+        let backup_interval = match flags.backup_interval.or(file.backup_interval) {
+            None => Duration::from_secs(3600),
+            Some(s) => humantime::parse_duration(&s).map_err(|e| err(format!("--backup-interval: {s:?}: {e}")))?,
+        };
+        let backup_retain = flags.backup_retain.or(file.backup_retain).unwrap_or(24);
+        if backup_interval < Duration::from_secs(1) || backup_retain == 0 {
+            return Err(err(
+                "--backup-interval must be at least 1s and --backup-retain at least 1",
+            ));
+        }
+        let backup = flags.backup_dir.or(file.backup_dir).map(|dir| BackupConfig {
+            dir,
+            interval: backup_interval,
+            retain: backup_retain,
+        });
         let snapshot_logs = flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
         if snapshot_logs == 0 {
             return Err(err("--snapshot-logs must be positive"));
@@ -304,6 +340,7 @@ impl Config {
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(10_000),
             cache_bytes: flags.cache_mb.or(file.cache_mb).unwrap_or(256) * 1024 * 1024,
             limits,
+            backup,
             log_format,
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
         })
@@ -447,6 +484,9 @@ mod tests {
             "cache_mb",
             "max_key_bytes",
             "max_value_bytes",
+            "backup_dir",
+            "backup_interval",
+            "backup_retain",
             "log_format",
             "log_level",
         ] {

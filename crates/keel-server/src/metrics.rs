@@ -57,6 +57,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub backup_last_success: IntGauge,
     pub backup_bytes: IntGauge,
+    pub backup_interval: IntGauge,
     pub backups: IntCounterVec,
 }
 
@@ -138,6 +139,10 @@ impl Metrics {
                 "Unix time of the last successful scheduled backup (0: none yet).",
             ),
             backup_bytes: gauge("backup_size_bytes", "Size of the last successful scheduled backup."),
+            backup_interval: gauge(
+                "backup_interval_seconds",
+                "Time between scheduled backups (0: scheduled backups are off).",
+            ),
             backups: register(
                 r,
                 IntCounterVec::new(Opts::new("backups_total", "Scheduled backups by result."), &["result"]),

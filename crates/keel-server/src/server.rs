@@ -209,6 +209,9 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
         tokio::spawn(crate::metrics::follow_raft(node.clone(), metrics.clone(), log_stats)),
     ];
+    if let Some(backup) = config.backup.clone() {
+        tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));
+    }
     if let Some(listener) = listeners.metrics {
         let serve = crate::http::serve(listener, node.clone(), metrics, until_stopped(stopped.clone()));
         tasks.push(tokio::spawn(async move {

@@ -68,6 +68,8 @@ pub struct Compose {
     image: String,
     /// Host ports of nodes 1..=3's client listeners.
     pub ports: [u16; 3],
+    /// Host ports of nodes 1..=3's metrics listeners.
+    pub metrics_ports: [u16; 3],
     /// Nodes whose container is disconnected from the project network.
     cut: Vec<NodeId>,
     paused: Vec<NodeId>,
@@ -86,6 +88,7 @@ impl Compose {
             project: name.to_string(),
             image: format!("keel:{name}"),
             ports: [free_port()?, free_port()?, free_port()?],
+            metrics_ports: [free_port()?, free_port()?, free_port()?],
             cut: Vec::new(),
             paused: Vec::new(),
         };
@@ -108,6 +111,9 @@ impl Compose {
             .env("KEEL_CLUSTER_TOKEN", &self.project);
         for (i, p) in self.ports.iter().enumerate() {
             c.env(format!("KEEL_PORT_{}", i + 1), p.to_string());
+        }
+        for (i, p) in self.metrics_ports.iter().enumerate() {
+            c.env(format!("KEEL_METRICS_PORT_{}", i + 1), p.to_string());
         }
         c
     }
