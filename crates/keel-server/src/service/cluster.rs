@@ -164,6 +164,7 @@ impl Cluster for ClusterService {
                 key_count: node.reader.key_count(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 replication,
+                pid: u64::from(std::process::id()),
             },
         ))
     }

@@ -1,0 +1,232 @@
+//! `keel-bench`: closed-loop load against keel or etcd with the same workload code, and
+//! failover timing. Prints a human summary and, as its last line, one JSON object.
+//!
+//!   keel-bench put --clients 64 --duration 10s
+//!   keel-bench get --clients 64 [--serializable]
+//!   keel-bench mixed --read-percent 90 --clients 64
+//!   keel-bench txn --clients 16
+//!   keel-bench --system etcd --endpoints 127.0.0.1:2379,... put --clients 256
+//!   keel-bench failover --rounds 5 --restart-cmd 'scripts/cluster.sh start {id}'
+
+mod failover;
+mod load;
+mod target;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use load::{Shape, Workload};
+use target::Target;
+
+#[derive(Parser, Debug)]
+#[command(name = "keel-bench", about = "Load generator for keel and etcd, and failover timing")]
+struct Cli {
+    /// keel or etcd.
+    #[arg(long, global = true, default_value = "keel", value_parser = ["keel", "etcd"])]
+    system: String,
+    /// Comma-separated client endpoints (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    endpoints: Vec<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Puts of random keys.
+    Put(LoadArgs),
+    /// Gets of random keys (linearizable unless --serializable).
+    Get(LoadArgs),
+    /// Gets and puts, --read-percent of them gets.
+    Mixed(LoadArgs),
+    /// Transactions: compare version, put.
+    Txn(LoadArgs),
+    /// Kill the leader, time the first successful write; N rounds.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Concurrent clients (each waits for its answer before sending the next request).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Connections they share (default: min(clients, 16)).
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Keys are drawn uniformly from this many.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many operations.
+    #[arg(long, default_value_t = 10_000_000)]
+    ops: u64,
+    #[arg(long)]
+    serializable: bool,
+    /// For mixed: percentage of gets.
+    #[arg(long, default_value_t = 90)]
+    read_percent: u32,
+    /// Before measuring, write every key once (for gets of existing keys).
+    #[arg(long)]
+    preload: bool,
+}
+
+#[derive(Args, Debug)]
+struct FailoverArgs {
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Brings the killed member back: `{id}` is its 1-based position among the endpoints,
+    /// `{endpoint}` its endpoint.
+    #[arg(long)]
+    restart_cmd: String,
+}
+
+fn name(cmd: &Cmd, a: &LoadArgs) -> &'static str {
+    match (cmd, a.serializable) {
+        (Cmd::Put(_), _) => "put",
+        (Cmd::Get(_), false) => "get-linearizable",
+        (Cmd::Get(_), true) => "get-serializable",
+        (Cmd::Mixed(_), _) => "mixed",
+        _ => "txn",
+    }
+}
+
+async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
+    let conns = a.conns.unwrap_or(a.clients.min(16)).max(1);
+    let target = Target::connect(&cli.system, &cli.endpoints, conns).await?;
+    let workload = match &cli.command {
+        Cmd::Put(_) => Workload::Put,
+        Cmd::Get(_) => Workload::Get {
+            serializable: a.serializable,
+        },
+        Cmd::Mixed(_) => Workload::Mixed {
+            read_percent: a.read_percent.min(100),
+            serializable: a.serializable,
+        },
+        _ => Workload::Txn,
+    };
+    if a.preload {
+        let pre = Shape {
+            workload: Workload::Put,
+            clients: 64.min(a.keys as usize).max(1),
+            key_space: a.keys,
+            key_size: a.key_size,
+            value_size: a.value_size,
+            duration: Duration::from_secs(600),
+            max_ops: a.keys,
+        };
+        load::run(&target, &pre, |_| {}).await;
+    }
+    let shape = Shape {
+        workload,
+        clients: a.clients.max(1),
+        key_space: a.keys.max(1),
+        key_size: a.key_size,
+        value_size: a.value_size,
+        duration: a.duration,
+        max_ops: a.ops,
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let outcome = load::run(&target, &shape, |n| bar.set_message(format!("{n} ops"))).await;
+    bar.finish_and_clear();
+    let secs = outcome.elapsed.as_secs_f64().max(1e-9);
+    let rate = outcome.ops as f64 / secs;
+    let h = &outcome.latency_us;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let name = name(&cli.command, a);
+    println!(
+        "{} {name} clients={} conns={conns}: {} ops in {:.1} s = {rate:.0} ops/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; errors {}",
+        cli.system,
+        a.clients,
+        outcome.ops,
+        secs,
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0,
+        outcome.errors
+    );
+    if let Some(e) = &outcome.first_error {
+        println!("first error: {e}");
+    }
+    println!(
+        "{}",
+        json!({
+            "system": cli.system, "workload": name, "clients": a.clients, "conns": conns,
+            "key_size": a.key_size, "value_size": a.value_size, "ops": outcome.ops,
+            "errors": outcome.errors, "seconds": secs, "ops_per_sec": rate,
+            "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+            "max_ms": h.max() as f64 / 1000.0,
+        })
+    );
+    Ok(())
+}
+
+async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {
+    let f = failover::Failover {
+        system: cli.system.clone(),
+        endpoints: cli.endpoints.clone(),
+        rounds: a.rounds,
+        restart_cmd: a.restart_cmd.clone(),
+    };
+    let times = failover::run(&f).await?;
+    let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.is_empty() {
+        0.0
+    } else if ms.len() % 2 == 1 {
+        ms[ms.len() / 2]
+    } else {
+        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+    };
+    println!(
+        "{} failover: {} rounds, median {median:.0} ms, all {ms:.0?}",
+        cli.system,
+        ms.len()
+    );
+    println!(
+        "{}",
+        json!({"system": cli.system, "workload": "failover", "rounds": ms.len(), "median_ms": median, "ms": ms})
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Failover(a) => failover(&cli, a).await,
+        Cmd::Put(a) | Cmd::Get(a) | Cmd::Mixed(a) | Cmd::Txn(a) => load(&cli, a).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The systems under test, behind one set of operations, so keel and etcd are driven by the
+//! same load code.
+//!
+//! keel: raw gRPC (`keel.v1.KV`) to the leader over N channels, puts without client sessions
+//! (as etcd's have none). etcd: the `etcd-client` crate, N clients over all endpoints.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use keel_proto::v1::cluster_client::ClusterClient;
+use keel_proto::v1::kv_client::KvClient;
+use keel_proto::v1::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use tonic::transport::{Channel, Endpoint};
+
+/// Which system, and how to reach it.
+#[derive(Clone)]
+pub enum Target {
+    Keel {
+        channels: Vec<Channel>,
+    },
+    #[cfg(feature = "etcd")]
+    Etcd {
+        clients: Vec<etcd_client::Client>,
+    },
+}
+
+/// A keel channel to `addr` (host:port).
+pub fn keel_channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
+/// Every member's status, skipping members that do not answer.
+pub async fn keel_statuses(endpoints: &[String]) -> Vec<(String, StatusResponse)> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        let Ok(ch) = keel_channel(e) else { continue };
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        if let Ok(s) = ClusterClient::new(ch).status(req).await {
+            out.push((e.clone(), s.into_inner()));
+        }
+    }
+    out
+}
+
+/// The endpoint of the member that says it is the leader.
+pub async fn keel_leader(endpoints: &[String]) -> Option<(String, StatusResponse)> {
+    keel_statuses(endpoints)
+        .await
+        .into_iter()
+        .find(|(_, s)| s.role == "leader" && s.leader_id == s.id)
+}
+
+impl Target {
+    /// Connect `conns` connections. keel's go to the leader (found now), etcd's over all
+    /// endpoints (its client balances).
+    pub async fn connect(system: &str, endpoints: &[String], conns: usize) -> anyhow::Result<Target> {
+        match system {
+            "keel" => {
+                let (leader, _) = keel_leader(endpoints)
+                    .await
+                    .context("no keel leader among the endpoints")?;
+                let channels = (0..conns).map(|_| keel_channel(&leader)).collect::<Result<_, _>>()?;
+                Ok(Target::Keel { channels })
+            }
+            #[cfg(feature = "etcd")]
+            "etcd" => {
+                let mut clients = Vec::new();
+                for _ in 0..conns {
+                    let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+                    clients.push(etcd_client::Client::connect(endpoints, Some(options)).await?);
+                }
+                Ok(Target::Etcd { clients })
+            }
+            #[cfg(not(feature = "etcd"))]
+            "etcd" => anyhow::bail!("this keel-bench was built without etcd support (cargo build --features etcd)"),
+            other => anyhow::bail!("unknown system {other:?} (keel or etcd)"),
+        }
+    }
+
+    /// One connection to one endpoint, whatever its role (keel followers forward writes).
+    pub async fn connect_any(system: &str, endpoint: &str) -> anyhow::Result<Target> {
+        match system {
+            "keel" => Ok(Target::Keel {
+                channels: vec![keel_channel(endpoint)?],
+            }),
+            #[cfg(feature = "etcd")]
+            "etcd" => {
+                let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+                Ok(Target::Etcd {
+                    clients: vec![etcd_client::Client::connect([endpoint], Some(options)).await?],
+                })
+            }
+            other => anyhow::bail!("{other}: not supported by this build"),
+        }
+    }
+
+    pub async fn put(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::Keel { channels } => {
+                let ch = channels[conn % channels.len()].clone();
+                KvClient::new(ch)
+                    .put(PutRequest {
+                        key,
+                        value,
+                        prev_kv: false,
+                        session: None,
+                    })
+                    .await?;
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd { clients } => {
+                let mut kv = clients[conn % clients.len()].kv_client();
+                kv.put(key, value, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, conn: usize, key: Vec<u8>, serializable: bool) -> anyhow::Result<()> {
+        match self {
+            Target::Keel { channels } => {
+                let ch = channels[conn % channels.len()].clone();
+                KvClient::new(ch)
+                    .range(RangeRequest {
+                        key,
+                        serializable,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd { clients } => {
+                let mut kv = clients[conn % clients.len()].kv_client();
+                let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                kv.get(key, options).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction: if the key's version is ≥ 0 (always), put it and read it back.
+    pub async fn txn(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::Keel { channels } => {
+                use keel_proto::v1::{compare, request_op, Compare, RequestOp, TxnRequest};
+                let ch = channels[conn % channels.len()].clone();
+                let req = TxnRequest {
+                    compare: vec![Compare {
+                        key: key.clone(),
+                        op: compare::Op::Greater as i32,
+                        target: Some(compare::Target::Version(0)),
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::Put(PutRequest {
+                            key: key.clone(),
+                            value: value.clone(),
+                            prev_kv: false,
+                            session: None,
+                        })),
+                    }],
+                    failure: vec![RequestOp {
+                        request: Some(request_op::Request::Put(PutRequest {
+                            key,
+                            value,
+                            prev_kv: false,
+                            session: None,
+                        })),
+                    }],
+                    session: None,
+                };
+                KvClient::new(ch).txn(req).await?;
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd { clients } => {
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let mut kv = clients[conn % clients.len()].kv_client();
+                let txn = Txn::new()
+                    .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else([TxnOp::put(key, value, None)]);
+                kv.txn(txn).await?;
+            }
+        }
+        Ok(())
+    }
+}

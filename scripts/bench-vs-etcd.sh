@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# keel and etcd side by side, measured by the same code (keel-bench), on this machine: a
+# three-node keel (scripts/cluster.sh) and a three-member etcd, both on 127.0.0.1 with fresh data
+# directories, one after the other (never at the same time). 8-byte keys, 256-byte values.
+#
+#   scripts/bench-vs-etcd.sh           put C=1,64,256; linearizable and serializable get C=1,64;
+#                                      failover x5; 10 s per point, 3 repetitions (about 12 min)
+#   scripts/bench-vs-etcd.sh --quick   put C=1 and C=256, linearizable get C=64, failover x3;
+#                                      4 s per point, 3 repetitions (about 3 min)
+#
+# Prints one table (medians of the repetitions, keel/etcd ratios) and, as its last line, one
+# JSON object (keel_put_c1, etcd_put_c1, keel_put_c256, ..., keel_failover_ms_median, ...).
+# Installs etcd-server, protobuf-compiler and libprotobuf-dev from apt if missing (root).
+# Everything it starts runs under one work directory and is stopped on exit.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if [ $quick = 1 ]; then
+  secs=4 reps=3 rounds=3
+  matrix=("put 1" "put 256" "get 64")
+else
+  secs=10 reps=3 rounds=5
+  matrix=("put 1" "put 64" "put 256" "get 1" "get 64" "sget 1" "sget 64")
+fi
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench-vs-etcd: installing ${need[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+echo "bench-vs-etcd: building release binaries" >&2
+cargo build --release -q -p keel-server -p keel-cli
+cargo build --release -q -p keel-bench --features etcd
+bin="$repo/target/release"
+
+work="$(mktemp -d /tmp/keel-bench.XXXXXX)"
+etcd_pids=()
+cleanup() {
+  KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh down >/dev/null 2>&1 || true
+  for p in "${etcd_pids[@]}" $(cat "$work"/etcd*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+keel_endpoints="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
+etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
+etcd_initial="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
+
+# start_etcd N: member N (1..3) on 127.0.0.1:N2379 (clients) and N2380 (peers).
+start_etcd() {
+  local n=$1
+  etcd --name "e$n" --data-dir "$work/etcd$n" \
+    --listen-client-urls "http://127.0.0.1:${n}2379" --advertise-client-urls "http://127.0.0.1:${n}2379" \
+    --listen-peer-urls "http://127.0.0.1:${n}2380" --initial-advertise-peer-urls "http://127.0.0.1:${n}2380" \
+    --initial-cluster "$etcd_initial" --initial-cluster-state new --initial-cluster-token keel-bench \
+    >>"$work/etcd$n.log" 2>&1 &
+  echo $! >"$work/etcd$n.pid"
+}
+export -f start_etcd
+export work etcd_initial
+
+results="$work/results.jsonl"
+# bench SYSTEM ENDPOINTS WORKLOAD CLIENTS: one point, $reps times.
+bench() {
+  local system=$1 endpoints=$2 workload=$3 clients=$4 args=()
+  case $workload in
+    put) args=(put) ;;
+    get) args=(get --keys 10000) ;;
+    sget) args=(get --keys 10000 --serializable) ;;
+  esac
+  if [ "$workload" != put ] && [ ! -f "$work/$system.preloaded" ]; then
+    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 --clients 64 --ops 10000 \
+      --duration 60s >/dev/null
+    touch "$work/$system.preloaded"
+  fi
+  for r in $(seq "$reps"); do
+    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" --clients "$clients" \
+      --duration "${secs}s" | tee /dev/stderr | tail -n 1 |
+      sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
+  done
+}
+
+echo "== keel" >&2
+KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh up >&2
+for point in "${matrix[@]}"; do bench keel "$keel_endpoints" $point; done
+"$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
+  --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$bin $repo/scripts/cluster.sh start {id} >/dev/null" |
+  tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh down >&2
+
+echo "== etcd $(etcd --version | head -n 1)" >&2
+for n in 1 2 3; do start_etcd "$n"; done
+deadline=$((SECONDS + 30))
+until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 --duration 2s >/dev/null 2>&1; do
+  [ $SECONDS -ge $deadline ] && { echo "etcd did not start; see $work/etcd*.log" >&2; exit 1; }
+  sleep 0.3
+done
+for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
+"$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" failover --rounds "$rounds" \
+  --restart-cmd "bash -c 'start_etcd {id}'" |
+  tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+
+python3 - "$results" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(system, point, field):
+    v = [r[field] for r in rows if r["system"] == system and r["point"] == point]
+    return statistics.median(v) if v else None
+points = []
+for r in rows:
+    if r["point"] != "failover" and r["point"] not in points:
+        points.append(r["point"])
+names = {"put": "put", "get": "get linearizable", "sget": "get serializable"}
+print("| workload | clients | keel ops/s | keel p50 ms | keel p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | keel/etcd |")
+print("|---|---|---|---|---|---|---|---|---|")
+for p in points:
+    w, c = p.rsplit("-c", 1)
+    k, e = med("keel", p, "ops_per_sec"), med("etcd", p, "ops_per_sec")
+    f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
+    ratio = f"{k / e:.2f}x" if k and e else "-"
+    print(f"| {names.get(w, w)} | {c} | {f(k)} | {f(med('keel', p, 'p50_ms'), 2)} | {f(med('keel', p, 'p99_ms'), 2)} "
+          f"| {f(e)} | {f(med('etcd', p, 'p50_ms'), 2)} | {f(med('etcd', p, 'p99_ms'), 2)} | {ratio} |")
+kf, ef = med("keel", "failover", "median_ms"), med("etcd", "failover", "median_ms")
+print(f"| failover (kill -9 leader → first write) | - | {kf:.0f} ms median | | | {ef:.0f} ms median | | | {ef / kf:.2f}x faster |" if kf and ef else "| failover | - | - | | | - | | | - |")
+summary = {}
+for p, key in [("put-c1", "put_c1"), ("put-c64", "put_c64"), ("put-c256", "put_c256"), ("get-c64", "lin_get_c64"),
+               ("get-c1", "lin_get_c1"), ("sget-c64", "ser_get_c64"), ("sget-c1", "ser_get_c1")]:
+    for s in ("keel", "etcd"):
+        v = med(s, p, "ops_per_sec")
+        if v is not None:
+            summary[f"{s}_{key}"] = round(v)
+summary["keel_failover_ms_median"] = kf
+summary["etcd_failover_ms_median"] = ef
+print(json.dumps(summary))
+EOF
