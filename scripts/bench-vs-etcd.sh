@@ -54,18 +54,19 @@ keel_endpoints="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
 etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
 etcd_initial="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
 
-# start_etcd N: member N (1..3) on 127.0.0.1:N2379 (clients) and N2380 (peers).
-start_etcd() {
-  local n=$1
-  etcd --name "e$n" --data-dir "$work/etcd$n" \
-    --listen-client-urls "http://127.0.0.1:${n}2379" --advertise-client-urls "http://127.0.0.1:${n}2379" \
-    --listen-peer-urls "http://127.0.0.1:${n}2380" --initial-advertise-peer-urls "http://127.0.0.1:${n}2380" \
-    --initial-cluster "$etcd_initial" --initial-cluster-state new --initial-cluster-token keel-bench \
-    >>"$work/etcd$n.log" 2>&1 &
-  echo $! >"$work/etcd$n.pid"
-}
-export -f start_etcd
-export work etcd_initial
+# start-etcd.sh N: member N (1..3) on 127.0.0.1:N2379 (clients) and N2380 (peers). A script
+# file rather than a function, so keel-bench's restart command (run by sh) can call it.
+cat >"$work/start-etcd.sh" <<EOS
+#!/usr/bin/env bash
+n=\$1
+etcd --name "e\$n" --data-dir "$work/etcd\$n" \\
+  --listen-client-urls "http://127.0.0.1:\${n}2379" --advertise-client-urls "http://127.0.0.1:\${n}2379" \\
+  --listen-peer-urls "http://127.0.0.1:\${n}2380" --initial-advertise-peer-urls "http://127.0.0.1:\${n}2380" \\
+  --initial-cluster "$etcd_initial" --initial-cluster-state new --initial-cluster-token keel-bench \\
+  >>"$work/etcd\$n.log" 2>&1 &
+echo \$! >"$work/etcd\$n.pid"
+EOS
+chmod +x "$work/start-etcd.sh"
 
 results="$work/results.jsonl"
 # bench SYSTEM ENDPOINTS WORKLOAD CLIENTS: one point, $reps times.
@@ -83,7 +84,7 @@ bench() {
   fi
   for r in $(seq "$reps"); do
     "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" --clients "$clients" \
-      --duration "${secs}s" | tee /dev/stderr | tail -n 1 |
+      --duration "${secs}s" | tee -a /dev/stderr | tail -n 1 |
       sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
   done
 }
@@ -97,7 +98,7 @@ for point in "${matrix[@]}"; do bench keel "$keel_endpoints" $point; done
 KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh down >&2
 
 echo "== etcd $(etcd --version | head -n 1)" >&2
-for n in 1 2 3; do start_etcd "$n"; done
+for n in 1 2 3; do "$work/start-etcd.sh" "$n"; done
 deadline=$((SECONDS + 30))
 until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 --duration 2s >/dev/null 2>&1; do
   [ $SECONDS -ge $deadline ] && { echo "etcd did not start; see $work/etcd*.log" >&2; exit 1; }
@@ -105,7 +106,7 @@ until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 
 done
 for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
 "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" failover --rounds "$rounds" \
-  --restart-cmd "bash -c 'start_etcd {id}'" |
+  --restart-cmd "$work/start-etcd.sh {id}" |
   tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
 
 python3 - "$results" <<'EOF'

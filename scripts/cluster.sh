@@ -39,7 +39,15 @@ bin_dir() {
   echo "$out"
 }
 
-running() { [ -f "$dir/node$1.pid" ] && kill -0 "$(cat "$dir/node$1.pid")" 2>/dev/null; }
+# running N: node N's process exists and is not a zombie (a killed node whose parent, this
+# script, has exited stays a zombie until init reaps it, and kill -0 still finds it).
+running() {
+  local f="$dir/node$1.pid"
+  [ -f "$f" ] || return 1
+  local pid; pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 # start_node N BIN INITIAL: start node N unless it runs (--initial-cluster is ignored on restarts).
 start_node() {

@@ -217,6 +217,11 @@ async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Die quietly when stdout is closed (`keel-bench ... | head -1`), as command-line tools do,
+    // instead of panicking in println!.
+    // SAFETY: restoring the default disposition of a signal, before any other thread runs code
+    // of ours.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match &cli.command {
         Cmd::Failover(a) => failover(&cli, a).await,

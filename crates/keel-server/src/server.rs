@@ -53,6 +53,20 @@ impl Listeners {
     }
 }
 
+/// Accepted connections with TCP_NODELAY. tonic's `Server::tcp_nodelay` applies only to
+/// listeners it binds itself, not to an incoming stream; without it, Nagle's algorithm holds a
+/// response's second small write until the client's delayed ACK (~40 ms) arrives.
+fn nodelay(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// A started node. Drop does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     pub node: Arc<Node>,
@@ -173,7 +187,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), until_stopped(stopped.clone())),
+            .serve_with_incoming_shutdown(nodelay(listeners.peer), until_stopped(stopped.clone())),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -200,7 +214,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
                 )
                 .max_encoding_message_size(usize::MAX),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), until_stopped(stopped.clone())),
+            .serve_with_incoming_shutdown(nodelay(listeners.client), until_stopped(stopped.clone())),
     );
 
     let mut tasks = vec![

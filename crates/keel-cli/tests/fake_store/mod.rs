@@ -236,6 +236,7 @@ impl Cluster for Store {
             key_count: state.kvs.len() as u64,
             version: "0.1.0".into(),
             replication: vec![],
+            pid: 4242,
         }))
     }
 
