@@ -204,3 +204,36 @@ async fn a_learner_far_behind_is_not_promoted() -> anyhow::Result<()> {
     assert!(members.iter().all(|m| !m.is_learner), "{members:?}");
     cluster.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_membership_changes_wait_for_each_other() -> anyhow::Result<()> {
+    // openraft takes one membership change at a time; keel waits out one in progress rather
+    // than refusing the next (members also publish their addresses right after an election).
+    let mut cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let a = cluster.start_joiner().await?;
+    let b = cluster.start_joiner().await?;
+    let add = |id: u64| {
+        let mut c = cluster.cluster_client(leader);
+        let node = &cluster.nodes[&id];
+        let req = MemberAddRequest {
+            id,
+            peer_addr: node.peer_addr.to_string(),
+            client_addr: node.client_addr.to_string(),
+        };
+        async move { c.member_add(req).await }
+    };
+    let (ra, rb) = tokio::join!(add(a), add(b));
+    ra?;
+    rb?;
+    let members = cluster
+        .cluster_client(leader)
+        .member_list(MemberListRequest {})
+        .await?
+        .into_inner()
+        .members;
+    for id in [a, b] {
+        assert!(members.iter().any(|m| m.id == id && m.is_learner), "{members:?}");
+    }
+    cluster.shutdown().await
+}

@@ -36,6 +36,36 @@ fn precondition(msg: impl Into<String>) -> NodeError {
     NodeError::FailedPrecondition(msg.into())
 }
 
+type ChangeResult = Result<
+    openraft::raft::ClientWriteResponse<keel_storage::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+>;
+
+/// Propose a membership change, waiting out one that is still in progress. openraft takes one
+/// change at a time and refuses the next while the last is uncommitted, and members publish
+/// their client addresses (a change) right after an election, so an operator's `member add`
+/// just after a start can meet one. It commits within a round trip or two: waiting a bounded
+/// while beats failing with openraft's "already undergoing a configuration change".
+pub(crate) async fn change_patiently<F, Fut>(node: &Node, change: F) -> ChangeResult
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ChangeResult>,
+{
+    use openraft::error::ChangeMembershipError;
+    let deadline = Instant::now() + 4 * node.election_timeout_max;
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))))
+                if Instant::now() < deadline =>
+            {
+                tracing::debug!(%e, "a membership change is in progress; waiting to propose the next");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Map the outcome of a membership change.
 fn membership_result<T>(r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>) -> Result<(), NodeError> {
     match r {
@@ -120,7 +150,7 @@ impl Node {
                 )));
             }
         }
-        membership_result(self.raft.add_learner(id, member, false).await)
+        membership_result(change_patiently(self, || self.raft.add_learner(id, member.clone(), false)).await)
     }
 
     /// Make the learner `id` a voter, if it has caught up.
@@ -147,9 +177,11 @@ impl Node {
             )));
         }
         membership_result(
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-                .await,
+            change_patiently(self, || {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            })
+            .await,
         )
     }
 
@@ -163,7 +195,7 @@ impl Node {
         let addr = view.nodes.get(&id).map(|n| n.peer_addr.clone()).unwrap_or_default();
         if !view.voters.contains(&id) {
             let change = ChangeMembers::RemoveNodes([id].into());
-            membership_result(self.raft.change_membership(change, false).await)?;
+            membership_result(change_patiently(self, || self.raft.change_membership(change.clone(), false)).await)?;
             self.tell_removed(id, &addr, deadline).await;
             return Ok(());
         }
@@ -190,7 +222,7 @@ impl Node {
             }
         }
         let change = ChangeMembers::RemoveVoters([id].into());
-        membership_result(self.raft.change_membership(change, false).await)?;
+        membership_result(change_patiently(self, || self.raft.change_membership(change.clone(), false)).await)?;
         self.tell_removed(id, &addr, deadline).await;
         Ok(())
     }

@@ -402,7 +402,7 @@ impl Node {
     pub async fn set_node_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
         self.check_running()?;
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
-        match self.raft.change_membership(change, true).await {
+        match crate::membership::change_patiently(self, || self.raft.change_membership(change.clone(), true)).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(NodeError::NotLeader { leader: f.leader_id })
