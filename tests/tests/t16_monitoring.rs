@@ -101,6 +101,9 @@ async fn metrics_exist_and_move_with_the_load() -> anyhow::Result<()> {
         "keel_db_size_bytes",
         "keel_keys",
         "keel_proposals_committed_total",
+        "keel_log_syncs_total",
+        "keel_log_sync_seconds_total",
+        "keel_log_synced_requests_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ] {
@@ -126,6 +129,9 @@ async fn metrics_exist_and_move_with_the_load() -> anyhow::Result<()> {
     assert!(after["keel_raft_commit_index"] >= before["keel_raft_commit_index"] + 20.0);
     assert!(after["keel_proposals_committed_total"] >= before["keel_proposals_committed_total"] + 20.0);
     assert_eq!(after["keel_keys"], before["keel_keys"] + 20.0);
+    // Each acknowledged write waited for a log sync on the leader.
+    assert!(after["keel_log_syncs_total"] > before["keel_log_syncs_total"]);
+    assert!(after["keel_log_synced_requests_total"] >= before["keel_log_synced_requests_total"] + 20.0);
     let puts = "keel_grpc_requests_total{code=Ok,method=Put,service=keel.v1.KV}";
     assert!(after.get(puts).copied().unwrap_or(0.0) >= 20.0, "{:?}", after.get(puts));
     assert!(after.contains_key("keel_grpc_request_duration_seconds_count{method=Put,service=keel.v1.KV}"));

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub snapshot_install_seconds: Histogram,
     pub grpc_requests: IntCounterVec,
     pub grpc_seconds: HistogramVec,
+    pub log_syncs: IntCounter,
+    pub log_sync_seconds: prometheus::Counter,
+    pub log_synced_requests: IntCounter,
     pub db_size_bytes: IntGauge,
     pub keys: IntGauge,
     pub ready: IntGauge,
@@ -131,6 +134,18 @@ impl Metrics {
                     &["service", "method"],
                 ),
             ),
+            log_syncs: counter(
+                "log_syncs_total",
+                "Group commits of the Raft log (sled flush + fdatasync).",
+            ),
+            log_sync_seconds: register(
+                r,
+                prometheus::Counter::new("log_sync_seconds_total", "Time spent in Raft log group commits."),
+            ),
+            log_synced_requests: counter(
+                "log_synced_requests_total",
+                "Appends and waits completed by the log group commits (per sync: batching).",
+            ),
             db_size_bytes: gauge("db_size_bytes", "Bytes on disk of the member's database."),
             keys: gauge("keys", "Live keys in the store."),
             ready: gauge("ready", "1 if the member is ready to serve (see /readyz)."),
@@ -162,6 +177,14 @@ impl Metrics {
 
     /// The text exposition of every series, with the scrape-time values refreshed from `node`.
     pub fn render(&self, node: &Node) -> String {
+        // The log store keeps plain atomics; the counters catch up with them at scrape time.
+        let log = &node.log_stats;
+        let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+        catch_up(&self.log_syncs, log.group_commits.load(Ordering::Relaxed));
+        catch_up(&self.log_synced_requests, log.synced_requests.load(Ordering::Relaxed));
+        let secs = log.sync_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        self.log_sync_seconds
+            .inc_by((secs - self.log_sync_seconds.get()).max(0.0));
         self.db_size_bytes.set(node.reader.db_size() as i64);
         self.keys.set(node.reader.key_count() as i64);
         self.ready.set(i64::from(crate::health::readiness(node).is_ok()));

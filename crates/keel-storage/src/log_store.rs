@@ -61,6 +61,10 @@ pub struct LogStats {
     pub entries: AtomicU64,
     /// Group commits (syncs) run by the flusher.
     pub group_commits: AtomicU64,
+    /// Time spent in those syncs, in microseconds.
+    pub sync_micros: AtomicU64,
+    /// Flush requests (appends and waits) the group commits completed.
+    pub synced_requests: AtomicU64,
     /// The highest committed log index openraft has told this store (0: none).
     pub committed: AtomicU64,
     /// The committed index stored when the log was opened: what a restarted node must apply
@@ -162,8 +166,13 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = dur.sync();
+        stats
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.group_commits.fetch_add(1, Ordering::Relaxed);
+        stats.synced_requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for req in batch {
             // io::Error is not Clone; each waiter gets its own copy of the failure.
             let res = match &result {
