@@ -3,18 +3,12 @@
 
 use std::time::Duration;
 
-use keel_proto::v1::{MemberAddRequest, MemberListRequest, MemberRemoveRequest, PutRequest, RangeRequest};
+mod common;
+
+use common::put;
+use keel_proto::v1::{MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest};
 use keel_testkit::{Backend, Cluster, Options};
 use tonic::Code;
-
-fn put(key: &str) -> PutRequest {
-    PutRequest {
-        key: key.into(),
-        value: b"v".to_vec(),
-        prev_kv: false,
-        session: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_membership_changes_name_their_reason() -> anyhow::Result<()> {

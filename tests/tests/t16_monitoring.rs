@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keel_proto::v1::{MemberAddRequest, PutRequest};
+mod common;
+
+use common::put;
+use keel_proto::v1::MemberAddRequest;
 use keel_storage::NodeId;
 use keel_testkit::{Backend, Cluster, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,15 +61,6 @@ async fn scrape(cluster: &Cluster, id: NodeId) -> anyhow::Result<BTreeMap<String
         out.insert(key, value);
     }
     Ok(out)
-}
-
-fn put(key: &str) -> PutRequest {
-    PutRequest {
-        key: key.into(),
-        value: b"v".to_vec(),
-        prev_kv: false,
-        session: None,
-    }
 }
 
 async fn ready(cluster: &Cluster, id: NodeId) -> anyhow::Result<(bool, String)> {

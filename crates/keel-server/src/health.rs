@@ -26,7 +26,9 @@ pub fn readiness(node: &Node) -> Result<(), String> {
     if node.removed.load(Ordering::Acquire) {
         return Err("removed from the cluster".into());
     }
-    let m = node.metrics();
+    // Borrowed, not cloned: this runs on every metrics change (every apply) and every scrape.
+    let rx = node.raft.metrics();
+    let m = rx.borrow();
     match m.state {
         ServerState::Learner => return Err("a learner: not a voter yet".into()),
         ServerState::Candidate => return Err("no leader: an election is under way".into()),

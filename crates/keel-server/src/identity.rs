@@ -28,6 +28,17 @@ pub struct Identity {
     pub cluster_id: String,
 }
 
+impl Identity {
+    pub fn new(node_id: NodeId, cluster_token: &str, cluster_id: String) -> Identity {
+        Identity {
+            format: FORMAT,
+            node_id,
+            cluster_token: cluster_token.to_string(),
+            cluster_id,
+        }
+    }
+}
+
 /// Why a data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -114,12 +125,7 @@ pub fn check_or_create(
                 (None, true) => (String::new(), Startup::Join),
                 (None, false) => return Err(IdentityError::Uninitialized { dir: dir.to_path_buf() }),
             };
-            let identity = Identity {
-                format: FORMAT,
-                node_id: id,
-                cluster_token: token.to_string(),
-                cluster_id,
-            };
+            let identity = Identity::new(id, token, cluster_id);
             write(dir, &identity).map_err(io)?;
             Ok((identity, startup))
         }

@@ -3,9 +3,9 @@
 //! One Prometheus registry per node (the `prometheus` crate, with its Linux process collector),
 //! served as text on `--metrics-addr` `/metrics` (see `http.rs`). Where each series comes
 //! from:
-//! - Raft state (`keel_raft_*`, `keel_is_leader`, `keel_leader_changes_total`, replication lag):
-//!   a task that follows openraft's metrics watch ([`follow_raft`]); the commit index comes from
-//!   the log store, which openraft tells of every commit.
+//! - Raft state (`keel_raft_*`, `keel_is_leader`, replication lag): read from openraft's
+//!   metrics at scrape time; the commit index comes from the log store, which openraft tells of
+//!   every commit. Leader changes are events, counted by a task ([`count_leader_changes`]).
 //! - Proposals: counted and timed where the leader proposes (`Node::write_local`).
 //! - Apply and snapshots: the state machine reports to [`keel_storage::Observer`].
 //! - gRPC: a tower layer on the client server ([`GrpcMetricsLayer`]), by service, method and code.
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use keel_storage::{LogStats, NodeId};
+use keel_storage::NodeId;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -185,6 +185,7 @@ impl Metrics {
         let secs = log.sync_micros.load(Ordering::Relaxed) as f64 / 1e6;
         self.log_sync_seconds
             .inc_by((secs - self.log_sync_seconds.get()).max(0.0));
+        self.raft_gauges(node);
         self.db_size_bytes.set(node.reader.db_size() as i64);
         self.keys.set(node.reader.key_count() as i64);
         self.ready.set(i64::from(crate::health::readiness(node).is_ok()));
@@ -194,6 +195,27 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
             String::new()
         })
+    }
+
+    /// Term, leadership, indexes and (on the leader) replication lag, from openraft's metrics.
+    fn raft_gauges(&self, node: &Node) {
+        let rx = node.raft.metrics();
+        let m = rx.borrow();
+        self.term.set(m.current_term as i64);
+        self.is_leader.set(i64::from(m.current_leader == Some(node.id)));
+        self.has_leader.set(i64::from(m.current_leader.is_some()));
+        let last_log = m.last_log_index.unwrap_or(0);
+        self.last_log_index.set(last_log as i64);
+        self.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+        self.commit_index
+            .set(node.log_stats.committed.load(Ordering::Relaxed) as i64);
+        self.replication_lag.reset();
+        for (id, matched) in m.replication.iter().flatten().filter(|(id, _)| **id != node.id) {
+            let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
+            self.replication_lag
+                .with_label_values(&[&id.to_string()])
+                .set(lag as i64);
+        }
     }
 
     /// Record a proposal's outcome and latency.
@@ -231,35 +253,17 @@ impl keel_storage::Observer for Metrics {
     }
 }
 
-/// Keep the Raft gauges in step with openraft's metrics until Raft stops.
-pub async fn follow_raft(node: Arc<Node>, metrics: Arc<Metrics>, log: Arc<LogStats>) {
+/// Count leader changes until Raft stops. The Raft gauges are read at scrape time instead
+/// ([`Metrics::render`]); only a change of leader is an event that a scrape could miss.
+pub async fn count_leader_changes(node: Arc<Node>, metrics: Arc<Metrics>) {
     let mut rx = node.raft.metrics();
     let mut leader = None;
     loop {
-        {
-            let m = rx.borrow_and_update();
-            metrics.term.set(m.current_term as i64);
-            metrics.is_leader.set(i64::from(m.current_leader == Some(node.id)));
-            metrics.has_leader.set(i64::from(m.current_leader.is_some()));
-            if m.current_leader.is_some() && m.current_leader != leader {
-                metrics.leader_changes.inc();
-            }
-            leader = m.current_leader;
-            let last_log = m.last_log_index.unwrap_or(0);
-            metrics.last_log_index.set(last_log as i64);
-            metrics.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
-            metrics.commit_index.set(log.committed.load(Ordering::Relaxed) as i64);
-            metrics.replication_lag.reset();
-            if let Some(replication) = &m.replication {
-                for (id, matched) in replication.iter().filter(|(id, _)| **id != node.id) {
-                    let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
-                    metrics
-                        .replication_lag
-                        .with_label_values(&[&id.to_string()])
-                        .set(lag as i64);
-                }
-            }
+        let current = rx.borrow_and_update().current_leader;
+        if current.is_some() && current != leader {
+            metrics.leader_changes.inc();
         }
+        leader = current;
         if rx.changed().await.is_err() {
             return;
         }

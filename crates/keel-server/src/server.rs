@@ -139,17 +139,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     if let Startup::Bootstrap(members) = &startup {
         // Every initial member proposes the same membership (peer addresses only), so the
         // index-0 entries agree; each member then publishes its client address itself.
-        let members: std::collections::BTreeMap<_, _> = members
-            .iter()
-            .map(|(id, peer)| {
-                let member = Member {
-                    peer_addr: peer.clone(),
-                    client_addr: String::new(),
-                };
-                (*id, member)
-            })
-            .collect();
-        match raft.initialize(members).await {
+        match raft.initialize(Member::from_peers(members)).await {
             Ok(()) => tracing::info!(cluster_id = %identity.cluster_id, "initialized a new cluster"),
             Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
                 tracing::info!(reason = %e, "cluster already initialized")
@@ -172,7 +162,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         config.election_timeout.1,
         config.data_dir.clone(),
         metrics.clone(),
-        log_stats.clone(),
+        log_stats,
     ));
 
     let (stop, stopped) = watch::channel(false);
@@ -221,7 +211,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         tokio::spawn(node.clone().publish_addresses()),
         tokio::spawn(node.clone().watch_removal()),
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
-        tokio::spawn(crate::metrics::follow_raft(node.clone(), metrics.clone(), log_stats)),
+        tokio::spawn(crate::metrics::count_leader_changes(node.clone(), metrics.clone())),
     ];
     if let Some(backup) = config.backup.clone() {
         tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));

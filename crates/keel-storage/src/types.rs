@@ -42,6 +42,25 @@ pub struct Member {
     pub client_addr: String,
 }
 
+impl Member {
+    /// The members of a new cluster, known by their peer addresses only: each publishes its
+    /// client address itself once a leader exists. Bootstrap and restore both start this way.
+    pub fn from_peers(
+        peers: &std::collections::BTreeMap<NodeId, String>,
+    ) -> std::collections::BTreeMap<NodeId, Member> {
+        peers
+            .iter()
+            .map(|(id, peer)| {
+                let member = Member {
+                    peer_addr: peer.clone(),
+                    client_addr: String::new(),
+                };
+                (*id, member)
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "peer={} client={}", self.peer_addr, self.client_addr)

@@ -1,9 +1,20 @@
-//! Helpers shared by the integration tests that drive load through keel-client.
+//! Helpers shared by the integration tests. Each test crate uses only some of them.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
 use keel_client::Client;
-use keel_proto::v1::RangeRequest;
+use keel_proto::v1::{PutRequest, RangeRequest};
+
+/// A put of `key` with the value `v`.
+pub fn put(key: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        prev_kv: false,
+        session: None,
+    }
+}
 
 /// Read every key under `prefix` and assert that each acknowledged write is there with its value.
 /// Returns what is stored, for further checks.

@@ -1,6 +1,5 @@
 //! snapshot save, inspect, restore: backups and disaster recovery.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -171,24 +170,11 @@ pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outco
     // so a failure leaves no half-restored data directory behind.
     let staging = PathBuf::from(format!("{}.restoring-{}", dir.display(), std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let members: BTreeMap<u64, Member> = peers
-        .iter()
-        .map(|(id, peer)| {
-            let member = Member {
-                peer_addr: peer.clone(),
-                client_addr: String::new(),
-            };
-            (*id, member)
-        })
-        .collect();
+    let members = Member::from_peers(&peers);
     let result = async {
         let verified = restore::restore(&staging, &args.file, args.id, members, &StoreConfig::default()).await?;
-        let identity = Identity {
-            format: 1,
-            node_id: args.id,
-            cluster_token: args.cluster_token.clone(),
-            cluster_id: identity::cluster_id(&args.cluster_token, &peers),
-        };
+        let cluster_id = identity::cluster_id(&args.cluster_token, &peers);
+        let identity = Identity::new(args.id, &args.cluster_token, cluster_id);
         identity::write(&staging, &identity)?;
         if dir.exists() {
             std::fs::remove_dir(dir)?;

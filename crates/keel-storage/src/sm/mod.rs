@@ -132,12 +132,13 @@ pub(crate) struct SmShared {
     pins: Mutex<BTreeMap<(u64, u64), usize>>,
     snapshots: SnapshotStore,
     config: SmConfig,
-    observer: RwLock<Arc<dyn crate::Observer>>,
+    /// Set once, before Raft starts; read on every apply without a lock.
+    observer: std::sync::OnceLock<Arc<dyn crate::Observer>>,
 }
 
 impl SmShared {
-    fn observer(&self) -> Arc<dyn crate::Observer> {
-        self.observer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn observer(&self) -> &dyn crate::Observer {
+        self.observer.get().map_or(&crate::observe::Ignore, |o| o.as_ref())
     }
 
     /// The current tree with its generation and revision, read together: an install swaps all
@@ -259,7 +260,7 @@ impl StateMachine {
             pins: Mutex::new(BTreeMap::new()),
             snapshots,
             config,
-            observer: RwLock::new(Arc::new(crate::observe::Ignore)),
+            observer: std::sync::OnceLock::new(),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -271,9 +272,9 @@ impl StateMachine {
         })
     }
 
-    /// Report apply and snapshot work to `observer` from now on.
+    /// Report apply and snapshot work to `observer` from now on. Only the first call counts.
     pub fn set_observer(&self, observer: Arc<dyn crate::Observer>) {
-        *self.shared.observer.write().unwrap_or_else(|e| e.into_inner()) = observer;
+        let _ = self.shared.observer.set(observer);
     }
 
     /// Seed this empty state machine from a snapshot (a backup) for a member of a new cluster:
