@@ -6,10 +6,29 @@ use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use crate::types::{Command, DeleteOp, Entry, KeyRange, PutOp, Request};
 
 /// The entry the torture writers put at `index`, a pure function of the index: a put of one of
-/// 101 keys with a 256-byte value derived from the index; every 7th entry deletes a key instead.
+/// 101 keys with a 256-byte value derived from the index; every 7th entry deletes a key instead,
+/// and every 5th (not 7th) is a batch of three such requests, the first and last on one key.
 pub fn torture_entry(index: u64) -> Entry {
+    let request = |i: u64| Request::new(torture_command(i));
+    let command = if index % 5 == 0 && index % 7 != 0 {
+        let twin = index.wrapping_add(101 * 1_000_003);
+        Command::Batch(vec![
+            request(index),
+            request(index.wrapping_add(1_000_003)),
+            request(twin),
+        ])
+    } else {
+        torture_command(index)
+    };
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request::new(command)),
+    }
+}
+
+fn torture_command(index: u64) -> Command {
     let key = format!("key-{:03}", index.wrapping_mul(2654435761) % 101).into_bytes();
-    let command = if index % 7 == 0 {
+    if index % 7 == 0 {
         Command::Delete(DeleteOp {
             range: KeyRange::Key(key),
             prev_kv: false,
@@ -23,9 +42,5 @@ pub fn torture_entry(index: u64) -> Entry {
             value,
             prev_kv: false,
         })
-    };
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Request::new(command)),
     }
 }

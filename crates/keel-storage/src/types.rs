@@ -103,6 +103,12 @@ pub enum Command {
     Put(PutOp),
     Delete(DeleteOp),
     Txn(Txn),
+    /// Several client requests in one log entry, applied one after the other as if each were
+    /// its own entry: each takes its own revision, sees the effects of the ones before it, and
+    /// is decided against its own session. Only the leader's proposer builds batches (to share
+    /// one log append and one fsync among concurrent writes); clients cannot send one. The whole
+    /// entry is applied in one atomic sled batch, like any other.
+    Batch(Vec<Request>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +272,9 @@ pub enum CommandResult {
         client_id: u64,
         seq: u64,
     },
+    /// The responses of a [`Command::Batch`], one per request, in order. The batch's own
+    /// `Response::revision` is the revision after its last request.
+    Batch(Vec<Response>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

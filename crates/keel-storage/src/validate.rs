@@ -48,6 +48,8 @@ pub enum InvalidRequest {
     DuplicateTxnKey { key: String },
     #[error("session sequence numbers start at 1")]
     ZeroSessionSeq,
+    #[error("batches are built by the leader, not sent by clients")]
+    ClientBatch,
 }
 
 /// Check a request before it is proposed.
@@ -71,6 +73,7 @@ pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), InvalidReq
             validate_branch(&txn.success, "success ops", limits)?;
             validate_branch(&txn.failure, "failure ops", limits)
         }
+        Command::Batch(_) => Err(InvalidRequest::ClientBatch),
     }
 }
 
@@ -279,5 +282,12 @@ mod tests {
         );
         assert_eq!(validate_request(&with_seq(1), &limits), Ok(()));
         assert_eq!(validate_request(&with_seq(u64::MAX), &limits), Ok(()));
+    }
+
+    #[test]
+    fn clients_cannot_send_batches() {
+        let inner = Request::new(Command::Put(put(b"k", b"v")));
+        assert_eq!(check(Command::Batch(vec![inner])), Err(InvalidRequest::ClientBatch));
+        assert_eq!(check(Command::Batch(vec![])), Err(InvalidRequest::ClientBatch));
     }
 }

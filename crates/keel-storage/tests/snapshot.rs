@@ -84,6 +84,13 @@ impl Model {
                 assert!(txn.compares.is_empty(), "these tests only use unconditional txns");
                 txn.success.clone()
             }
+            // Each request of a batch is applied as if it were its own entry.
+            Command::Batch(requests) => {
+                for r in requests {
+                    self.apply(&r.command);
+                }
+                return self.revision;
+            }
         };
         // One command is one revision, whatever it writes; a command that changes nothing takes
         // none. (No key is written twice by one command.)
@@ -309,7 +316,27 @@ fn churn(d: &mut Driver, rng: &mut StdRng, loaded: u64, fresh_from: u64, count: 
     let mut entries = Vec::with_capacity(count);
     let mut fresh = fresh_from;
     for _ in 0..count {
-        let entry = match rng.random_range(0..10) {
+        let entry = match rng.random_range(0..11) {
+            // A batch entry, as the leader's proposer builds: puts and deletes, one key possibly
+            // written twice (by two of its requests), each request its own revision.
+            10 => {
+                let j = rng.random_range(0..loaded);
+                let mut requests = Vec::new();
+                for _ in 0..rng.random_range(2..6) {
+                    let k = if rng.random_ratio(1, 3) {
+                        j
+                    } else {
+                        rng.random_range(0..loaded)
+                    };
+                    let cmd = if rng.random_ratio(1, 4) {
+                        delete(KeyRange::Key(key(k)))
+                    } else {
+                        put(&key(k), &value(rng, d.index + 1))
+                    };
+                    requests.push(Request::new(cmd));
+                }
+                d.push(Command::Batch(requests))
+            }
             0..=3 => {
                 let v = value(rng, d.index + 1);
                 d.push(put(&key(rng.random_range(0..loaded)), &v))

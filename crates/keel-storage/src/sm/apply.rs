@@ -1,13 +1,15 @@
-//! Executing one command against the state machine: the deterministic heart of keel.
+//! Executing commands against the state machine: the deterministic heart of keel.
 //!
-//! A command runs against the tree as of the last applied revision, collects every change in one
-//! sled batch (new versions, the history record of the new revision), and the caller adds the
-//! metadata (applied log id, revision) to the same batch before applying it. Either all of a
-//! command's effects and its applied log id become visible, or none do.
+//! An [`Apply`] covers one log entry. Each command in it (one, or several for a batch entry) runs
+//! against the tree as of the last applied entry plus the entry's earlier commands, and takes its
+//! own revision if it changes anything. Every change goes into one sled batch (new versions, one
+//! history record per new revision), and the caller adds the metadata (applied log id, revision,
+//! client sessions) to the same batch before applying it. Either all of an entry's effects and its
+//! applied log id become visible, or none do.
 //!
-//! Writes inside a txn are visible to the txn's later reads through `overlay`. Validation
-//! guarantees that no key is written twice in one command, so every key has at most one version
-//! at the command's revision.
+//! The entry's own writes are visible to its later reads through `overlay`: within a txn, and
+//! from one command of a batch to the next. Validation guarantees that no key is written twice in
+//! one command, so every key has at most one version at each revision.
 
 use std::collections::BTreeMap;
 
@@ -30,23 +32,35 @@ pub struct HistoryEvent {
     pub prev_revision: u64,
 }
 
-/// The pending effects of one command.
+/// A key as this entry left it so far: the revision of its newest version (live or tombstone),
+/// and its value (`None`: deleted).
+#[derive(Debug, Clone)]
+struct Written {
+    revision: u64,
+    kv: Option<KeyValue>,
+}
+
+/// The pending effects of one log entry.
 pub struct Apply<'a> {
     tree: &'a sled::Tree,
-    /// The revision this command writes at, if it changes anything.
+    /// The store revision after the commands executed so far.
+    base: u64,
+    /// The revision the running command writes at, if it changes anything: `base + 1`.
     revision: u64,
     pub batch: sled::Batch,
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
-    pub events: Vec<HistoryEvent>,
+    overlay: BTreeMap<Vec<u8>, Written>,
+    /// The running command's changes.
+    events: Vec<HistoryEvent>,
     /// Change in the number of live keys.
     pub key_delta: i64,
 }
 
 impl<'a> Apply<'a> {
-    /// Prepare a command on top of `current_revision`.
+    /// Prepare an entry on top of `current_revision`.
     pub fn new(tree: &'a sled::Tree, current_revision: u64) -> Self {
         Apply {
             tree,
+            base: current_revision,
             revision: current_revision + 1,
             batch: sled::Batch::default(),
             overlay: BTreeMap::new(),
@@ -55,48 +69,51 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Did the command change anything (and so take a new revision)?
-    pub fn changed(&self) -> bool {
-        !self.events.is_empty()
+    /// The store revision after the commands executed so far.
+    pub fn revision(&self) -> u64 {
+        self.base
     }
 
-    /// The revision after this command: the new one if it wrote, else the current one.
-    pub fn resulting_revision(&self) -> u64 {
-        if self.changed() {
-            self.revision
-        } else {
-            self.revision - 1
-        }
-    }
-
-    /// Run `cmd`, accumulating its effects.
+    /// Run `cmd` (not a batch: the caller walks those) and add its effects, with its history
+    /// record if it changed anything, to the entry's batch.
     pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
-        Ok(match cmd {
+        self.revision = self.base + 1;
+        self.events.clear();
+        let result = match cmd {
             Command::Put(put) => CommandResult::Put(self.put(put)?),
             Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
             Command::Txn(txn) => CommandResult::Txn(self.txn(txn)?),
-        })
-    }
-
-    /// Add the history record of this revision to the batch. Call once, after `execute`.
-    pub fn finish(&mut self) {
-        if self.changed() {
+            Command::Batch(_) => {
+                return Err(MvccError::Decode(codec::DecodeError::Malformed(
+                    "a batch reached Apply::execute; batches are walked by the caller".into(),
+                )))
+            }
+        };
+        if !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
             self.batch
-                .insert(&codec::history_key(self.revision), codec::encode(&self.events));
+                .insert(&codec::history_key(self.revision), codec::encode(&events));
+            self.base = self.revision;
         }
+        Ok(result)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
         match self.overlay.get(key) {
-            Some(state) => Ok(state.clone()),
+            Some(w) => Ok(w.kv.clone()),
             None => mvcc::get(self.tree, key, u64::MAX),
         }
     }
 
     fn put(&mut self, op: &PutOp) -> Result<PutResult, MvccError> {
-        let prev = mvcc::latest(self.tree, &op.key, u64::MAX)?;
-        let prev_revision = prev.as_ref().map_or(0, |(rev, _)| *rev);
-        let prev_kv = prev.and_then(|(rev, v)| v.into_kv(op.key.clone(), rev));
+        let (prev_revision, prev_kv) = match self.overlay.get(&op.key) {
+            Some(w) => (w.revision, w.kv.clone()),
+            None => {
+                let prev = mvcc::latest(self.tree, &op.key, u64::MAX)?;
+                let prev_revision = prev.as_ref().map_or(0, |(rev, _)| *rev);
+                (prev_revision, prev.and_then(|(rev, v)| v.into_kv(op.key.clone(), rev)))
+            }
+        };
         let (create_revision, version) = match &prev_kv {
             Some(kv) => (kv.create_revision, kv.version + 1),
             None => {
@@ -111,16 +128,18 @@ impl<'a> Apply<'a> {
         };
         self.batch
             .insert(codec::version_key(&op.key, self.revision), stored.encode());
-        self.overlay.insert(
-            op.key.clone(),
-            Some(KeyValue {
-                key: op.key.clone(),
-                value: op.value.clone(),
-                create_revision,
-                mod_revision: self.revision,
-                version,
-            }),
-        );
+        let kv = KeyValue {
+            key: op.key.clone(),
+            value: op.value.clone(),
+            create_revision,
+            mod_revision: self.revision,
+            version,
+        };
+        let written = Written {
+            revision: self.revision,
+            kv: Some(kv),
+        };
+        self.overlay.insert(op.key.clone(), written);
         self.events.push(HistoryEvent {
             key: op.key.clone(),
             deleted: false,
@@ -138,7 +157,11 @@ impl<'a> Apply<'a> {
                 codec::version_key(&kv.key, self.revision),
                 StoredVersion::Tombstone.encode(),
             );
-            self.overlay.insert(kv.key.clone(), None);
+            let written = Written {
+                revision: self.revision,
+                kv: None,
+            };
+            self.overlay.insert(kv.key.clone(), written);
             self.events.push(HistoryEvent {
                 key: kv.key.clone(),
                 deleted: true,
@@ -158,8 +181,12 @@ impl<'a> Apply<'a> {
         if self.overlay.is_empty() {
             return mvcc::collect_range(tree_pairs, op);
         }
-        let overlay: Vec<(&Vec<u8>, &Option<KeyValue>)> =
-            self.overlay.iter().filter(|(k, _)| op.range.contains(k)).collect();
+        let overlay: Vec<(&Vec<u8>, &Option<KeyValue>)> = self
+            .overlay
+            .iter()
+            .filter(|(k, _)| op.range.contains(k))
+            .map(|(k, w)| (k, &w.kv))
+            .collect();
         mvcc::collect_range(merge(tree_pairs, overlay), op)
     }
 

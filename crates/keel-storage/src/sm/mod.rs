@@ -55,7 +55,7 @@ use snapshot::SnapshotStore;
 use crate::codec;
 use crate::durability::{sled_to_io, Durability};
 use crate::types::{
-    CommandResult, Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Command, CommandResult, Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 const ROOT_CURRENT: &[u8] = b"current";
@@ -309,14 +309,18 @@ impl StateMachine {
     ) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
         let fail = |e: io::Error| StorageError::from(StorageIOError::apply(log_id, &e));
-        let scope = sessions::Scope {
-            index: log_id.index,
-            max_pin,
-        };
-        let mut batch = sled::Batch::default();
         let mut meta = self.meta.clone();
+        let mut ctx = EntryApply {
+            tree,
+            scope: sessions::Scope {
+                index: log_id.index,
+                max_pin,
+            },
+            apply: apply::Apply::new(tree, meta.revision),
+            sessions: sessions::Written::new(),
+            session_count: meta.session_count,
+        };
         let mut membership = None;
-        let mut used_session = None;
         let response = match &entry.payload {
             EntryPayload::Blank => Response {
                 revision: meta.revision,
@@ -324,24 +328,23 @@ impl StateMachine {
             },
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
-                batch.insert(MEMBERSHIP_KEY, codec::encode(&stored));
+                ctx.apply.batch.insert(MEMBERSHIP_KEY, codec::encode(&stored));
                 membership = Some(stored);
                 Response {
                     revision: meta.revision,
                     result: CommandResult::None,
                 }
             }
-            EntryPayload::Normal(req) => {
-                let (response, used) =
-                    apply_request(tree, req, scope, &mut meta, &mut batch).map_err(|e| fail(io_err(e)))?;
-                used_session = used;
-                response
-            }
+            EntryPayload::Normal(req) => ctx.request(req).map_err(|e| fail(io_err(e)))?,
         };
         let limits = self.shared.config.session_limits();
-        scope
-            .expire(tree, &mut batch, &mut meta.session_count, used_session, limits)
+        let mut batch = std::mem::take(&mut ctx.apply.batch);
+        ctx.scope
+            .expire(tree, &mut batch, &mut ctx.session_count, &ctx.sessions, limits)
             .map_err(|e| fail(io_err(e)))?;
+        meta.revision = ctx.apply.revision();
+        meta.key_count = meta.key_count.saturating_add_signed(ctx.apply.key_delta);
+        meta.session_count = ctx.session_count;
         meta.applied = Some(log_id);
         batch.insert(META_KEY, codec::encode(&meta));
         tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
@@ -403,47 +406,60 @@ impl StateMachine {
     }
 }
 
-/// Apply a client request: execute its command, or answer it from its session. Adds the effects to
-/// `batch` (empty so far) and `meta`; returns the response and the client id of the session the
-/// request used, if any.
-fn apply_request(
-    tree: &sled::Tree,
-    req: &Request,
+/// The effects of one log entry while its requests are applied.
+struct EntryApply<'a> {
+    tree: &'a sled::Tree,
     scope: sessions::Scope,
-    meta: &mut SmMeta,
-    batch: &mut sled::Batch,
-) -> Result<(Response, Option<u64>), mvcc::MvccError> {
-    let mut prev = None;
-    if let Some(session) = req.session {
-        match sessions::decide(tree, session, meta.revision)? {
-            sessions::Decision::Execute { prev: p } => prev = p,
-            sessions::Decision::Answer { response, refresh } => {
-                let Some(cur) = refresh else {
-                    return Ok((response, None));
-                };
-                scope.refresh(batch, session.client_id, &cur)?;
-                return Ok((response, Some(session.client_id)));
+    apply: apply::Apply<'a>,
+    /// Session records this entry changed so far (and so the sessions it used).
+    sessions: sessions::Written,
+    session_count: u64,
+}
+
+impl EntryApply<'_> {
+    /// Apply a client request, or each request of a batch in order: execute its command, or
+    /// answer it from its session.
+    fn request(&mut self, req: &Request) -> Result<Response, mvcc::MvccError> {
+        if let Command::Batch(requests) = &req.command {
+            // A batch never carries a session itself; its requests do.
+            let responses = requests
+                .iter()
+                .map(|r| self.request(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Response {
+                revision: self.apply.revision(),
+                result: CommandResult::Batch(responses),
+            });
+        }
+        let mut prev = None;
+        if let Some(session) = req.session {
+            match sessions::decide(self.tree, &self.sessions, session, self.apply.revision())? {
+                sessions::Decision::Execute { prev: p } => prev = p,
+                sessions::Decision::Answer { response, refresh } => {
+                    if let Some(cur) = refresh {
+                        let batch = &mut self.apply.batch;
+                        self.scope.refresh(batch, &mut self.sessions, session.client_id, &cur)?;
+                    }
+                    return Ok(response);
+                }
             }
         }
+        let result = self.apply.execute(&req.command)?;
+        let response = Response {
+            revision: self.apply.revision(),
+            result,
+        };
+        if let Some(session) = req.session {
+            if prev.is_none() {
+                self.session_count += 1;
+            }
+            let batch = &mut self.apply.batch;
+            let (id, seq) = (session.client_id, session.seq);
+            self.scope
+                .remember(batch, &mut self.sessions, id, seq, prev.as_ref(), &response);
+        }
+        Ok(response)
     }
-    let mut apply = apply::Apply::new(tree, meta.revision);
-    let result = apply.execute(&req.command)?;
-    apply.finish();
-    meta.revision = apply.resulting_revision();
-    meta.key_count = meta.key_count.saturating_add_signed(apply.key_delta);
-    *batch = apply.batch;
-    let response = Response {
-        revision: meta.revision,
-        result,
-    };
-    let Some(session) = req.session else {
-        return Ok((response, None));
-    };
-    if prev.is_none() {
-        meta.session_count += 1;
-    }
-    scope.remember(batch, session.client_id, session.seq, prev.as_ref(), &response);
-    Ok((response, Some(session.client_id)))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

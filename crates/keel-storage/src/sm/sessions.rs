@@ -39,9 +39,11 @@
 //! entries into apply calls differently). After entry `i` is applied, in the same batch, sessions
 //! are removed in order of `(last_index, client_id)` while the oldest one is unused for
 //! `session_ttl_entries` entries (`last_index + ttl <= i`) or there are more than `max_sessions`,
-//! at most [`EVICT_PER_ENTRY`] per entry. An entry adds at most one session, so this keeps the
-//! count at `max_sessions` and catches up with any backlog. The session the entry itself used is
-//! never removed by it. The limits come from [`SmConfig`](super::SmConfig) and so must be the same
+//! at most [`EVICT_PER_ENTRY`] per entry, plus one for each session a batch entry used beyond
+//! its first. An entry adds at most one session per request in it, so this keeps the count at `max_sessions` and
+//! catches up with any backlog. The sessions the entry itself used are never removed by it (a
+//! batch entry may use several; its requests' session records are decided in order, each seeing
+//! the ones before it). The limits come from [`SmConfig`](super::SmConfig) and so must be the same
 //! on every node of a cluster.
 //!
 //! Layout (see `codec`): the record under `b's' ‖ client_id`, and an expiry index
@@ -88,7 +90,9 @@ pub(crate) struct Limits {
     pub max_sessions: u64,
 }
 
-/// A client's current record as read from the tree.
+/// A client's current record: as read from the tree, or as an earlier request of the same log
+/// entry (a batch) left it.
+#[derive(Clone)]
 pub(crate) struct Current {
     seq: u64,
     last_index: u64,
@@ -115,8 +119,17 @@ fn lookup(tree: &sled::Tree, client_id: u64) -> Result<Option<Current>, MvccErro
     Ok(Some(Current { seq, last_index, raw }))
 }
 
-/// Decide on a request of `session`, with the store at `revision`.
-pub(crate) fn decide(tree: &sled::Tree, session: SessionRef, revision: u64) -> Result<Decision, MvccError> {
+/// The records written by the log entry being applied, newer than the tree's.
+pub(crate) type Written = std::collections::HashMap<u64, Current>;
+
+/// Decide on a request of `session`, with the store at `revision`; `written` holds the records
+/// the entry's earlier requests changed.
+pub(crate) fn decide(
+    tree: &sled::Tree,
+    written: &Written,
+    session: SessionRef,
+    revision: u64,
+) -> Result<Decision, MvccError> {
     let SessionRef { client_id, seq } = session;
     let refuse = |result| Response { revision, result };
     let stale = |last_seq| {
@@ -126,7 +139,11 @@ pub(crate) fn decide(tree: &sled::Tree, session: SessionRef, revision: u64) -> R
             last_seq,
         })
     };
-    Ok(match lookup(tree, client_id)? {
+    let current = match written.get(&client_id) {
+        Some(cur) => Some(cur.clone()),
+        None => lookup(tree, client_id)?,
+    };
+    Ok(match current {
         None if seq == FIRST_SEQ => Decision::Execute { prev: None },
         None => Decision::Answer {
             response: refuse(CommandResult::SessionExpired { client_id, seq }),
@@ -169,18 +186,36 @@ impl Scope {
         }
     }
 
-    fn store(self, batch: &mut sled::Batch, client_id: u64, prev: Option<&Current>, record: &StoredSession) {
+    /// Write `record` as the client's current one, and note it in `written`. A `prev` written
+    /// by this same entry has no copy to keep (no build pins this entry's index) and its expiry
+    /// index entry is the one re-inserted here.
+    fn store(
+        self,
+        batch: &mut sled::Batch,
+        written: &mut Written,
+        client_id: u64,
+        prev: Option<&Current>,
+        record: &StoredSession,
+    ) {
         if let Some(prev) = prev {
             self.supersede(batch, client_id, prev.last_index, &prev.raw);
         }
-        batch.insert(&codec::session_key(client_id), record.encode());
+        let raw = record.encode();
+        batch.insert(&codec::session_key(client_id), raw.clone());
         batch.insert(&codec::session_expiry_key(self.index, client_id), &[]);
+        let current = Current {
+            seq: record.seq,
+            last_index: self.index,
+            raw: raw.into(),
+        };
+        written.insert(client_id, current);
     }
 
     /// Remember `response` as the result of `(client_id, seq)`, executed at this entry.
     pub fn remember(
         self,
         batch: &mut sled::Batch,
+        written: &mut Written,
         client_id: u64,
         seq: u64,
         prev: Option<&Current>,
@@ -195,40 +230,46 @@ impl Scope {
             last_index: self.index,
             response: encoded,
         };
-        self.store(batch, client_id, prev, &record);
+        self.store(batch, written, client_id, prev, &record);
     }
 
     /// A retry of the session's newest write: the record is unchanged but for `last_index`.
-    pub fn refresh(self, batch: &mut sled::Batch, client_id: u64, cur: &Current) -> Result<(), DecodeError> {
+    pub fn refresh(
+        self,
+        batch: &mut sled::Batch,
+        written: &mut Written,
+        client_id: u64,
+        cur: &Current,
+    ) -> Result<(), DecodeError> {
         let mut record = StoredSession::decode(&cur.raw)?;
         record.last_index = self.index;
-        self.store(batch, client_id, Some(cur), &record);
+        self.store(batch, written, client_id, Some(cur), &record);
         Ok(())
     }
 
     /// Expire and evict sessions after this entry (see the module docs). `count` is the number of
-    /// sessions including this entry's changes; `keep` is the session this entry used.
+    /// sessions including this entry's changes; `keep` holds the sessions this entry used.
     pub fn expire(
         self,
         tree: &sled::Tree,
         batch: &mut sled::Batch,
         count: &mut u64,
-        keep: Option<u64>,
+        keep: &Written,
         limits: Limits,
     ) -> Result<(), MvccError> {
         if *count == 0 {
             return Ok(());
         }
         let mut removed = 0;
-        // The tree does not have this entry's batch yet: `keep` may appear under its old
-        // last_index, and is skipped.
+        // The tree does not have this entry's batch yet: a session in `keep` may appear under its
+        // old last_index, and is skipped.
         for key in tree.scan_prefix([SESSION_EXPIRY_PREFIX]).keys() {
-            if removed == EVICT_PER_ENTRY {
+            if removed == EVICT_PER_ENTRY + keep.len().saturating_sub(1) {
                 break;
             }
             let key = key?;
             let (last_index, client_id) = codec::split_session_expiry_key(&key)?;
-            if keep == Some(client_id) {
+            if keep.contains_key(&client_id) {
                 continue;
             }
             let expired = last_index.saturating_add(limits.ttl_entries) <= self.index;

@@ -1,0 +1,225 @@
+//! Batch entries (`Command::Batch`, built by the leader's proposer) against their definition: a
+//! batch of requests must do exactly what the same requests do as consecutive entries of their
+//! own. Two stores get the same random requests, one request per entry and grouped into random
+//! batches; every request's response and the stored MVCC data (every version and history record,
+//! byte for byte) must agree. The requests include conditional txns on keys written earlier in
+//! the same batch, range deletes, the same key written by several requests of one batch, and
+//! client sessions: new ones, retries of a session's newest write (also inside the same batch as
+//! the original), stale and unknown sequence numbers.
+
+use std::collections::BTreeMap;
+
+use keel_storage::codec::{HISTORY_PREFIX, VERSION_PREFIX};
+use keel_storage::*;
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    index: u64,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = StoreConfig::default();
+        // Keep every revision, so that the whole history is compared.
+        config.sm.history_revisions = u64::MAX / 2;
+        let store = keel_storage::open(dir.path(), &config).expect("open store");
+        Node {
+            _dir: dir,
+            store,
+            index: 0,
+        }
+    }
+
+    async fn apply(&mut self, requests: Vec<Request>) -> Vec<Response> {
+        let entries = requests
+            .into_iter()
+            .map(|req| {
+                self.index += 1;
+                Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+                    payload: EntryPayload::Normal(req),
+                }
+            })
+            .collect::<Vec<_>>();
+        self.store.sm.apply(entries).await.expect("apply")
+    }
+
+    /// Every stored version and history record: the replicated MVCC data.
+    fn mvcc_data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let tree = self.store.durability.db().open_tree("sm.0").expect("sm tree");
+        [VERSION_PREFIX, HISTORY_PREFIX]
+            .into_iter()
+            .flat_map(|p| tree.scan_prefix([p]))
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("scan"))
+            .collect()
+    }
+}
+
+fn key(rng: &mut StdRng) -> Vec<u8> {
+    format!("k/{}", rng.random_range(0..12)).into_bytes()
+}
+
+fn put(key: Vec<u8>, rng: &mut StdRng) -> Command {
+    let value = format!("v{}", rng.random::<u32>()).into_bytes();
+    Command::Put(PutOp {
+        key,
+        value,
+        prev_kv: rng.random_bool(0.5),
+    })
+}
+
+/// One random client command (never a batch).
+fn command(rng: &mut StdRng) -> Command {
+    match rng.random_range(0..10) {
+        0..=4 => {
+            let k = key(rng);
+            put(k, rng)
+        }
+        5 => Command::Delete(DeleteOp {
+            range: KeyRange::Key(key(rng)),
+            prev_kv: true,
+        }),
+        6 => Command::Delete(DeleteOp {
+            range: KeyRange::Prefix(format!("k/{}", rng.random_range(0..2)).into_bytes()),
+            prev_kv: true,
+        }),
+        _ => {
+            // Compare a key's version, then write another and read a range: the outcome depends
+            // on what earlier requests (of the same batch, too) did.
+            let (a, b) = (key(rng), key(rng));
+            let cmp = Compare {
+                key: a.clone(),
+                op: [CompareOp::Equal, CompareOp::Greater, CompareOp::Less][rng.random_range(0..3)],
+                target: CompareTarget::Version(rng.random_range(0..3)),
+            };
+            let read = TxnOp::Range(RangeOp::new(KeyRange::Prefix(b"k/".to_vec())));
+            let write = match put(b, rng) {
+                Command::Put(p) => TxnOp::Put(p),
+                _ => unreachable!(),
+            };
+            Command::Txn(Txn {
+                compares: vec![cmp],
+                success: vec![write, read.clone()],
+                failure: vec![read],
+            })
+        }
+    }
+}
+
+/// A random stream of requests; about half carry one of a few client sessions, with mostly the
+/// next sequence number, sometimes a repeat of the newest one (a retry), an older one, or one
+/// far ahead for a client that has none yet.
+fn requests(rng: &mut StdRng, n: usize) -> Vec<Request> {
+    let mut seqs: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut req = Request::new(command(rng));
+        if rng.random_bool(0.5) {
+            let client_id = rng.random_range(1..6);
+            let last = seqs.get(&client_id).copied().unwrap_or(0);
+            let seq = match rng.random_range(0..10) {
+                0 if last > 0 => last,
+                1 if last > 1 => last - 1,
+                2 if last == 0 => 5,
+                _ => last + 1,
+            };
+            if seq == last + 1 && (last > 0 || seq == 1) {
+                seqs.insert(client_id, seq);
+            }
+            req.session = Some(SessionRef { client_id, seq });
+        }
+        assert_eq!(validate_request(&req, &Limits::default()), Ok(()));
+        out.push(req);
+    }
+    out
+}
+
+/// The responses of a batch entry, flattened into one per request.
+fn flatten(responses: Vec<Response>) -> Vec<Response> {
+    responses
+        .into_iter()
+        .flat_map(|r| match r.result {
+            CommandResult::Batch(inner) => inner,
+            _ => vec![r],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_does_what_its_requests_do_one_entry_each() {
+    for seed in 0..8u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let reqs = requests(&mut rng, 400);
+        let mut single = Node::new();
+        let mut batched = Node::new();
+
+        let mut expected = Vec::new();
+        for chunk in reqs.chunks(25) {
+            expected.extend(single.apply(chunk.to_vec()).await);
+        }
+
+        let mut got = Vec::new();
+        let mut rest = &reqs[..];
+        let mut batches = 0;
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=8).min(rest.len());
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            let entry = Request::new(Command::Batch(head.to_vec()));
+            let responses = batched.apply(vec![entry]).await;
+            assert_eq!(responses.len(), 1, "one response per entry");
+            assert!(matches!(responses[0].result, CommandResult::Batch(_)), "{responses:?}");
+            let now = batched.store.sm.reader().revision();
+            assert_eq!(responses[0].revision, now, "a batch's revision is the store's after it");
+            got.extend(flatten(responses));
+            batches += 1;
+        }
+        assert!(batches < reqs.len(), "seed {seed}: the requests were really batched");
+
+        assert_eq!(got.len(), expected.len(), "seed {seed}: one response per request");
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "seed {seed}: request {i} ({:?})", reqs[i]);
+        }
+        let (a, b) = (single.store.sm.reader(), batched.store.sm.reader());
+        assert_eq!(a.revision(), b.revision(), "seed {seed}: revision");
+        assert_eq!(a.key_count(), b.key_count(), "seed {seed}: key count");
+        assert_eq!(a.session_count(), b.session_count(), "seed {seed}: session count");
+        assert!(a.revision() > 100, "seed {seed}: the workload wrote");
+        assert_eq!(
+            single.mvcc_data(),
+            batched.mvcc_data(),
+            "seed {seed}: stored versions and history"
+        );
+    }
+}
+
+/// A retry that lands in the same batch as its original (a client gave up on a forwarded write
+/// and sent it again to the leader) is answered from the session, not executed twice.
+#[tokio::test]
+async fn a_retry_in_the_same_batch_as_its_original_applies_once() {
+    let mut node = Node::new();
+    let session = Some(SessionRef { client_id: 9, seq: 1 });
+    let write = Request {
+        session,
+        command: Command::Put(PutOp {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+            prev_kv: false,
+        }),
+    };
+    let batch = Request::new(Command::Batch(vec![write.clone(), write.clone()]));
+    let responses = flatten(node.apply(vec![batch]).await);
+    assert_eq!(responses.len(), 2);
+    assert_eq!(responses[0], responses[1], "the retry gets the original's response");
+    assert_eq!(responses[0].revision, 1);
+    let (kv, revision) = node.store.sm.reader().get(b"x").expect("get");
+    assert_eq!(revision, 1, "one revision: applied once");
+    assert_eq!(kv.expect("x is there").version, 1);
+    assert_eq!(node.store.sm.reader().session_count(), 1);
+}
