@@ -63,6 +63,9 @@ pub struct Flags {
     /// Log entries between snapshots. [default: 10000]
     #[arg(long, env = "KEEL_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// Most client writes the leader proposes in one log entry; 1 turns batching off. [default: 256]
+    #[arg(long, env = "KEEL_MAX_BATCH")]
+    pub max_batch: Option<usize>,
     /// Revisions of change history kept. [default: 10000]
     #[arg(long, env = "KEEL_HISTORY_REVISIONS")]
     pub history_revisions: Option<u64>,
@@ -112,6 +115,7 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<String>,
     pub snapshot_logs: Option<u64>,
+    pub max_batch: Option<usize>,
     pub history_revisions: Option<u64>,
     pub cache_mb: Option<u64>,
     pub max_key_bytes: Option<usize>,
@@ -147,6 +151,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
     pub snapshot_logs: u64,
+    pub batch: crate::proposer::BatchLimits,
     pub history_revisions: u64,
     pub cache_bytes: u64,
     pub limits: keel_storage::Limits,
@@ -314,6 +319,17 @@ impl Config {
         if snapshot_logs == 0 {
             return Err(err("--snapshot-logs must be positive"));
         }
+        let max_batch = flags
+            .max_batch
+            .or(file.max_batch)
+            .unwrap_or(crate::proposer::BatchLimits::default().max_requests);
+        if !(1..=4096).contains(&max_batch) {
+            return Err(err(format!("--max-batch must be between 1 and 4096, got {max_batch}")));
+        }
+        let batch = crate::proposer::BatchLimits {
+            max_requests: max_batch,
+            ..Default::default()
+        };
         Ok(Config {
             id,
             data_dir,
@@ -337,6 +353,7 @@ impl Config {
             heartbeat,
             election_timeout,
             snapshot_logs,
+            batch,
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(10_000),
             cache_bytes: flags.cache_mb.or(file.cache_mb).unwrap_or(256) * 1024 * 1024,
             limits,
@@ -412,6 +429,10 @@ mod tests {
         assert!(parse_timeout_range("300-150").is_err());
         assert!(parse_timeout_range("abc").is_err());
         assert!(resolve(&["--id", "1", "--data-dir", "d", "--heartbeat-ms", "200"]).is_err());
+        assert!(resolve(&["--id", "1", "--data-dir", "d", "--max-batch", "0"]).is_err());
+        assert!(resolve(&["--id", "1", "--data-dir", "d", "--max-batch", "5000"]).is_err());
+        let c = resolve(&["--id", "1", "--data-dir", "d", "--max-batch", "1"]).unwrap();
+        assert_eq!(c.batch.max_requests, 1);
         let c = resolve(&["--id", "1", "--data-dir", "d", "--election-timeout-ms", "500-1000"]).unwrap();
         assert_eq!(c.election_timeout.1, Duration::from_millis(1000));
     }

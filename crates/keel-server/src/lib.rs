@@ -8,8 +8,9 @@
 //!
 //! A write, top to bottom: the KV service converts and validates the request
 //! (`keel_storage::validate_request`); [`node::Node::write`] proposes it if this node leads, or
-//! forwards it to the leader; the leader's `client_write` appends it to the log (group-committed
-//! to disk), replicates it, and returns once the state machine has applied it; the response goes
+//! forwards it to the leader; the leader's [`proposer`] proposes it with `client_write`, in one log
+//! entry with the other writes waiting at that moment; the entry is appended to the log (synced
+//! to disk), replicated, and the call returns once the state machine has applied it; the response goes
 //! back with a header (cluster id, member id, revision, term, leader) and a `keel-leader` hint.
 //!
 //! ## Implementation caveats
@@ -31,6 +32,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod proposer;
 pub mod server;
 pub mod service;
 

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub proposals_committed: IntCounter,
     pub proposals_failed: IntCounter,
     pub proposal_seconds: Histogram,
+    pub proposal_batch_requests: Histogram,
     pub applied_entries: IntCounter,
     pub apply_seconds: Histogram,
     pub snapshots_built: IntCounter,
@@ -106,6 +107,16 @@ impl Metrics {
             proposals_committed: counter("proposals_committed_total", "Writes proposed here and committed."),
             proposals_failed: counter("proposals_failed_total", "Writes proposed here that failed."),
             proposal_seconds: histogram("proposal_duration_seconds", "From proposal to applied, on the leader."),
+            proposal_batch_requests: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "proposal_batch_requests",
+                        "Client writes per proposed log entry (the leader's batching).",
+                    )
+                    .buckets(exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
+                ),
+            ),
             applied_entries: counter("applied_entries_total", "Log entries applied to the state machine."),
             apply_seconds: histogram("apply_duration_seconds", "Time of one state machine apply call."),
             snapshots_built: counter("snapshots_built_total", "Snapshots built."),

@@ -1,7 +1,9 @@
 //! One node's request paths: where a write or a linearizable read goes, and what the client is
 //! told when it cannot be served.
 //!
-//! **Writes.** On the leader, a write is proposed with `client_write` and answered once applied.
+//! **Writes.** On the leader, a write is handed to the proposer (`proposer.rs`), which proposes it
+//! with `client_write`, together with whatever other writes are waiting, and answers it once
+//! applied.
 //! On a follower it is forwarded to the leader over the peer service; the leader proposes it. If
 //! there is no leader, the node waits (at most a couple of election timeouts) for one, then answers
 //! `Unavailable`. A leader that has not heard from a quorum for two election timeouts refuses new
@@ -52,6 +54,7 @@ pub struct Node {
     pub(crate) election_hold: Arc<std::sync::Mutex<Instant>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log_stats: Arc<keel_storage::LogStats>,
+    proposer: crate::proposer::Proposer,
 }
 
 impl Node {
@@ -68,7 +71,9 @@ impl Node {
         data_dir: std::path::PathBuf,
         metrics: Arc<crate::metrics::Metrics>,
         log_stats: Arc<keel_storage::LogStats>,
+        batch: crate::proposer::BatchLimits,
     ) -> Self {
+        let proposer = crate::proposer::Proposer::spawn(raft.clone(), batch, metrics.clone());
         Node {
             id,
             raft,
@@ -85,6 +90,7 @@ impl Node {
             election_hold: Arc::new(std::sync::Mutex::new(Instant::now())),
             metrics,
             log_stats,
+            proposer,
         }
     }
 
@@ -286,21 +292,13 @@ impl Node {
         result
     }
 
+    /// Hand the write to the proposer (which shares log entries among concurrent writes).
     async fn propose(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
-        match tokio::time::timeout_at(deadline.into(), self.raft.client_write(req)).await {
+        match tokio::time::timeout_at(deadline.into(), self.proposer.propose(req)).await {
             Err(_) => Err(NodeError::DeadlineExceeded(
                 "deadline exceeded before the write committed; it may still apply".into(),
             )),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(NodeError::NotLeader { leader: f.leader_id })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(NodeError::Internal(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Unknown(format!(
-                "raft stopped during the write ({f}); it may or may not have applied"
-            ))),
+            Ok(result) => result,
         }
     }
 

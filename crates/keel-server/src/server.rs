@@ -163,6 +163,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         config.data_dir.clone(),
         metrics.clone(),
         log_stats,
+        config.batch,
     ));
 
     let (stop, stopped) = watch::channel(false);

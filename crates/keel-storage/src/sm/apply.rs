@@ -44,9 +44,9 @@ struct Written {
 pub struct Apply<'a> {
     tree: &'a sled::Tree,
     /// The store revision after the commands executed so far.
-    base: u64,
-    /// The revision the running command writes at, if it changes anything: `base + 1`.
     revision: u64,
+    /// The revision the running command writes at, if it changes anything: `revision + 1`.
+    write_revision: u64,
     pub batch: sled::Batch,
     overlay: BTreeMap<Vec<u8>, Written>,
     /// The running command's changes.
@@ -60,8 +60,8 @@ impl<'a> Apply<'a> {
     pub fn new(tree: &'a sled::Tree, current_revision: u64) -> Self {
         Apply {
             tree,
-            base: current_revision,
-            revision: current_revision + 1,
+            revision: current_revision,
+            write_revision: current_revision + 1,
             batch: sled::Batch::default(),
             overlay: BTreeMap::new(),
             events: Vec::new(),
@@ -71,13 +71,13 @@ impl<'a> Apply<'a> {
 
     /// The store revision after the commands executed so far.
     pub fn revision(&self) -> u64 {
-        self.base
+        self.revision
     }
 
     /// Run `cmd` (not a batch: the caller walks those) and add its effects, with its history
     /// record if it changed anything, to the entry's batch.
     pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
-        self.revision = self.base + 1;
+        self.write_revision = self.revision + 1;
         self.events.clear();
         let result = match cmd {
             Command::Put(put) => CommandResult::Put(self.put(put)?),
@@ -92,8 +92,8 @@ impl<'a> Apply<'a> {
         if !self.events.is_empty() {
             let events = std::mem::take(&mut self.events);
             self.batch
-                .insert(&codec::history_key(self.revision), codec::encode(&events));
-            self.base = self.revision;
+                .insert(&codec::history_key(self.write_revision), codec::encode(&events));
+            self.revision = self.write_revision;
         }
         Ok(result)
     }
@@ -118,7 +118,7 @@ impl<'a> Apply<'a> {
             Some(kv) => (kv.create_revision, kv.version + 1),
             None => {
                 self.key_delta += 1;
-                (self.revision, 1)
+                (self.write_revision, 1)
             }
         };
         let stored = StoredVersion::Live {
@@ -127,16 +127,16 @@ impl<'a> Apply<'a> {
             value: op.value.clone(),
         };
         self.batch
-            .insert(codec::version_key(&op.key, self.revision), stored.encode());
+            .insert(codec::version_key(&op.key, self.write_revision), stored.encode());
         let kv = KeyValue {
             key: op.key.clone(),
             value: op.value.clone(),
             create_revision,
-            mod_revision: self.revision,
+            mod_revision: self.write_revision,
             version,
         };
         let written = Written {
-            revision: self.revision,
+            revision: self.write_revision,
             kv: Some(kv),
         };
         self.overlay.insert(op.key.clone(), written);
@@ -154,11 +154,11 @@ impl<'a> Apply<'a> {
         let victims = self.read(&RangeOp::new(op.range.clone()))?.kvs;
         for kv in &victims {
             self.batch.insert(
-                codec::version_key(&kv.key, self.revision),
+                codec::version_key(&kv.key, self.write_revision),
                 StoredVersion::Tombstone.encode(),
             );
             let written = Written {
-                revision: self.revision,
+                revision: self.write_revision,
                 kv: None,
             };
             self.overlay.insert(kv.key.clone(), written);
