@@ -119,9 +119,10 @@ async fn a_killed_follower_restarts_and_catches_up() -> anyhow::Result<()> {
 async fn a_node_that_was_down_while_the_leader_purged_its_log_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     // A snapshot every 50 entries; the leader keeps 1000 entries behind its snapshot
     // (`max_in_snapshot_log_to_keep` in keel-server's server.rs), so 1300 writes while the
-    // follower is down purge entries it still needs.
+    // follower is down purge entries it still needs. One write per entry (`--max-batch 1`), so
+    // that the writes really are 1300 entries however the leader would batch them.
     let options = Options {
-        flags: vec!["--snapshot-logs".into(), "50".into()],
+        flags: vec!["--snapshot-logs".into(), "50".into(), "--max-batch".into(), "1".into()],
         ..Default::default()
     };
     let mut cluster = Cluster::start(Backend::Process, options).await?;

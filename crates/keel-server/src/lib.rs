@@ -14,14 +14,16 @@
 //! back with a header (cluster id, member id, revision, term, leader) and a `keel-leader` hint.
 //!
 //! ## Implementation caveats
-//! - Follower reads that must be linearizable ask the leader for a read index each time; there
-//!   is no leader lease, so every such read costs one round trip to the leader and a quorum check.
+//! - Linearizable reads ask the leader for a read index; there is no leader lease, so reads cost
+//!   a round trip to the leader and a quorum check, shared by the reads that arrive meanwhile
+//!   ([`coalesce`]).
 //! - Members publish their own client addresses into the membership after they start; until
 //!   that has happened the leader hint and `member list` show an empty client address.
 //! - A leader that lost its quorum keeps its role until a new leader is elected elsewhere; it
 //!   refuses new requests once it has not heard from a majority for two election timeouts.
 
 pub mod backup;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod forward;

@@ -27,6 +27,7 @@ use keel_storage::{codec, KvReader, Limits, Member, NodeId, Request, Response, T
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
+use crate::coalesce::Coalescer;
 use crate::error::NodeError;
 use crate::forward::{ForwardReply, ForwardRequest};
 use crate::peer::client::{never_sent, PeerChannels};
@@ -55,6 +56,10 @@ pub struct Node {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log_stats: Arc<keel_storage::LogStats>,
     proposer: crate::proposer::Proposer,
+    /// Read indexes fetched for this node's linearizable reads (from the leader, maybe itself).
+    read_barriers: Coalescer<Result<u64, NodeError>>,
+    /// Leadership confirmations by quorum, as leader.
+    read_indexes: Coalescer<Result<u64, NodeError>>,
 }
 
 impl Node {
@@ -91,6 +96,8 @@ impl Node {
             metrics,
             log_stats,
             proposer,
+            read_barriers: Coalescer::default(),
+            read_indexes: Coalescer::default(),
         }
     }
 
@@ -340,19 +347,10 @@ impl Node {
     }
 
     /// Make a following local read linearizable: wait until this node has applied everything
-    /// committed before the call.
+    /// committed before the call. Concurrent reads share one read index, fetched after the last
+    /// of them arrived (`coalesce.rs`).
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), NodeError> {
-        let fwd = ForwardRequest::ReadIndex {
-            timeout_ms: millis_until(deadline),
-        };
-        let index = match self.on_leader(fwd, deadline).await.map_err(NodeError::for_read)? {
-            ForwardReply::ReadIndex(i) => i,
-            other => {
-                return Err(NodeError::Internal(format!(
-                    "leader answered a read index with {other:?}"
-                )))
-            }
-        };
+        let index = self.read_barriers.run(|| self.fetch_read_index(deadline)).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))
@@ -362,13 +360,32 @@ impl Node {
         Ok(())
     }
 
-    /// On the leader: confirm leadership with a quorum and return the read index.
+    /// Ask the leader (maybe this node) for a read index.
+    async fn fetch_read_index(&self, deadline: Instant) -> Result<u64, NodeError> {
+        let fwd = ForwardRequest::ReadIndex {
+            timeout_ms: millis_until(deadline),
+        };
+        match self.on_leader(fwd, deadline).await.map_err(NodeError::for_read)? {
+            ForwardReply::ReadIndex(i) => Ok(i),
+            other => Err(NodeError::Internal(format!(
+                "leader answered a read index with {other:?}"
+            ))),
+        }
+    }
+
+    /// On the leader: confirm leadership with a quorum and return the read index. Concurrent
+    /// requests (this node's reads, and the followers' forwarded ones) share confirmations.
+    pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, NodeError> {
+        self.read_indexes.run(|| self.confirm_leadership(deadline)).await
+    }
+
+    /// One leadership confirmation by a quorum.
     ///
     /// openraft gives each follower only one heartbeat interval to confirm, so a healthy but busy
     /// follower (one flushing and applying a large entry, say) easily misses a round. A failed round
     /// is therefore retried; a quorum that is really gone ends the retries through `quorum_lost`
     /// (within two election timeouts), and the deadline ends them in any case.
-    pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, NodeError> {
+    async fn confirm_leadership(&self, deadline: Instant) -> Result<u64, NodeError> {
         // Stop retrying this long before the deadline, so the answer still reaches the caller.
         const MARGIN: Duration = Duration::from_millis(100);
         loop {
