@@ -57,7 +57,7 @@ pub struct Flags {
     /// Leader heartbeat interval in milliseconds. [default: 50]
     #[arg(long, env = "KEEL_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Election timeout range in milliseconds, `MIN-MAX`. [default: 150-300]
+    /// Election timeout range in milliseconds, `MIN-MAX`. [default: 60-120]
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<String>,
     /// Log entries between snapshots. [default: 10000]
@@ -268,7 +268,11 @@ impl Config {
         }
         let election_timeout = match flags.election_timeout_ms.or(file.election_timeout_ms) {
             Some(s) => parse_timeout_range(&s)?,
-            None => (Duration::from_millis(150), Duration::from_millis(300)),
+            // Short, because openraft 0.9 adds its leader lease (= MAX) before a follower may
+            // campaign: a follower starts an election after MAX + its own random timeout in
+            // [MIN, MAX) of silence (180-240 ms, 3.6-4.8 heartbeats), rounded up to its next tick
+            // (every 1.5 heartbeats), and members refuse votes while their lease runs.
+            None => (Duration::from_millis(60), Duration::from_millis(120)),
         };
         let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50));
         if heartbeat.is_zero() || heartbeat >= election_timeout.0 {
@@ -395,7 +399,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(50));
         assert_eq!(
             c.election_timeout,
-            (Duration::from_millis(150), Duration::from_millis(300))
+            (Duration::from_millis(60), Duration::from_millis(120))
         );
         assert!(resolve(&["--data-dir", "/tmp/x"]).unwrap_err().0.contains("--id"));
         assert!(resolve(&["--id", "1"]).unwrap_err().0.contains("--data-dir"));
