@@ -119,7 +119,10 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         election_timeout_max: config.election_timeout.1.as_millis() as u64,
         // Snapshots stream over one RPC; give large ones time.
         install_snapshot_timeout: 10 * 60 * 1000,
-        max_payload_entries: 1024,
+        // Entries are up to a 64 KiB batch each, and the network refuses more than 1 MiB per
+        // AppendEntries anyway (peer/client.rs); 1024 made a new leader's first probes of its
+        // followers name tens of MiB.
+        max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000,
         ..Default::default()

@@ -52,6 +52,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, out).expect("postcard encoding into a Vec does not fail")
 }
 
+/// The length of `encode(value)`, computed without building it.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    1 + postcard::experimental::serialized_size(value).expect("postcard sizing does not fail")
+}
+
 /// Decode a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
@@ -320,6 +325,22 @@ impl StoredVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        use crate::types::{Command, PutOp, Request};
+        let put = |k: &str| {
+            Request::new(Command::Put(PutOp {
+                key: k.as_bytes().to_vec(),
+                value: vec![7; 300],
+                prev_kv: true,
+            }))
+        };
+        let batch = Request::new(Command::Batch(vec![put("a"), put("bb"), put("")]));
+        for value in [put("k"), batch] {
+            assert_eq!(encoded_len(&value), encode(&value).len());
+        }
+    }
 
     #[test]
     fn escaping_preserves_order_and_round_trips() {

@@ -44,14 +44,16 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 const APPEND_BATCH_BYTES: usize = 1024 * 1024;
 
 /// For a batch too large to send at once: how many leading entries fit in `budget` bytes (at
-/// least one), or None if it is a single entry or fits after all.
+/// least one), or None if it is a single entry or they all fit. Stops measuring at the first entry
+/// that does not fit: a new leader's first probes of a follower can name hundreds of batch
+/// entries (tens of MiB), and encoding them all only to refuse them delayed its first commit.
 fn entries_that_fit(entries: &[keel_storage::Entry], budget: usize) -> Option<u64> {
     if entries.len() < 2 {
         return None;
     }
     let mut total = 0;
     for (n, entry) in entries.iter().enumerate() {
-        total += codec::encode(entry).len();
+        total += codec::encoded_len(entry);
         if total > budget {
             return Some(n.max(1) as u64);
         }
@@ -214,12 +216,10 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let data = codec::encode(&rpc);
-        if data.len() > APPEND_BATCH_BYTES {
-            if let Some(fit) = entries_that_fit(&rpc.entries, APPEND_BATCH_BYTES) {
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
-            }
+        if let Some(fit) = entries_that_fit(&rpc.entries, APPEND_BATCH_BYTES) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
         }
+        let data = codec::encode(&rpc);
         self.unary(
             RPCTypes::AppendEntries,
             data,
