@@ -25,6 +25,8 @@ pub enum Workload {
         serializable: bool,
     },
     Txn,
+    /// Puts of every key of the key space, each exactly once, in order (for `--preload`).
+    Fill,
 }
 
 /// The load's shape.
@@ -69,11 +71,20 @@ pub async fn run(target: &Target, shape: &Shape, progress: impl Fn(u64) + Send +
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let (mut errors, mut first_error) = (0u64, None);
             let value = vec![b'v'; shape.value_size];
-            while Instant::now() < deadline && done.fetch_add(1, Ordering::Relaxed) < shape.max_ops {
-                let k = key(rng.random_range(0..shape.key_space), shape.key_size);
+            loop {
+                let n = done.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() >= deadline || n >= shape.max_ops {
+                    break;
+                }
+                let i = match shape.workload {
+                    Workload::Fill if n >= shape.key_space => break,
+                    Workload::Fill => n,
+                    _ => rng.random_range(0..shape.key_space),
+                };
+                let k = key(i, shape.key_size);
                 let t = Instant::now();
                 let result = match shape.workload {
-                    Workload::Put => target.put(c, k, value.clone()).await,
+                    Workload::Put | Workload::Fill => target.put(c, k, value.clone()).await,
                     Workload::Get { serializable } => target.get(c, k, serializable).await,
                     Workload::Mixed {
                         read_percent,

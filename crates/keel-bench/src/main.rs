@@ -123,12 +123,12 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
     };
     if a.preload {
         let pre = Shape {
-            workload: Workload::Put,
+            workload: Workload::Fill,
             clients: 64.min(a.keys as usize).max(1),
             key_space: a.keys,
             key_size: a.key_size,
             value_size: a.value_size,
-            duration: Duration::from_secs(600),
+            duration: Duration::from_secs(1800),
             max_ops: a.keys,
         };
         load::run(&target, &pre, |_| {}).await;
