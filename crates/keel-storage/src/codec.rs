@@ -136,12 +136,25 @@ pub fn group_user_key(group: &[u8]) -> Result<Vec<u8>, DecodeError> {
     unescape(&group[1..])
 }
 
-/// The key of the history record of `revision`.
+/// The first byte of a history record that lists several revisions (see `sm::apply`); records
+/// of one revision written by earlier builds start with [`FORMAT_V1`].
+pub const HISTORY_MULTI: u8 = 0x81;
+
+/// The key of the history record ending at `revision` (a record lists the changes of one entry:
+/// one revision, or several for a batch entry; it is keyed by the last).
 pub fn history_key(revision: u64) -> [u8; 9] {
     let mut out = [0u8; 9];
     out[0] = HISTORY_PREFIX;
     out[1..].copy_from_slice(&revision.to_be_bytes());
     out
+}
+
+/// The revision a history record is keyed by.
+pub fn split_history_key(k: &[u8]) -> Result<u64, DecodeError> {
+    match k {
+        [HISTORY_PREFIX, rest @ ..] if rest.len() == 8 => Ok(u64::from_be_bytes(rest.try_into().expect("8 bytes"))),
+        _ => Err(DecodeError::Malformed("bad history key".into())),
+    }
 }
 
 fn prefixed_u64s<const N: usize>(prefix: u8, parts: &[u64]) -> [u8; N] {

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use keel_storage::codec::{HISTORY_PREFIX, VERSION_PREFIX};
+use keel_storage::codec::{self, HISTORY_PREFIX, VERSION_PREFIX};
+use keel_storage::sm::HistoryEvent;
 use keel_storage::*;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -23,11 +24,15 @@ struct Node {
 }
 
 impl Node {
+    /// A store that keeps every revision, so that the whole history is compared.
     fn new() -> Node {
+        Node::with_history(u64::MAX / 2)
+    }
+
+    fn with_history(history_revisions: u64) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = StoreConfig::default();
-        // Keep every revision, so that the whole history is compared.
-        config.sm.history_revisions = u64::MAX / 2;
+        config.sm.history_revisions = history_revisions;
         let store = keel_storage::open(dir.path(), &config).expect("open store");
         Node {
             _dir: dir,
@@ -50,14 +55,26 @@ impl Node {
         self.store.sm.apply(entries).await.expect("apply")
     }
 
-    /// Every stored version and history record: the replicated MVCC data.
-    fn mvcc_data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    /// Every stored version (key and value bytes), and the history by revision (a batch entry
+    /// stores its revisions' changes in one record, so records themselves differ).
+    fn mvcc_data(&self) -> (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<u64, Vec<HistoryEvent>>) {
         let tree = self.store.durability.db().open_tree("sm.0").expect("sm tree");
-        [VERSION_PREFIX, HISTORY_PREFIX]
-            .into_iter()
-            .flat_map(|p| tree.scan_prefix([p]))
+        let versions = tree
+            .scan_prefix([VERSION_PREFIX])
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("scan"))
-            .collect()
+            .collect();
+        let mut history = BTreeMap::new();
+        for r in tree.scan_prefix([HISTORY_PREFIX]) {
+            let (k, v) = r.expect("scan");
+            let last = codec::split_history_key(&k).expect("history key");
+            for rev in keel_storage::sm::decode_history(last, &v).expect("history record") {
+                assert!(
+                    history.insert(rev.revision, rev.events).is_none(),
+                    "one record per revision"
+                );
+            }
+        }
+        (versions, history)
     }
 }
 
@@ -222,4 +239,79 @@ async fn a_retry_in_the_same_batch_as_its_original_applies_once() {
     assert_eq!(revision, 1, "one revision: applied once");
     assert_eq!(kv.expect("x is there").version, 1);
     assert_eq!(node.store.sm.reader().session_count(), 1);
+}
+
+fn plain_put(key: &str, value: &str) -> Request {
+    Request::new(Command::Put(PutOp {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        prev_kv: false,
+    }))
+}
+
+/// Compaction removes batch entries' history records whole: once it has moved past them, a store
+/// fed batches holds exactly the versions and history of one fed one request per entry.
+#[tokio::test]
+async fn compaction_drops_batch_records_whole() {
+    const KEEP: u64 = 20;
+    let mut rng = StdRng::seed_from_u64(99);
+    let reqs: Vec<Request> = requests(&mut rng, 400)
+        .into_iter()
+        .map(|mut r| {
+            r.session = None;
+            r
+        })
+        .collect();
+    let mut single = Node::with_history(KEEP);
+    let mut batched = Node::with_history(KEEP);
+    for r in &reqs {
+        single.apply(vec![r.clone()]).await;
+    }
+    for chunk in reqs.chunks(7) {
+        batched.apply(vec![Request::new(Command::Batch(chunk.to_vec()))]).await;
+    }
+    // Then single-request entries, more than KEEP of them, so that both compact to the same point.
+    for i in 0..2 * KEEP {
+        let r = plain_put(&format!("tail/{i}"), "t");
+        single.apply(vec![r.clone()]).await;
+        batched.apply(vec![r]).await;
+    }
+    let revision = single.store.sm.reader().revision();
+    assert_eq!(revision, batched.store.sm.reader().revision());
+    let (versions, history) = batched.mvcc_data();
+    assert_eq!(
+        (versions, history.clone()),
+        single.mvcc_data(),
+        "versions and history after compaction"
+    );
+    let oldest = *history.keys().next().expect("recent history is kept");
+    assert_eq!(
+        oldest,
+        revision - KEEP + 1,
+        "exactly the last {KEEP} revisions are kept"
+    );
+}
+
+/// History records written by builds before batch entries (one revision each, in the plain
+/// record format) are still compacted.
+#[tokio::test]
+async fn compaction_reads_single_revision_records_of_earlier_builds() {
+    let mut node = Node::with_history(1);
+    node.apply(vec![plain_put("a", "1"), plain_put("b", "1")]).await;
+    let tree = node.store.durability.db().open_tree("sm.0").expect("sm tree");
+    // Rewrite the record of revision 2 as an earlier build wrote it.
+    let key = codec::history_key(2);
+    let old = keel_storage::sm::decode_history(2, &tree.get(key).unwrap().expect("record of revision 2")).unwrap();
+    assert_eq!(old.len(), 1);
+    tree.insert(key, codec::encode(&old[0].events)).unwrap();
+    node.apply(vec![plain_put("b", "2"), plain_put("c", "1")]).await;
+    let (versions, history) = node.mvcc_data();
+    assert_eq!(
+        history.keys().copied().collect::<Vec<_>>(),
+        vec![4],
+        "revisions 1-3 compacted"
+    );
+    let user_key = |k: &Vec<u8>| codec::group_user_key(codec::split_version_key(k).unwrap().0).unwrap();
+    let b_versions = versions.keys().filter(|k| user_key(k) == b"b").count();
+    assert_eq!(b_versions, 1, "the version of b superseded at revision 3 is gone");
 }

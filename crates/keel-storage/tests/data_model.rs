@@ -715,14 +715,20 @@ fn version_records(tree: &sled::Tree) -> BTreeSet<(Vec<u8>, u64)> {
     tree.scan_prefix([VERSION_PREFIX]).map(parse).collect()
 }
 
-/// The history records in the tree: revision -> its events.
+/// The history in the tree: revision -> its events (records list one entry's revisions each).
 fn history_records(tree: &sled::Tree) -> BTreeMap<u64, Vec<HistoryEvent>> {
     let parse = |item: Item| {
         let (k, v) = item.expect("scan");
-        let rev = u64::from_be_bytes(k[1..].try_into().expect("9-byte history key"));
-        (rev, codec::decode(&v).expect("history record"))
+        let last = codec::split_history_key(&k).expect("history key");
+        let revisions = keel_storage::sm::decode_history(last, &v).expect("history record");
+        assert_eq!(
+            revisions.last().map(|r| r.revision),
+            Some(last),
+            "a record is keyed by its last revision"
+        );
+        revisions.into_iter().map(|r| (r.revision, r.events))
     };
-    tree.scan_prefix([HISTORY_PREFIX]).map(parse).collect()
+    tree.scan_prefix([HISTORY_PREFIX]).flat_map(parse).collect()
 }
 
 /// A small deterministic generator: a failing run replays exactly.

@@ -26,9 +26,11 @@
 //! key-value pairs and the sessions, so an install replaces both.
 //!
 //! ## Revisions and history
-//! One store-wide revision counts applied writes (a txn is one). Each revision has a history record
-//! listing its changes; records and the versions they superseded are compacted once more than
-//! `history_revisions` revisions are newer, a bounded number per apply call.
+//! One store-wide revision counts applied writes (a txn is one). Each entry that wrote has a history
+//! record listing its revisions' changes, keyed by its last revision; records and the versions they
+//! superseded are compacted once more than `history_revisions` revisions are newer, whole records
+//! at a time (so a batch entry's revisions may be kept a little longer), a bounded number per
+//! apply call.
 
 mod apply;
 pub mod mvcc;
@@ -47,7 +49,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-pub use apply::HistoryEvent;
+pub use apply::{decode_history, HistoryEvent, RevisionEvents};
 pub use read::{KvReader, ReadError};
 pub use snapshot::SnapshotBuilder;
 use snapshot::SnapshotStore;
@@ -338,6 +340,7 @@ impl StateMachine {
             EntryPayload::Normal(req) => ctx.request(req).map_err(|e| fail(io_err(e)))?,
         };
         let limits = self.shared.config.session_limits();
+        ctx.apply.finish();
         let mut batch = std::mem::take(&mut ctx.apply.batch);
         ctx.scope
             .expire(tree, &mut batch, &mut ctx.session_count, &ctx.sessions, limits)
@@ -366,7 +369,8 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Compact history older than `history_revisions`, a bounded step at a time.
+    /// Compact history older than `history_revisions`, whole records and a bounded number of
+    /// revisions at a time.
     fn compact_step(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
         let keep = self.shared.config.history_revisions;
         let mut target = self.meta.revision.saturating_sub(keep);
@@ -376,30 +380,38 @@ impl StateMachine {
         if target <= self.meta.compacted {
             return Ok(());
         }
-        let target = target.min(self.meta.compacted + COMPACT_PER_APPLY);
         let fail = |e: io::Error| StorageError::from(StorageIOError::write_state_machine(&e));
         let mut batch = sled::Batch::default();
-        for rev in self.meta.compacted + 1..=target {
-            let key = codec::history_key(rev);
-            let Some(bytes) = tree.get(key).map_err(|e| fail(io_err(e)))? else {
-                continue;
-            };
-            let events: Vec<HistoryEvent> = codec::decode(&bytes).map_err(|e| fail(io_err(e)))?;
-            for ev in events {
-                if ev.prev_revision != 0 {
-                    batch.remove(codec::version_key(&ev.key, ev.prev_revision));
-                }
-                if ev.deleted {
-                    batch.remove(codec::version_key(&ev.key, rev));
+        let mut compacted = self.meta.compacted;
+        let records = tree.range(codec::history_key(compacted + 1)..=codec::history_key(target));
+        for record in records {
+            if compacted >= self.meta.compacted + COMPACT_PER_APPLY {
+                break;
+            }
+            let (key, bytes) = record.map_err(|e| fail(io_err(e)))?;
+            let last = codec::split_history_key(&key).map_err(|e| fail(io_err(e)))?;
+            for rev in decode_history(last, &bytes).map_err(|e| fail(io_err(e)))? {
+                for ev in rev.events {
+                    if ev.prev_revision != 0 {
+                        batch.remove(codec::version_key(&ev.key, ev.prev_revision));
+                    }
+                    if ev.deleted {
+                        batch.remove(codec::version_key(&ev.key, rev.revision));
+                    }
                 }
             }
-            batch.remove(&key);
+            batch.remove(key);
+            compacted = last;
+        }
+        if compacted == self.meta.compacted {
+            // The next record also holds revisions above the target.
+            return Ok(());
         }
         let mut meta = self.meta.clone();
-        meta.compacted = target;
+        meta.compacted = compacted;
         batch.insert(META_KEY, codec::encode(&meta));
         // Announce first: a reader that overlaps this batch must see the new compaction point.
-        self.shared.compacting.store(target, Ordering::Release);
+        self.shared.compacting.store(compacted, Ordering::Release);
         tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
         self.meta = meta;
         Ok(())
