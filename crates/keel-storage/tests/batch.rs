@@ -17,6 +17,9 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Stored versions (key → value bytes) and history (revision → changes).
+type MvccData = (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<u64, Vec<HistoryEvent>>);
+
 struct Node {
     _dir: tempfile::TempDir,
     store: Store,
@@ -57,7 +60,7 @@ impl Node {
 
     /// Every stored version (key and value bytes), and the history by revision (a batch entry
     /// stores its revisions' changes in one record, so records themselves differ).
-    fn mvcc_data(&self) -> (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<u64, Vec<HistoryEvent>>) {
+    fn mvcc_data(&self) -> MvccData {
         let tree = self.store.durability.db().open_tree("sm.0").expect("sm tree");
         let versions = tree
             .scan_prefix([VERSION_PREFIX])
