@@ -131,7 +131,16 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
             duration: Duration::from_secs(1800),
             max_ops: a.keys,
         };
-        load::run(&target, &pre, |_| {}).await;
+        let filled = load::run(&target, &pre, |_| {}).await;
+        eprintln!(
+            "preload: {} keys written in {:.1} s, {} errors",
+            filled.ops,
+            filled.elapsed.as_secs_f64(),
+            filled.errors
+        );
+        if let Some(e) = &filled.first_error {
+            anyhow::bail!("preload: not every key was written; first error: {e}");
+        }
     }
     let shape = Shape {
         workload,

@@ -2,8 +2,14 @@
 //!
 //! Layout of the `raft` tree: `b'e' ‖ index (u64 BE)` → entry, so index order is byte order and a
 //! range of indexes is one range scan; `b"m:vote"`, `b"m:committed"`, `b"m:purged"` → metadata.
-//! Keeping both in one tree lets `purge` record the new purge point and remove the entries in one
-//! atomic sled batch.
+//!
+//! ## Purging
+//! `purge` records the new purge point and returns; from then on reads skip the purged entries,
+//! and a background thread deletes them, a chunk per sled batch. openraft awaits `purge` inside
+//! its core loop, and deleting a snapshot interval's worth of entries (10,000 by default, batch
+//! entries of up to 64 KiB each) at once stalled a follower's core for ~300 ms: long enough to
+//! miss heartbeats and start an election. Entries left behind by a crash are deleted after the
+//! next open.
 //!
 //! ## Group commit
 //! `append` inserts the entries into sled (after which readers see them, as openraft requires)
@@ -72,19 +78,26 @@ pub struct LogStats {
     pub committed_at_open: AtomicU64,
 }
 
-/// The Raft log store. Cloning is cheap; all clones share the flusher thread, which stops (and
-/// is joined) when the last clone is dropped.
+/// The Raft log store. Cloning is cheap; all clones share the flusher and purger threads, which
+/// stop (and are joined) when the last clone is dropped.
 #[derive(Clone)]
 pub struct LogStore {
     tree: sled::Tree,
     dur: Arc<Durability>,
     flusher: Arc<Flusher>,
     stats: Arc<LogStats>,
+    /// The first index that is not purged (entries below it may still await deletion).
+    readable_from: Arc<AtomicU64>,
 }
+
+/// Entries deleted per sled batch by the purger.
+const PURGE_CHUNK: u64 = 256;
 
 struct Flusher {
     tx: Option<mpsc::Sender<Flush>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    purge_tx: Option<mpsc::Sender<u64>>,
+    purge_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
@@ -97,10 +110,11 @@ impl Flusher {
 }
 
 impl Drop for Flusher {
-    /// Close the channel and wait for the thread, so the database is closed when the store is.
+    /// Close the channels and wait for the threads, so the database is closed when the store is.
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
+        drop(self.purge_tx.take());
+        for t in [self.thread.take(), self.purge_thread.take()].into_iter().flatten() {
             let _ = t.join();
         }
     }
@@ -110,6 +124,7 @@ impl Drop for Flusher {
 #[derive(Clone)]
 pub struct LogReader {
     tree: sled::Tree,
+    readable_from: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -126,14 +141,27 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("keel-log-flush".into())
             .spawn(move || flusher(d, s, flush_rx))?;
+        let purged: Option<LogId> = read_meta_from(&tree, PURGED_KEY)?;
+        let (purge_tx, purge_rx) = mpsc::channel();
+        if let Some(p) = purged {
+            // Entries a crash left behind.
+            let _ = purge_tx.send(p.index);
+        }
+        let (d, t) = (dur.clone(), tree.clone());
+        let purge_thread = std::thread::Builder::new()
+            .name("keel-log-purge".into())
+            .spawn(move || purger(d, t, purge_rx))?;
         Ok(LogStore {
             tree,
             dur,
             flusher: Arc::new(Flusher {
                 tx: Some(flush_tx),
                 thread: Some(thread),
+                purge_tx: Some(purge_tx),
+                purge_thread: Some(purge_thread),
             }),
             stats,
+            readable_from: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1))),
         })
     }
 
@@ -159,6 +187,37 @@ fn read_meta_from<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8])
         None => Ok(None),
         Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
     }
+}
+
+/// The purger: delete entries up to each purge point it is sent, a chunk per batch. Entries are
+/// dense, so it deletes by index from the first one left, without reading them.
+fn purger(dur: Arc<Durability>, tree: sled::Tree, rx: mpsc::Receiver<u64>) {
+    while let Ok(upto) = rx.recv() {
+        let upto = rx.try_iter().fold(upto, u64::max);
+        let first = match tree.range(entry_key(0)..=entry_key(upto)).keys().next() {
+            None => continue,
+            Some(Ok(k)) => u64::from_be_bytes(k[1..].try_into().expect("9-byte entry key")),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the log to purge it; purged entries stay on disk");
+                continue;
+            }
+        };
+        let mut next = first;
+        while next <= upto {
+            let end = upto.min(next.saturating_add(PURGE_CHUNK - 1));
+            let mut batch = sled::Batch::default();
+            for i in next..=end {
+                batch.remove(&entry_key(i));
+            }
+            if let Err(e) = tree.apply_batch(batch) {
+                tracing::warn!(error = %e, "deleting purged log entries failed; they stay on disk");
+                break;
+            }
+            next = end + 1;
+        }
+    }
+    // Held so that the database outlives this thread's last write.
+    drop(dur);
 }
 
 /// The flusher: one sync per batch of waiting requests.
@@ -189,12 +248,14 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
     }
 }
 
-fn read_entries<RB: RangeBounds<u64>>(tree: &sled::Tree, range: RB) -> Result<Vec<Entry>, StorageError> {
+/// The entries in `range` that are not purged.
+fn read_entries<RB: RangeBounds<u64>>(tree: &sled::Tree, from: u64, range: RB) -> Result<Vec<Entry>, StorageError> {
     let start = match range.start_bound() {
-        Bound::Included(&i) => Bound::Included(entry_key(i)),
-        Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
-        Bound::Unbounded => Bound::Included(entry_key(0)),
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
     };
+    let start = Bound::Included(entry_key(start.max(from)));
     let end = match range.end_bound() {
         Bound::Included(&i) => Bound::Included(entry_key(i)),
         Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
@@ -214,7 +275,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&self.tree, range)
+        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range)
     }
 }
 
@@ -223,7 +284,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&self.tree, range)
+        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range)
     }
 }
 
@@ -241,7 +302,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_log_id = match last {
             Some((_, v)) => {
                 let entry: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(*entry.get_log_id())
+                // Purged entries may still await deletion.
+                Some(*entry.get_log_id()).max(last_purged)
             }
             None => last_purged,
         };
@@ -254,6 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> Self::LogReader {
         LogReader {
             tree: self.tree.clone(),
+            readable_from: self.readable_from.clone(),
         }
     }
 
@@ -321,15 +384,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(PURGED_KEY, codec::encode(&log_id));
-        for item in self.tree.range(entry_key(0)..=entry_key(log_id.index)) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(k);
-        }
         self.tree
-            .apply_batch(batch)
+            .insert(PURGED_KEY, codec::encode(&log_id))
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.readable_from.fetch_max(log_id.index + 1, Ordering::AcqRel);
+        if let Some(tx) = &self.flusher.purge_tx {
+            // A stopped purger only leaves entries on disk, to be deleted after the next open.
+            let _ = tx.send(log_id.index);
+        }
         Ok(())
     }
 }
