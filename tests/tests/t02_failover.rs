@@ -61,21 +61,27 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_write() -> anyhow::Resu
             .collect();
         // Let the load settle, then kill the leader.
         let before = out.acked.lock().unwrap().len();
-        wait_until(Duration::from_secs(20), || {
-            out.acked.lock().unwrap().len() >= before + 100
-        })
+        wait_until(
+            &format!("round {round}: 100 writes before the kill"),
+            Duration::from_secs(20),
+            || out.acked.lock().unwrap().len() >= before + 100,
+        )
         .await?;
         let killed_at = Instant::now();
         cluster.kill(leader).await?;
         // Writes succeed again once a new leader is elected: the first write *issued* after the
         // kill to be acknowledged (one issued before may complete just after, from the old term).
-        wait_until(Duration::from_secs(20), || {
-            out.ack_times
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(start, _)| *start > killed_at)
-        })
+        wait_until(
+            &format!("round {round}: a write after the kill"),
+            Duration::from_secs(20),
+            || {
+                out.ack_times
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(start, _)| *start > killed_at)
+            },
+        )
         .await?;
         let first_ack = out
             .ack_times
@@ -88,9 +94,11 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_write() -> anyhow::Resu
             .expect("an ack");
         let failover = first_ack - killed_at;
         let after = out.acked.lock().unwrap().len();
-        wait_until(Duration::from_secs(20), || {
-            out.acked.lock().unwrap().len() >= after + 100
-        })
+        wait_until(
+            &format!("round {round}: 100 writes after the failover"),
+            Duration::from_secs(20),
+            || out.acked.lock().unwrap().len() >= after + 100,
+        )
         .await?;
         stop.store(true, Ordering::Relaxed);
         for w in writers {
@@ -128,11 +136,11 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_write() -> anyhow::Resu
 }
 
 /// Poll `cond` every 10 ms until it holds, failing after `timeout`.
-async fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+async fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() > deadline {
-            anyhow::bail!("condition not reached within {timeout:?}");
+            anyhow::bail!("{what}: not reached within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -31,6 +31,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keel_storage::{Command, CommandResult, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
@@ -174,16 +175,21 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Queued>, limits: Bat
     }
 }
 
+/// How long a proposal may hold its in-flight slot. openraft answers a proposal once it is applied
+/// or known lost, but one caught in a leadership change can wait for the next leader to commit
+/// it; the slot is freed after this long so that such a proposal never stops the proposer.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Propose one entry for `batch` and answer each of its requests.
-async fn propose(raft: Raft, mut batch: Vec<Queued>, _permit: OwnedSemaphorePermit) {
+async fn propose(raft: Raft, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
     if batch.len() == 1 {
         let q = batch.pop().expect("one request");
-        let _ = q.reply.send(client_write(&raft, q.request).await);
+        let _ = q.reply.send(client_write(&raft, q.request, permit).await);
         return;
     }
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let n = requests.len();
-    match client_write(&raft, Request::new(Command::Batch(requests))).await {
+    match client_write(&raft, Request::new(Command::Batch(requests)), permit).await {
         Ok(Response {
             result: CommandResult::Batch(responses),
             ..
@@ -206,8 +212,19 @@ async fn propose(raft: Raft, mut batch: Vec<Queued>, _permit: OwnedSemaphorePerm
     }
 }
 
-async fn client_write(raft: &Raft, request: Request) -> Result<Response, NodeError> {
-    match raft.client_write(request).await {
+/// Propose `request`; the in-flight `slot` is released when the answer comes, or after
+/// [`SLOT_TIMEOUT`], whichever is first.
+async fn client_write(raft: &Raft, request: Request, slot: OwnedSemaphorePermit) -> Result<Response, NodeError> {
+    let write = raft.client_write(request);
+    tokio::pin!(write);
+    let result = tokio::select! {
+        r = &mut write => r,
+        _ = tokio::time::sleep(SLOT_TIMEOUT) => {
+            drop(slot);
+            write.await
+        }
+    };
+    match result {
         Ok(resp) => Ok(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(NodeError::NotLeader { leader: f.leader_id })
