@@ -33,7 +33,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_storage::{Command, CommandResult, Request, Response};
+use keel_storage::{codec, Command, CommandResult, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -53,9 +53,8 @@ pub const IN_FLIGHT: usize = 2;
 pub struct BatchLimits {
     /// Requests per entry; 1 turns batching off.
     pub max_requests: usize,
-    /// Approximate encoded bytes per entry (a single larger request is proposed alone). Kept
-    /// well below sled's blob threshold (a quarter of its 512 KiB segment), above which a log
-    /// entry becomes a file of its own, created and synced separately.
+    /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
+    /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
     pub max_bytes: usize,
 }
 
@@ -92,7 +91,7 @@ impl Proposer {
     /// wait; a caller that stops waiting leaves the outcome unknown.
     pub async fn propose(&self, request: Request) -> Result<Response, NodeError> {
         let (reply, answer) = oneshot::channel();
-        let bytes = approximate_size(&request);
+        let bytes = codec::encoded_len(&request);
         self.queue
             .send(Queued { request, bytes, reply })
             .map_err(|_| NodeError::Unavailable("the node is stopping".into()))?;
@@ -101,28 +100,6 @@ impl Proposer {
                 "the proposer stopped before the write was answered; it may or may not have applied".into(),
             ))
         })
-    }
-}
-
-/// Encoded size, roughly: keys and values dominate.
-fn approximate_size(request: &Request) -> usize {
-    use keel_storage::{KeyRange, TxnOp};
-    let range = |r: &KeyRange| match r {
-        KeyRange::Key(k) | KeyRange::Prefix(k) | KeyRange::From(k) => k.len(),
-        KeyRange::Between { start, end } => start.len() + end.len(),
-    };
-    32 + match &request.command {
-        Command::Put(p) => p.key.len() + p.value.len(),
-        Command::Delete(d) => range(&d.range),
-        Command::Txn(t) => {
-            let ops = t.success.iter().chain(&t.failure).map(|op| match op {
-                TxnOp::Put(p) => p.key.len() + p.value.len(),
-                TxnOp::Delete(d) => range(&d.range),
-                TxnOp::Range(r) => range(&r.range),
-            });
-            t.compares.iter().map(|c| c.key.len() + 16).sum::<usize>() + ops.sum::<usize>()
-        }
-        Command::Batch(b) => b.iter().map(approximate_size).sum(),
     }
 }
 

@@ -47,9 +47,14 @@ pub enum DecodeError {
 
 /// Encode a serde value with a leading format byte.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let out = vec![FORMAT_V1];
+    encode_as(FORMAT_V1, value)
+}
+
+/// Encode a serde value behind the format byte `format` (a record kind that must be told apart
+/// from [`FORMAT_V1`] records, such as [`HISTORY_MULTI`]).
+pub fn encode_as<T: Serialize>(format: u8, value: &T) -> Vec<u8> {
     // Writing into a Vec cannot fail, and our types have no serializer that errors.
-    postcard::to_extend(value, out).expect("postcard encoding into a Vec does not fail")
+    postcard::to_extend(value, vec![format]).expect("postcard encoding into a Vec does not fail")
 }
 
 /// The length of `encode(value)`, computed without building it.
@@ -59,8 +64,13 @@ pub fn encoded_len<T: Serialize>(value: &T) -> usize {
 
 /// Decode a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_as(FORMAT_V1, bytes)
+}
+
+/// Decode a value written by [`encode_as`] with `expected` as its format byte.
+pub fn decode_as<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, DecodeError> {
     let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if format != FORMAT_V1 {
+    if format != expected {
         return Err(DecodeError::UnknownFormat(format));
     }
     postcard::from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))

@@ -25,15 +25,21 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A store in `dir` whose log holds entries `1..=last`.
+async fn store_with_entries(dir: &std::path::Path, last: u64) -> Store {
+    let mut store = keel_storage::open(dir, &StoreConfig::default()).expect("open");
+    store
+        .log
+        .blocking_append((1..=last).map(torture_entry))
+        .await
+        .expect("append");
+    store
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purged_entries_are_unreadable_at_once_and_deleted_in_the_background() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open");
-    store
-        .log
-        .blocking_append((1..=1000).map(torture_entry))
-        .await
-        .expect("append");
+    let mut store = store_with_entries(dir.path(), 1000).await;
 
     let upto = torture_entry(700).log_id;
     store.log.purge(upto).await.expect("purge");
@@ -63,12 +69,7 @@ async fn purged_entries_are_unreadable_at_once_and_deleted_in_the_background() {
 async fn entries_left_behind_are_deleted_after_reopening() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open");
-        store
-            .log
-            .blocking_append((1..=300).map(torture_entry))
-            .await
-            .expect("append");
+        let store = store_with_entries(dir.path(), 300).await;
         // As if a crash came between the purge point and the deletion: record it by hand.
         let tree = store.durability.db().open_tree("raft").expect("raft tree");
         tree.insert(b"m:purged", codec::encode(&torture_entry(200).log_id))

@@ -43,20 +43,14 @@ pub struct RevisionEvents {
 
 /// Encode the history record of an entry.
 pub fn encode_history(revisions: &[RevisionEvents]) -> Vec<u8> {
-    let mut out = codec::encode(&revisions);
-    out[0] = codec::HISTORY_MULTI;
-    out
+    codec::encode_as(codec::HISTORY_MULTI, &revisions)
 }
 
 /// Decode a history record stored under `history_key(key_revision)`: a record of this release
 /// (several revisions), or of an earlier one (the changes of `key_revision` alone).
 pub fn decode_history(key_revision: u64, bytes: &[u8]) -> Result<Vec<RevisionEvents>, codec::DecodeError> {
     match bytes.split_first() {
-        Some((&codec::HISTORY_MULTI, _)) => {
-            let mut v1 = bytes.to_vec();
-            v1[0] = codec::FORMAT_V1;
-            codec::decode(&v1)
-        }
+        Some((&codec::HISTORY_MULTI, _)) => codec::decode_as(codec::HISTORY_MULTI, bytes),
         _ => Ok(vec![RevisionEvents {
             revision: key_revision,
             events: codec::decode(bytes)?,
@@ -67,7 +61,7 @@ pub fn decode_history(key_revision: u64, bytes: &[u8]) -> Result<Vec<RevisionEve
 /// A key as this entry left it so far: the revision of its newest version (live or tombstone),
 /// and its value (`None`: deleted).
 #[derive(Debug, Clone)]
-struct Written {
+struct KeyState {
     revision: u64,
     kv: Option<KeyValue>,
 }
@@ -80,7 +74,7 @@ pub struct Apply<'a> {
     /// The revision the running command writes at, if it changes anything: `revision + 1`.
     write_revision: u64,
     pub batch: sled::Batch,
-    overlay: BTreeMap<Vec<u8>, Written>,
+    overlay: BTreeMap<Vec<u8>, KeyState>,
     /// The running command's changes.
     events: Vec<HistoryEvent>,
     /// The changes of the entry's earlier commands, by revision.
@@ -145,14 +139,14 @@ impl<'a> Apply<'a> {
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
         match self.overlay.get(key) {
-            Some(w) => Ok(w.kv.clone()),
+            Some(state) => Ok(state.kv.clone()),
             None => mvcc::get(self.tree, key, u64::MAX),
         }
     }
 
     fn put(&mut self, op: &PutOp) -> Result<PutResult, MvccError> {
         let (prev_revision, prev_kv) = match self.overlay.get(&op.key) {
-            Some(w) => (w.revision, w.kv.clone()),
+            Some(state) => (state.revision, state.kv.clone()),
             None => {
                 let prev = mvcc::latest(self.tree, &op.key, u64::MAX)?;
                 let prev_revision = prev.as_ref().map_or(0, |(rev, _)| *rev);
@@ -180,11 +174,11 @@ impl<'a> Apply<'a> {
             mod_revision: self.write_revision,
             version,
         };
-        let written = Written {
+        let state = KeyState {
             revision: self.write_revision,
             kv: Some(kv),
         };
-        self.overlay.insert(op.key.clone(), written);
+        self.overlay.insert(op.key.clone(), state);
         self.events.push(HistoryEvent {
             key: op.key.clone(),
             deleted: false,
@@ -202,11 +196,11 @@ impl<'a> Apply<'a> {
                 codec::version_key(&kv.key, self.write_revision),
                 StoredVersion::Tombstone.encode(),
             );
-            let written = Written {
+            let state = KeyState {
                 revision: self.write_revision,
                 kv: None,
             };
-            self.overlay.insert(kv.key.clone(), written);
+            self.overlay.insert(kv.key.clone(), state);
             self.events.push(HistoryEvent {
                 key: kv.key.clone(),
                 deleted: true,
@@ -230,7 +224,7 @@ impl<'a> Apply<'a> {
             .overlay
             .iter()
             .filter(|(k, _)| op.range.contains(k))
-            .map(|(k, w)| (k, &w.kv))
+            .map(|(k, state)| (k, &state.kv))
             .collect();
         mvcc::collect_range(merge(tree_pairs, overlay), op)
     }

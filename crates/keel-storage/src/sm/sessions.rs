@@ -40,8 +40,8 @@
 //! are removed in order of `(last_index, client_id)` while the oldest one is unused for
 //! `session_ttl_entries` entries (`last_index + ttl <= i`) or there are more than `max_sessions`,
 //! at most [`EVICT_PER_ENTRY`] per entry, plus one for each session a batch entry used beyond
-//! its first. An entry adds at most one session per request in it, so this keeps the count at `max_sessions` and
-//! catches up with any backlog. The sessions the entry itself used are never removed by it (a
+//! its first. An entry adds at most one session per request in it, so this keeps the count at
+//! `max_sessions` and catches up with any backlog. The sessions the entry itself used are never removed by it (a
 //! batch entry may use several; its requests' session records are decided in order, each seeing
 //! the ones before it). The limits come from [`SmConfig`](super::SmConfig) and so must be the same
 //! on every node of a cluster.
@@ -200,13 +200,13 @@ impl Scope {
         if let Some(prev) = prev {
             self.supersede(batch, client_id, prev.last_index, &prev.raw);
         }
-        let raw = record.encode();
+        let raw = sled::IVec::from(record.encode());
         batch.insert(&codec::session_key(client_id), raw.clone());
         batch.insert(&codec::session_expiry_key(self.index, client_id), &[]);
         let current = Current {
             seq: record.seq,
             last_index: self.index,
-            raw: raw.into(),
+            raw,
         };
         written.insert(client_id, current);
     }
