@@ -60,6 +60,8 @@ pub struct Node {
     read_barriers: Coalescer<Result<u64, NodeError>>,
     /// Leadership confirmations by quorum, as leader.
     read_indexes: Coalescer<Result<u64, NodeError>>,
+    /// This node, for the rounds of work that run on tasks of their own (`coalesce.rs`).
+    this: std::sync::Weak<Node>,
 }
 
 impl Node {
@@ -77,9 +79,9 @@ impl Node {
         metrics: Arc<crate::metrics::Metrics>,
         log_stats: Arc<keel_storage::LogStats>,
         batch: crate::proposer::BatchLimits,
-    ) -> Self {
+    ) -> Arc<Self> {
         let proposer = crate::proposer::Proposer::spawn(raft.clone(), batch, metrics.clone());
-        Node {
+        Arc::new_cyclic(|this| Node {
             id,
             raft,
             reader,
@@ -98,7 +100,15 @@ impl Node {
             proposer,
             read_barriers: Coalescer::default(),
             read_indexes: Coalescer::default(),
-        }
+            this: this.clone(),
+        })
+    }
+
+    /// This node as a shared handle (for work that outlives the caller's future).
+    fn shared(&self) -> Result<Arc<Node>, NodeError> {
+        self.this
+            .upgrade()
+            .ok_or_else(|| NodeError::Unavailable("node is shutting down".into()))
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, Member> {
@@ -348,9 +358,15 @@ impl Node {
 
     /// Make a following local read linearizable: wait until this node has applied everything
     /// committed before the call. Concurrent reads share one read index, fetched after the last
-    /// of them arrived (`coalesce.rs`).
+    /// of them arrived (`coalesce.rs`); each waits for it until its own deadline.
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), NodeError> {
-        let index = self.read_barriers.run(|| self.fetch_read_index(deadline)).await?;
+        let node = self.shared()?;
+        let round = move |d| async move { node.fetch_read_index(d).await };
+        let index = self.read_barriers.run(deadline, round).await.unwrap_or_else(|| {
+            Err(NodeError::DeadlineExceeded(
+                "deadline exceeded before a read index was obtained".into(),
+            ))
+        })?;
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))
@@ -376,7 +392,13 @@ impl Node {
     /// On the leader: confirm leadership with a quorum and return the read index. Concurrent
     /// requests (this node's reads, and the followers' forwarded ones) share confirmations.
     pub async fn read_index_local(&self, deadline: Instant) -> Result<u64, NodeError> {
-        self.read_indexes.run(|| self.confirm_leadership(deadline)).await
+        let node = self.shared()?;
+        let round = move |d| async move { node.confirm_leadership(d).await };
+        self.read_indexes.run(deadline, round).await.unwrap_or_else(|| {
+            Err(NodeError::Unavailable(
+                "no quorum confirmed leadership before the deadline".into(),
+            ))
+        })
     }
 
     /// One leadership confirmation by a quorum.

@@ -151,7 +151,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         }
     }
 
-    let node = Arc::new(Node::new(
+    let node = Node::new(
         config.id,
         raft,
         reader,
@@ -167,7 +167,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         metrics.clone(),
         log_stats,
         config.batch,
-    ));
+    );
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
