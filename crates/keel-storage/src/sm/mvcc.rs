@@ -57,11 +57,19 @@ fn raw_range(tree: &sled::Tree, range: &KeyRange) -> sled::Iter {
 }
 
 /// Iterates the live key-value pairs of a range at one revision, in key order.
+///
+/// The work is proportional to what is pulled: each `next` reads the sled entries up to the next
+/// live pair and no further, so a caller that stops early (a limit) pays only for what it took.
 pub struct LiveIter {
     iter: sled::Iter,
     at_rev: u64,
     /// The group (escaped key) whose version at `at_rev` was already decided.
     decided: Option<sled::IVec>,
+    /// The range is one key: once its version is decided there is nothing more to find (the
+    /// rest of the group is older versions), so stop without reading them.
+    one_key: bool,
+    /// Leave values out (empty): keys-only and count-only reads do not copy them.
+    values: bool,
 }
 
 impl LiveIter {
@@ -70,6 +78,8 @@ impl LiveIter {
             iter: raw_range(tree, range),
             at_rev,
             decided: None,
+            one_key: matches!(range, KeyRange::Key(_)),
+            values: true,
         }
     }
 
@@ -78,7 +88,16 @@ impl LiveIter {
         Self::new(tree, &KeyRange::Prefix(Vec::new()), at_rev)
     }
 
+    /// The same pairs with empty values (which are then not copied out of the tree).
+    pub fn without_values(mut self) -> Self {
+        self.values = false;
+        self
+    }
+
     fn step(&mut self) -> Result<Option<KeyValue>, MvccError> {
+        if self.one_key && self.decided.is_some() {
+            return Ok(None);
+        }
         for item in self.iter.by_ref() {
             let (k, v) = item?;
             let (group, rev) = codec::split_version_key(&k)?;
@@ -87,13 +106,22 @@ impl LiveIter {
             }
             self.decided = Some(sled::IVec::from(group));
             let key = codec::group_user_key(group)?;
-            if let Some(kv) = StoredVersion::decode(&v)?.into_kv(key, rev) {
+            // A stored version is its fixed fields, then the value (see `StoredVersion::encode`):
+            // cut off, it decodes to the same version with an empty value.
+            let stored = if self.values { &v[..] } else { &v[..v.len().min(VERSION_FIXED_BYTES)] };
+            if let Some(kv) = StoredVersion::decode(stored)?.into_kv(key, rev) {
                 return Ok(Some(kv));
+            }
+            if self.one_key {
+                return Ok(None);
             }
         }
         Ok(None)
     }
 }
+
+/// The bytes of a stored live version before its value: format, kind, create revision, version.
+const VERSION_FIXED_BYTES: usize = 2 + 8 + 8;
 
 impl Iterator for LiveIter {
     type Item = Result<KeyValue, MvccError>;
@@ -103,26 +131,66 @@ impl Iterator for LiveIter {
     }
 }
 
-/// Collect a range result from a stream of live pairs in key order.
+/// An upper bound of what one pair adds to an encoded response (`repeated KeyValue kvs` of
+/// keel.v1.RangeResponse) besides its key and value bytes: the field's tag and length, and in
+/// the pair the tags and lengths of key and value and three varint revisions.
+pub const KV_ENCODING_OVERHEAD: usize = 64;
+
+/// The bytes `kv` adds to an encoded response, at most (see [`KV_ENCODING_OVERHEAD`]).
+pub fn response_bytes(kv: &KeyValue) -> usize {
+    kv.key.len() + kv.value.len() + KV_ENCODING_OVERHEAD
+}
+
+/// Collect a range result from a stream of live pairs in key order, with no bound on its size
+/// in bytes (see [`collect_range_bounded`]).
 pub fn collect_range<I>(pairs: I, op: &RangeOp) -> Result<RangeResult, MvccError>
 where
     I: Iterator<Item = Result<KeyValue, MvccError>>,
 {
+    collect_range_bounded(pairs, op, usize::MAX)
+}
+
+/// Collect a range result from a stream of live pairs in key order, pulling no more pairs than
+/// the answer needs:
+///
+/// - `count_only`: every pair in the range is counted (the one read that visits the whole
+///   range, because it was asked for); no pairs, `more = false`.
+/// - otherwise the pairs go into the result until `op.limit` is reached, or until the next one
+///   would take the result over `max_bytes` (as counted by [`response_bytes`]); then `more` is
+///   set and the scan stops. The first pair always goes in, however large, so a result with
+///   `more` is never empty. Reaching the limit costs one pair more than the limit, to tell
+///   whether there are more. `count` is the number of pairs returned: the range beyond the
+///   limit is not visited, so it is not counted.
+pub fn collect_range_bounded<I>(pairs: I, op: &RangeOp, max_bytes: usize) -> Result<RangeResult, MvccError>
+where
+    I: Iterator<Item = Result<KeyValue, MvccError>>,
+{
     let mut out = RangeResult::default();
+    if op.count_only {
+        for kv in pairs {
+            kv?;
+            out.count += 1;
+        }
+        return Ok(out);
+    }
+    let mut bytes = 0usize;
     for kv in pairs {
         let mut kv = kv?;
-        out.count += 1;
-        if op.count_only {
-            continue;
-        }
         if op.limit > 0 && out.kvs.len() as u64 >= op.limit {
             out.more = true;
-            continue;
+            break;
         }
         if op.keys_only {
             kv.value = Vec::new();
         }
+        let size = response_bytes(&kv);
+        if !out.kvs.is_empty() && bytes.saturating_add(size) > max_bytes {
+            out.more = true;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
         out.kvs.push(kv);
     }
+    out.count = out.kvs.len() as u64;
     Ok(out)
 }

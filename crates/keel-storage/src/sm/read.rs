@@ -74,9 +74,30 @@ impl KvReader {
         self.consistent(|tree, rev| mvcc::get(tree, key, rev))
     }
 
-    /// A range at the current revision. Returns the result and the revision it was read at.
+    /// A range at the current revision, however large. Returns the result and the revision it
+    /// was read at. The server uses [`KvReader::range_bounded`].
     pub fn range(&self, op: &RangeOp) -> Result<(RangeResult, u64), ReadError> {
-        self.consistent(|tree, rev| mvcc::collect_range(LiveIter::new(tree, &op.range, rev), op))
+        self.range_bounded(op, usize::MAX)
+    }
+
+    /// A range at the current revision whose pairs take at most `max_bytes` of an encoded
+    /// response (a first pair larger than that comes alone). Returns the result and the revision
+    /// it was read at.
+    ///
+    /// The read visits what it returns (and one pair more, to set `more`), not the rest of the
+    /// range: see [`mvcc::collect_range_bounded`] for `limit`, `count` and `more`. Only
+    /// `count_only` visits the whole range. It runs on the calling thread and may take long
+    /// (a count of millions of keys takes seconds): keep it off an async runtime's workers.
+    pub fn range_bounded(&self, op: &RangeOp, max_bytes: usize) -> Result<(RangeResult, u64), ReadError> {
+        self.consistent(|tree, rev| {
+            let pairs = LiveIter::new(tree, &op.range, rev);
+            let pairs = if op.keys_only || op.count_only {
+                pairs.without_values()
+            } else {
+                pairs
+            };
+            mvcc::collect_range_bounded(pairs, op, max_bytes)
+        })
     }
 
     fn consistent<T>(&self, read: impl Fn(&sled::Tree, u64) -> Result<T, MvccError>) -> Result<(T, u64), ReadError> {
