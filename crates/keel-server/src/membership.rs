@@ -347,19 +347,14 @@ impl Node {
             .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))
     }
 
-    /// Notice when this member is removed from the cluster: from then on it refuses requests,
-    /// saying why. Runs until the node stops.
+    /// Notice when this member is removed from the cluster (by a committed change): from then on
+    /// it refuses requests, saying why. Runs until the node stops.
     pub async fn watch_removal(self: std::sync::Arc<Self>) {
         let mut metrics = self.raft.metrics();
-        let mut was_member = false;
+        let mut watch = RemovalWatch::default();
         loop {
-            let is_member = {
-                let m = metrics.borrow_and_update();
-                m.membership_config.membership().get_node(&self.id).is_some()
-            };
-            if is_member {
-                was_member = true;
-            } else if was_member {
+            let removed = watch.removed(self.id, &metrics.borrow_and_update());
+            if removed {
                 self.mark_removed("is not in the committed membership any more");
             }
             if metrics.changed().await.is_err() {
@@ -368,3 +363,38 @@ impl Node {
         }
     }
 }
+
+/// Follows one member's place in the committed membership, one metrics update at a time.
+///
+/// openraft's metrics show the *effective* membership: the last one in the log, in force as soon
+/// as it is appended, committed or not. A leader removing itself sees the configuration without
+/// it at once, and the change may still be lost (the leader is cut off, and the next leader
+/// truncates it); a joiner may likewise see, and then lose, an uncommitted addition. Acting on
+/// those (refusing requests, writing `REMOVED`) would retire a member that is still one. The
+/// effective membership is known committed once its entry is applied; until then the last
+/// decision stands.
+#[derive(Debug, Default)]
+struct RemovalWatch {
+    was_member: bool,
+}
+
+impl RemovalWatch {
+    /// Is `id` no longer in the committed membership, having been in it?
+    fn removed(&mut self, id: NodeId, m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+        // Indexes suffice: an applied entry is committed and never replaced.
+        let config_index = m.membership_config.log_id().as_ref().map(|l| l.index);
+        let applied_index = m.last_applied.as_ref().map(|l| l.index);
+        if config_index > applied_index {
+            return false;
+        }
+        let is_member = m.membership_config.membership().get_node(&id).is_some();
+        if is_member {
+            self.was_member = true;
+        }
+        !is_member && self.was_member
+    }
+}
+
+#[cfg(test)]
+#[path = "membership_tests.rs"]
+mod tests;
