@@ -250,7 +250,12 @@ impl Node {
             return;
         }
         tracing::error!(id = self.id, why, "this member no longer serves requests");
+        // Under the hold's lock, so that a hold running out right now cannot turn elections
+        // back on after this.
+        let mut hold = self.election_hold.lock().unwrap_or_else(|e| e.into_inner());
+        *hold = None;
         self.raft.runtime_config().elect(false);
+        drop(hold);
         let marker = self.data_dir.join(REMOVED_MARKER);
         if let Err(e) = std::fs::write(&marker, format!("member {} {why}\n", self.id)) {
             tracing::warn!(error = %e, path = %marker.display(), "could not write the removal marker");
@@ -322,16 +327,26 @@ impl Node {
         Ok(leader)
     }
 
-    /// Do not start elections for `d` (they resume by themselves afterwards).
+    /// Do not start elections for `d` (they resume by themselves afterwards, unless this member
+    /// has been removed meanwhile: a removed member campaigning with its stale configuration
+    /// would disrupt the cluster that removed it).
     pub(crate) fn hold_elections(&self, d: Duration) {
         let until = Instant::now() + d;
-        *self.election_hold.lock().unwrap_or_else(|e| e.into_inner()) = until;
-        self.raft.runtime_config().elect(false);
+        {
+            let mut hold = self.election_hold.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(end) = hold.as_mut() else {
+                return;
+            };
+            *end = until;
+            self.raft.runtime_config().elect(false);
+        }
         let (raft, hold) = (self.raft.clone(), self.election_hold.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(until.into()).await;
-            // A later hold extends this one.
-            if Instant::now() >= *hold.lock().unwrap_or_else(|e| e.into_inner()) {
+            // A later hold extends this one; a removal ends elections for good. Both are decided
+            // under this lock, as is this.
+            let hold = hold.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*hold, Some(end) if Instant::now() >= end) {
                 raft.runtime_config().elect(true);
             }
         });
@@ -339,7 +354,17 @@ impl Node {
 
     /// Campaign now (the transfer target).
     pub(crate) async fn elect_now(&self) -> Result<(), NodeError> {
-        self.raft.runtime_config().elect(true);
+        {
+            let hold = self.election_hold.lock().unwrap_or_else(|e| e.into_inner());
+            if hold.is_none() {
+                // Unavailable, like every request to a removed member.
+                return Err(NodeError::Unavailable(format!(
+                    "member {} was removed from the cluster and does not campaign",
+                    self.id
+                )));
+            }
+            self.raft.runtime_config().elect(true);
+        }
         self.raft
             .trigger()
             .elect()

@@ -69,3 +69,88 @@ fn a_joiner_whose_addition_is_truncated_is_not_removed() {
     assert!(!watch.removed(4, &metrics(4, &[1, 2, 3, 4], 10, 10)));
     assert!(watch.removed(4, &metrics(4, &[1, 2, 3], 12, 12)));
 }
+
+/// A member of a two-member cluster whose other member never answers: it campaigns every
+/// election timeout and never wins, so its term shows whether it is allowed to campaign.
+async fn lone_candidate(dir: &std::path::Path) -> anyhow::Result<crate::NodeHandle> {
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let client = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Bound and closed again: nobody answers there.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let peer_addr = peer.local_addr()?.to_string();
+    let args = [
+        "keel".to_string(),
+        "--id".into(),
+        "1".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--peer-addr".into(),
+        peer_addr.clone(),
+        "--client-addr".into(),
+        client.local_addr()?.to_string(),
+        "--initial-cluster".into(),
+        format!("1={peer_addr},2={nobody}"),
+    ];
+    let config = crate::Config::from_args(args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listeners = crate::Listeners {
+        peer,
+        client,
+        metrics: None,
+    };
+    crate::start(config, listeners).await
+}
+
+/// Waits (at most `within`) until `node`'s term reaches `term`; false if it did not.
+async fn term_reaches(node: &crate::node::Node, term: u64, within: std::time::Duration) -> bool {
+    node.raft
+        .wait(Some(within))
+        .metrics(|m| m.current_term >= term, "term")
+        .await
+        .is_ok()
+}
+
+/// A removed member must never campaign again: not when an election hold it was given (by a
+/// leader transfer) runs out, whether the hold came before or after its removal, and not when
+/// asked to campaign. Its stale configuration would otherwise disrupt the cluster that removed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_never_campaigns_again() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+
+    use crate::forward::ForwardRequest;
+
+    let dir = tempfile::tempdir()?;
+    let handle = lone_candidate(dir.path()).await?;
+    let node = handle.node.clone();
+    let t = node.election_timeout_max;
+    assert!(
+        term_reaches(&node, 2, Duration::from_secs(10)).await,
+        "the lone member never campaigned"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let hold = Duration::from_millis(100);
+    let hold_req = || ForwardRequest::HoldElections {
+        ms: hold.as_millis() as u64,
+    };
+    node.serve(hold_req(), deadline).await?;
+    node.serve(ForwardRequest::Removed { by: 2 }, deadline).await?;
+    node.serve(hold_req(), deadline).await?;
+    // An election starting as it was removed may still be under way: allow one more term.
+    let term = node.metrics().current_term + 2;
+    // Both holds have run out, with time for several election rounds.
+    assert!(
+        !term_reaches(&node, term, hold + 10 * t).await,
+        "the removed member campaigned again once the election hold ran out (term {})",
+        node.metrics().current_term
+    );
+
+    let refused = node.serve(ForwardRequest::Elect, deadline).await;
+    assert!(refused.is_err(), "the removed member agreed to campaign: {refused:?}");
+    assert!(
+        !term_reaches(&node, term, 10 * t).await,
+        "the removed member campaigned when asked (term {})",
+        node.metrics().current_term
+    );
+    assert!(dir.path().join(super::REMOVED_MARKER).exists());
+    handle.shutdown().await
+}

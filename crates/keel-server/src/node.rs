@@ -51,8 +51,8 @@ pub struct Node {
     pub(crate) transferring: AtomicBool,
     /// This member was removed from the cluster.
     pub(crate) removed: AtomicBool,
-    /// Elections are held (not started) until this instant.
-    pub(crate) election_hold: Arc<std::sync::Mutex<Instant>>,
+    /// Elections are held (not started) until this instant; None: for good (removed).
+    pub(crate) election_hold: Arc<std::sync::Mutex<Option<Instant>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log_stats: Arc<keel_storage::LogStats>,
     proposer: crate::proposer::Proposer,
@@ -94,7 +94,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             transferring: AtomicBool::new(false),
             removed: AtomicBool::new(false),
-            election_hold: Arc::new(std::sync::Mutex::new(Instant::now())),
+            election_hold: Arc::new(std::sync::Mutex::new(Some(Instant::now()))),
             metrics,
             log_stats,
             proposer,
