@@ -1,9 +1,19 @@
 //! Which node and which cluster a data directory belongs to.
 //!
-//! `<data-dir>/keel.id` is written once, atomically (temp file, fsync, rename, fsync of the
-//! directory), when a node first starts. A later start with another `--id` or `--cluster-token`
-//! is refused, so a data directory cannot be taken over by another node by mistake. Its presence
-//! also means "this node was bootstrapped": `--initial-cluster` is only acted on when it is absent.
+//! `<data-dir>/keel.id` is written atomically (temp file, fsync, rename, fsync of the directory)
+//! when a node first starts, before anything else goes into the directory. A later start with
+//! another `--id` or `--cluster-token` is refused, so a data directory cannot be taken over by
+//! another node by mistake.
+//!
+//! Bootstrap is committed in two steps, so that a failure or a kill between them is not lost: the
+//! first start with `--initial-cluster` records the identity with the members *pending*
+//! ([`Identity::bootstrap`]); once Raft is initialized and that is on disk, the identity is
+//! rewritten without them ([`ClusterId::bootstrapped`]). A start that finds them still pending
+//! initializes again with the recorded members (`--initial-cluster`, if given, must name the same
+//! ones). This never re-initializes a node that has Raft state: openraft refuses `initialize` on a
+//! node with any vote or log entry (NotAllowed), and that refusal completes the bootstrap too. A
+//! node whose first start was `--join`, or a start with `--join`, never initializes; a restart of a
+//! bootstrapped node ignores `--initial-cluster`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +36,11 @@ pub struct Identity {
     /// Derived from the token and the initial members; empty for a node that joined and has not
     /// yet heard from its cluster.
     pub cluster_id: String,
+    /// The `--initial-cluster` members while this node's bootstrap is pending: set by its first
+    /// start, cleared once Raft is initialized. Absent for joiners, restored nodes, bootstrapped
+    /// nodes and identities written before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BTreeMap<NodeId, String>>,
 }
 
 impl Identity {
@@ -35,6 +50,7 @@ impl Identity {
             node_id,
             cluster_token: cluster_token.to_string(),
             cluster_id,
+            bootstrap: None,
         }
     }
 }
@@ -60,6 +76,24 @@ pub enum IdentityError {
     },
     #[error("data dir {dir} is empty: start with --initial-cluster (new cluster) or --join (existing cluster)")]
     Uninitialized { dir: PathBuf },
+    #[error(
+        "data dir {dir} is bootstrapping a cluster of {recorded} (its first start stopped before it \
+         initialized), not of {given} (--initial-cluster); start it with the first --initial-cluster, \
+         or with an empty data dir"
+    )]
+    OtherBootstrap {
+        dir: PathBuf,
+        recorded: String,
+        given: String,
+    },
+}
+
+fn members_flag(members: &BTreeMap<NodeId, String>) -> String {
+    members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The id of a cluster created from `token` and its initial members.
@@ -75,7 +109,8 @@ pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> String {
 /// What the node should do after checking its data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {
-    /// First start of a new cluster: initialize Raft with these members.
+    /// First start of a new cluster, or a start that finds the bootstrap of its first start
+    /// unfinished: initialize Raft with these members, then [`ClusterId::bootstrapped`].
     Bootstrap(BTreeMap<NodeId, String>),
     /// First start of a node that waits to be added.
     Join,
@@ -117,7 +152,20 @@ pub fn check_or_create(
                     wanted: token.to_string(),
                 });
             }
-            Ok((identity, Startup::Restart))
+            let startup = match (&identity.bootstrap, initial_cluster, join) {
+                (None, _, _) => Startup::Restart,
+                // Told to join: wait for a leader to bring the node in, as a joiner does.
+                (Some(_), _, true) => Startup::Restart,
+                (Some(recorded), Some(given), false) if recorded != given => {
+                    return Err(IdentityError::OtherBootstrap {
+                        dir: dir.to_path_buf(),
+                        recorded: members_flag(recorded),
+                        given: members_flag(given),
+                    })
+                }
+                (Some(recorded), _, false) => Startup::Bootstrap(recorded.clone()),
+            };
+            Ok((identity, startup))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (cluster_id, startup) = match (initial_cluster, join) {
@@ -125,7 +173,10 @@ pub fn check_or_create(
                 (None, true) => (String::new(), Startup::Join),
                 (None, false) => return Err(IdentityError::Uninitialized { dir: dir.to_path_buf() }),
             };
-            let identity = Identity::new(id, token, cluster_id);
+            let mut identity = Identity::new(id, token, cluster_id);
+            if let Startup::Bootstrap(members) = &startup {
+                identity.bootstrap = Some(members.clone());
+            }
             write(dir, &identity).map_err(io)?;
             Ok((identity, startup))
         }
@@ -149,6 +200,18 @@ impl ClusterId {
             dir: dir.to_path_buf(),
             identity: std::sync::Mutex::new(identity),
         }
+    }
+
+    /// Record that Raft is initialized (call once that is on disk): later starts are restarts.
+    pub fn bootstrapped(&self) -> std::io::Result<()> {
+        let mut identity = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if identity.bootstrap.is_some() {
+            let mut updated = identity.clone();
+            updated.bootstrap = None;
+            write(&self.dir, &updated)?;
+            *identity = updated;
+        }
+        Ok(())
     }
 
     /// The id, or "" while a joined node has not heard from its cluster yet.
@@ -209,10 +272,65 @@ mod tests {
         let (id, startup) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
         assert_eq!(startup, Startup::Bootstrap(members()));
         assert_eq!(id.cluster_id, cluster_id("t", &members()));
+        // The first start initializes Raft.
+        ClusterId::new(dir.path(), id.clone()).bootstrapped().unwrap();
+        let id = Identity { bootstrap: None, ..id };
         // A restart ignores --initial-cluster, whatever it says now.
         let other: BTreeMap<NodeId, String> = [(1, "z:9".to_string())].into();
         let (again, startup) = check_or_create(dir.path(), 1, "t", Some(&other), false).unwrap();
         assert_eq!((again, startup), (id, Startup::Restart));
+    }
+
+    #[test]
+    fn a_bootstrap_that_did_not_finish_is_done_on_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        // The first start records the identity, then stops before Raft is initialized.
+        let (first, _) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!(first.bootstrap, Some(members()));
+        // The same flags, or none: bootstrap with the recorded members.
+        for flag in [Some(members()), None] {
+            let (again, startup) = check_or_create(dir.path(), 1, "t", flag.as_ref(), false).unwrap();
+            assert_eq!((&again, startup), (&first, Startup::Bootstrap(members())));
+        }
+        // Other members would be another cluster (and another cluster id): refused.
+        let other: BTreeMap<NodeId, String> = [(1, "a:1".to_string()), (3, "c:3".to_string())].into();
+        let e = check_or_create(dir.path(), 1, "t", Some(&other), false).unwrap_err();
+        assert!(matches!(e, IdentityError::OtherBootstrap { .. }), "{e}");
+        assert!(e.to_string().contains("1=a:1,2=b:2"), "{e}");
+        // --join never initializes.
+        let (_, startup) = check_or_create(dir.path(), 1, "t", None, true).unwrap();
+        assert_eq!(startup, Startup::Restart);
+        // Once initialized, the next start is a restart, with the identity no longer pending.
+        ClusterId::new(dir.path(), first.clone()).bootstrapped().unwrap();
+        let (again, startup) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!((again.bootstrap, startup), (None, Startup::Restart));
+        let on_disk = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(!on_disk.contains("bootstrap"), "{on_disk}");
+    }
+
+    #[test]
+    fn a_joiner_or_an_older_identity_never_bootstraps() {
+        let dir = tempfile::tempdir().unwrap();
+        check_or_create(dir.path(), 1, "t", None, true).unwrap();
+        let (_, startup) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!(startup, Startup::Restart);
+        // A joiner that has learned its cluster's id looks like a member of it.
+        let cluster = ClusterId::new(dir.path(), check_or_create(dir.path(), 1, "t", None, false).unwrap().0);
+        cluster.check(&cluster_id("t", &members()), true).unwrap();
+        let (_, startup) = check_or_create(dir.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!(startup, Startup::Restart);
+        // An identity written before bootstraps were recorded as pending: a restart, as it was.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(
+            old.path().join(FILE),
+            format!(
+                r#"{{"format":1,"node_id":1,"cluster_token":"t","cluster_id":"{}"}}"#,
+                cluster_id("t", &members())
+            ),
+        )
+        .unwrap();
+        let (_, startup) = check_or_create(old.path(), 1, "t", Some(&members()), false).unwrap();
+        assert_eq!(startup, Startup::Restart);
     }
 
     #[test]

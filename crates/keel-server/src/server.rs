@@ -149,6 +149,16 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             }
             Err(e) => return Err(e.into()),
         }
+        // Only now, with the initial membership and this node's vote on disk, does the identity
+        // stop saying "bootstrap pending" (identity.rs): a failure or a kill anywhere before this
+        // leaves a node that initializes on its next start, not one that never does.
+        durability.sync()?;
+        cluster.bootstrapped().map_err(|e| {
+            anyhow::anyhow!(
+                "data dir {}: cannot record the bootstrap: {e}",
+                config.data_dir.display()
+            )
+        })?;
     }
 
     let node = Node::new(
