@@ -75,19 +75,30 @@ async fn one_mib_values_replicate_and_read_back() -> anyhow::Result<()> {
     let applied = cluster.status(leader).await.expect("leader status").applied_index;
     for id in cluster.nodes.keys().copied() {
         cluster.wait_applied(id, applied, Duration::from_secs(20)).await?;
-        let all = cluster
-            .kv(id)
-            .max_decoding_message_size(64 * MIB)
-            .range(RangeRequest {
-                key: Vec::new(),
-                prefix: true,
-                serializable: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        assert_eq!(all.count, 40, "member {id}");
-        for kv in &all.kvs {
+        // 40 MiB: more than one response carries (each is bounded in bytes), so page through
+        // it, each page after the last key of the one before.
+        let mut kv = cluster.kv(id);
+        let mut all = Vec::new();
+        let mut from = vec![0];
+        loop {
+            let page = kv
+                .range(RangeRequest {
+                    key: from,
+                    range_end: vec![0],
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            all.extend(page.kvs);
+            if !page.more {
+                break;
+            }
+            from = all.last().expect("a page with more is not empty").key.clone();
+            from.push(0);
+        }
+        assert_eq!(all.len(), 40, "member {id}");
+        for kv in &all {
             assert!(
                 kv.value == value(&String::from_utf8_lossy(&kv.key)),
                 "member {id}: {:?}",

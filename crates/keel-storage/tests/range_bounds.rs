@@ -245,7 +245,13 @@ async fn keys_only_and_count_only_reads_leave_values_out() {
     assert_eq!(full.kvs.len(), 3);
     for (f, k) in full.kvs.iter().zip(&keys.kvs) {
         assert_eq!(f.value, f.key);
-        assert_eq!(*k, KeyValue { value: Vec::new(), ..f.clone() });
+        assert_eq!(
+            *k,
+            KeyValue {
+                value: Vec::new(),
+                ..f.clone()
+            }
+        );
     }
     let (count, _) = reader.range(&op(false, true)).expect("range");
     assert_eq!((count.kvs.len(), count.count, count.more), (0, 100, false));
@@ -253,6 +259,8 @@ async fn keys_only_and_count_only_reads_leave_values_out() {
     let (r, _) = reader.range(&RangeOp::new(KeyRange::Key(key(7)))).expect("range");
     assert_eq!((r.kvs.len(), r.count, r.more), (1, 1, false));
     assert_eq!(r.kvs[0].value, key(7));
-    let (r, _) = reader.range(&RangeOp::new(KeyRange::Key(b"k".to_vec()))).expect("range");
+    let (r, _) = reader
+        .range(&RangeOp::new(KeyRange::Key(b"k".to_vec())))
+        .expect("range");
     assert_eq!(r, RangeResult::default());
 }

@@ -111,8 +111,12 @@ pub fn get(resp: &RangeResponse, view: GetView, format: Format) -> String {
                     .collect();
                 table(&["KEY", "VALUE", "CREATE_REV", "MOD_REV", "VERSION"], &rows)
             };
-            if resp.more {
+            // keel counts only what it returned unless asked for a count (`count_only`), so
+            // `count` is the number shown; a server that counts the whole range (etcd) says more.
+            if resp.more && resp.count > resp.kvs.len() as u64 {
                 out.push_str(&format!("({} of {} keys shown)\n", resp.kvs.len(), resp.count));
+            } else if resp.more {
+                out.push_str(&format!("({} shown; the range has more keys)\n", resp.kvs.len()));
             }
             out
         }
@@ -292,6 +296,13 @@ mod tests {
             ..GetView::default()
         };
         assert_eq!(get(&resp, keys, Format::Simple), "a\ngA==\n");
+
+        // keel's answer to a read cut by --limit (or by the response size): `count` is what came.
+        let resp = range(vec![kv(b"a", b"x")], 1, true);
+        let expected = "KEY  VALUE  CREATE_REV  MOD_REV  VERSION\n".to_string()
+            + "a    x      2           5        3\n"
+            + "(1 shown; the range has more keys)\n";
+        assert_eq!(get(&resp, GetView::default(), Format::Table), expected);
     }
 
     #[test]

@@ -93,9 +93,10 @@ fn range(state: &State, req: &RangeRequest) -> Result<RangeResponse, Status> {
             })
             .collect()
     };
+    // As keel: a full count only with count_only, otherwise the number returned.
     Ok(RangeResponse {
         header: header(state.revision),
-        count: keys.len() as u64,
+        count: if req.count_only { keys.len() } else { kvs.len() } as u64,
         more: !req.count_only && keys.len() > limit,
         kvs,
     })

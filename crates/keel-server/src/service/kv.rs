@@ -1,6 +1,14 @@
 //! The KV service: validate, route through the node (leader or forward), convert the result.
+//!
+//! Range reads other than one-key reads run off the async runtime, on tokio's blocking threads,
+//! at most [`scan_slots`] of them at once (more wait for a slot until their deadline). A range
+//! read may be long (a `count_only` read of a million keys takes seconds), and on a runtime
+//! worker it would hold up every task queued behind it, the Raft core's heartbeats among them.
+//! A read stops at its limit and at [`MAX_RANGE_RESPONSE_BYTES`] (see
+//! [`keel_storage::sm::mvcc::collect_range_bounded`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use keel_proto::convert;
 use keel_proto::v1::kv_server::Kv;
@@ -8,12 +16,66 @@ use keel_proto::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
 };
-use keel_storage::{validate_range, validate_request, Command, CommandResult, Request, Response, SessionRef};
+use keel_storage::{
+    validate_range, validate_request, Command, CommandResult, KeyRange, RangeOp, RangeResult, Request, Response,
+    SessionRef,
+};
+use tokio::sync::Semaphore;
 use tonic::Status;
 
 use super::{deadline, fail, respond};
 use crate::error::NodeError;
 use crate::node::Node;
+
+/// The most bytes of pairs that one range response carries (as counted by
+/// [`keel_storage::sm::mvcc::response_bytes`], an upper bound of their encoded size). The read
+/// stops before the pair that would go over it and sets `more`; a first pair larger than this
+/// comes alone. 3 MiB leaves room under gRPC's default 4 MiB limit on a message a client
+/// decodes (tonic's, grpc-go's, grpc-java's) for the header and for a first pair of the largest
+/// default size (1 MiB value, 4 KiB key): with the default limits every response fits every
+/// client. keel-client accepts up to 256 MiB (`ClientConfig::max_response_bytes`), for values
+/// made larger with `--max-value-bytes`.
+pub const MAX_RANGE_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+
+/// How many range reads run at once, each on a blocking thread: half the cores, at least 2 (so
+/// one long count does not hold up every other range read) and at most 8.
+pub fn scan_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).clamp(2, 8)
+}
+
+static SCAN_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(scan_slots()));
+
+/// Read `op` from the local state machine. A one-key read is one lookup and runs here; any
+/// other waits (until `deadline`) for one of the [`scan_slots`] and runs on a blocking thread,
+/// which keeps the slot until the read is done, even when the client has gone.
+async fn read_range(node: &Node, op: RangeOp, deadline: Instant) -> Result<(RangeResult, u64), NodeError> {
+    let read = |reader: &keel_storage::KvReader, op: &RangeOp| {
+        reader
+            .range_bounded(op, MAX_RANGE_RESPONSE_BYTES)
+            .map_err(|e| NodeError::Unavailable(format!("read failed: {e}")))
+    };
+    if matches!(op.range, KeyRange::Key(_)) {
+        return read(&node.reader, &op);
+    }
+    let slot = tokio::time::timeout_at(deadline.into(), SCAN_SLOTS.acquire())
+        .await
+        .map_err(|_| {
+            NodeError::DeadlineExceeded(format!(
+                "the deadline passed while the read waited for one of the {} range-read slots (all busy \
+                 with other range reads)",
+                scan_slots()
+            ))
+        })?
+        .map_err(|_| NodeError::Internal("the range-read slots were closed".into()))?;
+    let reader = node.reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        read(&reader, &op)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("range read failed: {e}")))?
+}
 
 pub struct KvService {
     pub node: Arc<Node>,
@@ -77,10 +139,7 @@ impl Kv for KvService {
         if !req.serializable {
             node.read_barrier(deadline).await.map_err(|e| fail(node, e))?;
         }
-        let (result, revision) = node
-            .reader
-            .range(&op)
-            .map_err(|e| fail(node, NodeError::Unavailable(format!("read failed: {e}"))))?;
+        let (result, revision) = read_range(node, op, deadline).await.map_err(|e| fail(node, e))?;
         Ok(respond(node, convert::range_response(result, node.header(revision))))
     }
 

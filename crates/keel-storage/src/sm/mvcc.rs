@@ -108,7 +108,11 @@ impl LiveIter {
             let key = codec::group_user_key(group)?;
             // A stored version is its fixed fields, then the value (see `StoredVersion::encode`):
             // cut off, it decodes to the same version with an empty value.
-            let stored = if self.values { &v[..] } else { &v[..v.len().min(VERSION_FIXED_BYTES)] };
+            let stored = if self.values {
+                &v[..]
+            } else {
+                &v[..v.len().min(VERSION_FIXED_BYTES)]
+            };
             if let Some(kv) = StoredVersion::decode(stored)?.into_kv(key, rev) {
                 return Ok(Some(kv));
             }
