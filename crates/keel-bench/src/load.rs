@@ -10,13 +10,18 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::target::Target;
+use crate::target::{Scan, Target};
 
 /// What each operation is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Workload {
     Put,
     Get {
+        serializable: bool,
+    },
+    /// Range reads (the same range every time), linearizable unless `serializable`.
+    Scan {
+        scan: Scan,
         serializable: bool,
     },
     /// `read_percent` % gets (linearizable unless `serializable`), the rest puts.
@@ -76,22 +81,24 @@ pub async fn run(target: &Target, shape: &Shape, progress: impl Fn(u64) + Send +
                 if Instant::now() >= deadline || n >= shape.max_ops {
                     break;
                 }
-                let i = match shape.workload {
+                let i = match &shape.workload {
                     Workload::Fill if n >= shape.key_space => break,
                     Workload::Fill => n,
+                    Workload::Scan { .. } => 0,
                     _ => rng.random_range(0..shape.key_space),
                 };
                 let k = key(i, shape.key_size);
                 let t = Instant::now();
-                let result = match shape.workload {
+                let result = match &shape.workload {
                     Workload::Put | Workload::Fill => target.put(c, k, value.clone()).await,
-                    Workload::Get { serializable } => target.get(c, k, serializable).await,
+                    Workload::Get { serializable } => target.get(c, k, *serializable).await,
+                    Workload::Scan { scan, serializable } => target.scan(c, scan, *serializable).await.map(drop),
                     Workload::Mixed {
                         read_percent,
                         serializable,
                     } => {
-                        if rng.random_range(0..100) < read_percent {
-                            target.get(c, k, serializable).await
+                        if rng.random_range(0..100) < *read_percent {
+                            target.get(c, k, *serializable).await
                         } else {
                             target.put(c, k, value.clone()).await
                         }

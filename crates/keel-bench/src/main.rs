@@ -3,6 +3,7 @@
 //!
 //!   keel-bench put --clients 64 --duration 10s
 //!   keel-bench get --clients 64 [--serializable]
+//!   keel-bench get --prefix '' --limit 1          (range reads; --all-pages: read whole ranges)
 //!   keel-bench mixed --read-percent 90 --clients 64
 //!   keel-bench txn --clients 16
 //!   keel-bench --system etcd --endpoints 127.0.0.1:2379,... put --clients 256
@@ -21,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use load::{Shape, Workload};
-use target::Target;
+use target::{Scan, Target};
 
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for keel and etcd, and failover timing")]
@@ -46,7 +47,7 @@ struct Cli {
 enum Cmd {
     /// Puts of random keys.
     Put(LoadArgs),
-    /// Gets of random keys (linearizable unless --serializable).
+    /// Gets of random keys (linearizable unless --serializable); with --prefix, range reads.
     Get(LoadArgs),
     /// Gets and puts, --read-percent of them gets.
     Mixed(LoadArgs),
@@ -85,6 +86,24 @@ struct LoadArgs {
     /// Before measuring, write every key once (for gets of existing keys).
     #[arg(long)]
     preload: bool,
+    /// For get: range reads of the keys that start with PREFIX ('' for every key) instead of
+    /// gets of random keys.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// With --prefix: at most N pairs per request (0: no limit; the server also bounds each
+    /// response in bytes).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "prefix")]
+    limit: u64,
+    /// With --prefix: read keys and revisions, not values.
+    #[arg(long, requires = "prefix")]
+    keys_only: bool,
+    /// With --prefix: only count the keys in the range.
+    #[arg(long, requires = "prefix", conflicts_with = "keys_only")]
+    count_only: bool,
+    /// With --prefix: each operation reads the whole range, page after page while the
+    /// response says there is more.
+    #[arg(long, requires = "prefix", conflicts_with = "count_only")]
+    all_pages: bool,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +119,8 @@ struct FailoverArgs {
 fn name(cmd: &Cmd, a: &LoadArgs) -> &'static str {
     match (cmd, a.serializable) {
         (Cmd::Put(_), _) => "put",
+        (Cmd::Get(_), false) if a.prefix.is_some() => "range-linearizable",
+        (Cmd::Get(_), true) if a.prefix.is_some() => "range-serializable",
         (Cmd::Get(_), false) => "get-linearizable",
         (Cmd::Get(_), true) => "get-serializable",
         (Cmd::Mixed(_), _) => "mixed",
@@ -112,6 +133,16 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
     let target = Target::connect(&cli.system, &cli.endpoints, conns).await?;
     let workload = match &cli.command {
         Cmd::Put(_) => Workload::Put,
+        Cmd::Get(_) if a.prefix.is_some() => Workload::Scan {
+            scan: Scan {
+                prefix: a.prefix.clone().unwrap_or_default().into_bytes(),
+                limit: a.limit,
+                keys_only: a.keys_only,
+                count_only: a.count_only,
+                all_pages: a.all_pages,
+            },
+            serializable: a.serializable,
+        },
         Cmd::Get(_) => Workload::Get {
             serializable: a.serializable,
         },
@@ -159,8 +190,10 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    let before = raft_state(cli).await;
     let outcome = load::run(&target, &shape, |n| bar.set_message(format!("{n} ops"))).await;
     bar.finish_and_clear();
+    let after = raft_state(cli).await;
     let secs = outcome.elapsed.as_secs_f64().max(1e-9);
     let rate = outcome.ops as f64 / secs;
     let h = &outcome.latency_us;
@@ -182,6 +215,21 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
     if let Some(e) = &outcome.first_error {
         println!("first error: {e}");
     }
+    let elections = match (before, after) {
+        (Some(b), Some(a)) => {
+            let changed = a.leader != b.leader || a.term != b.term;
+            println!(
+                "raft: leader {} term {} before, leader {} term {} after: {}",
+                b.leader,
+                b.term,
+                a.leader,
+                a.term,
+                if changed { "LEADERSHIP CHANGED" } else { "no election" }
+            );
+            json!({"leader_before": b.leader, "term_before": b.term, "leader_after": a.leader, "term_after": a.term})
+        }
+        _ => serde_json::Value::Null,
+    };
     println!(
         "{}",
         json!({
@@ -189,10 +237,31 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
             "key_size": a.key_size, "value_size": a.value_size, "ops": outcome.ops,
             "errors": outcome.errors, "seconds": secs, "ops_per_sec": rate,
             "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
-            "max_ms": h.max() as f64 / 1000.0,
+            "max_ms": h.max() as f64 / 1000.0, "raft": elections,
         })
     );
     Ok(())
+}
+
+/// The leader and the highest term among the members (keel only): an election in between
+/// shows as a higher term, whether or not the leader changed.
+struct RaftState {
+    leader: u64,
+    term: u64,
+}
+
+async fn raft_state(cli: &Cli) -> Option<RaftState> {
+    if cli.system != "keel" {
+        return None;
+    }
+    let statuses = target::keel_statuses(&cli.endpoints).await;
+    let (_, leader) = statuses
+        .iter()
+        .find(|(_, s)| s.role == "leader" && s.leader_id == s.id)?;
+    Some(RaftState {
+        leader: leader.id,
+        term: statuses.iter().map(|(_, s)| s.term).max().unwrap_or(0),
+    })
 }
 
 async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {

@@ -9,8 +9,35 @@ use std::time::Duration;
 use anyhow::Context;
 use keel_proto::v1::cluster_client::ClusterClient;
 use keel_proto::v1::kv_client::KvClient;
-use keel_proto::v1::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use keel_proto::v1::{PutRequest, RangeRequest, RangeResponse, StatusRequest, StatusResponse};
 use tonic::transport::{Channel, Endpoint};
+
+/// A range read: the keys that start with `prefix` (empty: every key).
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub prefix: Vec<u8>,
+    /// At most this many pairs per request (0: no limit).
+    pub limit: u64,
+    pub keys_only: bool,
+    /// Only the number of keys in the range.
+    pub count_only: bool,
+    /// Read the whole range: while a response says `more`, ask again from just after its
+    /// last key.
+    pub all_pages: bool,
+}
+
+/// The end of the range of keys that start with `prefix`, as keel and etcd spell it ("\0":
+/// to the end of the key space).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 /// Which system, and how to reach it.
 #[derive(Clone)]
@@ -142,6 +169,56 @@ impl Target {
         Ok(())
     }
 
+    /// A range read (every page of it, with `all_pages`). Returns the pairs read (with
+    /// count_only: the count).
+    pub async fn scan(&self, conn: usize, scan: &Scan, serializable: bool) -> anyhow::Result<u64> {
+        match self {
+            Target::Keel { channels } => {
+                let mut kv = KvClient::new(channels[conn % channels.len()].clone());
+                // The prefix spelled as a range, so that a next page can start inside it.
+                let mut key = if scan.prefix.is_empty() {
+                    vec![0]
+                } else {
+                    scan.prefix.clone()
+                };
+                let (mut pairs, mut pages) = (0, 0u64);
+                loop {
+                    let resp: RangeResponse = kv
+                        .range(RangeRequest {
+                            key,
+                            range_end: prefix_end(&scan.prefix),
+                            limit: scan.limit,
+                            serializable,
+                            keys_only: scan.keys_only,
+                            count_only: scan.count_only,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    pages += 1;
+                    pairs += if scan.count_only {
+                        resp.count
+                    } else {
+                        resp.kvs.len() as u64
+                    };
+                    match resp.kvs.last() {
+                        Some(last) if resp.more && scan.all_pages => {
+                            key = last.key.clone();
+                            key.push(0);
+                        }
+                        None if resp.more => anyhow::bail!("page {pages}: an empty response with more = true"),
+                        _ => return Ok(pairs),
+                    }
+                }
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd { .. } => {
+                let _ = (conn, scan, serializable);
+                anyhow::bail!("range reads (--prefix) are not implemented for etcd")
+            }
+        }
+    }
+
     /// A transaction: if the key's version is ≥ 0 (always), put it and read it back.
     pub async fn txn(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
@@ -186,5 +263,18 @@ impl Target {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"app/"), b"app0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
     }
 }
