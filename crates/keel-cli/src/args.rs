@@ -200,7 +200,8 @@ pub struct MemberAddArgs {
     /// Promote it once it has caught up, reporting progress (the default without --learner).
     #[arg(long)]
     pub promote_when_caught_up: bool,
-    /// How long to wait for it to catch up before giving up on the promotion.
+    /// How long to wait for it to catch up (or to answer at all) before giving up on the
+    /// promotion; keelctl then exits 4: added as a learner, not promoted.
     #[arg(long, value_parser = parse_timeout, default_value = "10m")]
     pub catch_up_timeout: Duration,
 }

@@ -1,5 +1,6 @@
 //! keelctl: the command-line client for keel. The verbs, flags, exit codes and JSON output are a
-//! contract (see the README): 0 ok, 1 error (one line on stderr), 2 usage, 3 compare failed.
+//! contract (see the README): 0 ok, 1 error (one line on stderr), 2 usage, 3 compare failed, 4
+//! `member add` added a learner but did not promote it (one line on stderr saying so).
 
 mod args;
 mod commands;
@@ -27,6 +28,11 @@ fn main() -> ExitCode {
         Ok(Outcome::CompareFailed(text)) => {
             print_stdout(&text);
             ExitCode::from(3)
+        }
+        Ok(Outcome::NotPromoted { output, message }) => {
+            print_stdout(&output);
+            let _ = writeln!(std::io::stderr(), "{}", message.replace('\n', " "));
+            ExitCode::from(4)
         }
         Err(err) => {
             // One line, whatever the error chain holds, so scripts can log it as is.

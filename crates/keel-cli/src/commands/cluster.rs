@@ -87,7 +87,9 @@ pub async fn watch(client: &Client, format: Format, every: std::time::Duration) 
             print!("\x1b[2J\x1b[H");
         }
         match round {
-            Ok(Outcome::Done(text) | Outcome::CompareFailed(text)) => print!("{text}"),
+            Ok(Outcome::Done(text) | Outcome::CompareFailed(text) | Outcome::NotPromoted { output: text, .. }) => {
+                print!("{text}")
+            }
             Err(e) => println!("{e:#}"),
         }
         if redraw {

@@ -15,42 +15,77 @@ fn members(header: Option<ResponseHeader>, members: Vec<Member>, format: Format)
     out::members(&MemberListResponse { header, members }, format)
 }
 
+/// Is the refusal of a promotion one that waiting cures? A learner that is behind, or that has
+/// acknowledged nothing yet: a node started just before `member add` may not even listen yet, and
+/// the leader hears from a new learner only after its first append round trip.
+fn still_catching_up(refusal: &str) -> bool {
+    refusal.contains("behind") || refusal.contains("has not acknowledged")
+}
+
 pub async fn add(client: &Client, args: &MemberAddArgs, format: Format) -> anyhow::Result<Outcome> {
-    let added = client
-        .member_add(MemberAddRequest {
-            id: args.id,
-            peer_addr: args.peer_addr.clone(),
-            client_addr: args.client_addr.clone(),
-        })
-        .await?;
+    let request = MemberAddRequest {
+        id: args.id,
+        peer_addr: args.peer_addr.clone(),
+        client_addr: args.client_addr.clone(),
+    };
+    let added = match client.member_add(request).await {
+        Ok(added) => MemberListResponse {
+            header: added.header,
+            members: added.members,
+        },
+        // Running the command again (after exit 4, say) carries on where it stopped.
+        Err(Error::FailedPrecondition(msg)) if msg.contains("already exists") => {
+            let list = client.member_list().await?;
+            match list.members.iter().find(|m| m.id == args.id) {
+                Some(m) if m.peer_addr == args.peer_addr && m.is_learner => {
+                    eprintln!("member {} is already a learner at {}", args.id, args.peer_addr);
+                    list
+                }
+                Some(m) if m.peer_addr == args.peer_addr => {
+                    eprintln!("member {} is already a voter at {}", args.id, args.peer_addr);
+                    return Ok(Outcome::Done(out::members(&list, format)));
+                }
+                _ => bail!(msg),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     if args.learner {
-        return Ok(Outcome::Done(members(added.header, added.members, format)));
+        return Ok(Outcome::Done(out::members(&added, format)));
     }
     // Promote once caught up: no window in which an empty voter counts toward the quorum.
+    // Promoting is idempotent, so a promotion whose outcome is unknown is simply asked again.
     let deadline = Instant::now() + args.catch_up_timeout;
     let mut last_report = None;
+    let give_up = |why: String| {
+        Ok(Outcome::NotPromoted {
+            output: out::members(&added, format),
+            message: format!(
+                "added as learner {id}; not promoted: {why}; promote it with `keelctl member promote {id}` \
+                 once it has caught up, or run this command again",
+                id = args.id
+            ),
+        })
+    };
     loop {
-        match client.member_promote(args.id).await {
+        let waiting_on = match client.member_promote(args.id).await {
             Ok(resp) => {
                 eprintln!("member {}: caught up and promoted to voter", args.id);
                 return Ok(Outcome::Done(members(resp.header, resp.members, format)));
             }
-            Err(Error::FailedPrecondition(msg)) if msg.contains("behind") => {
-                if last_report.as_ref() != Some(&msg) {
-                    eprintln!("member {}: {msg}", args.id);
-                    last_report = Some(msg);
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+            Err(Error::FailedPrecondition(msg)) if still_catching_up(&msg) => msg,
+            Err(e) if e.is_transient() => e.to_string(),
+            Err(e) => return give_up(e.to_string()),
+        };
         if Instant::now() >= deadline {
-            bail!(
-                "member {} is still a learner: it did not catch up within {:?}; promote it later with \
-                 `keelctl member promote {}`",
-                args.id,
-                args.catch_up_timeout,
-                args.id
-            );
+            return give_up(format!(
+                "still not caught up after {} (--catch-up-timeout): {waiting_on}",
+                humantime::format_duration(args.catch_up_timeout)
+            ));
+        }
+        if last_report.as_ref() != Some(&waiting_on) {
+            eprintln!("member {}: waiting to promote it: {waiting_on}", args.id);
+            last_report = Some(waiting_on);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

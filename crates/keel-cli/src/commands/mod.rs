@@ -19,6 +19,9 @@ pub enum Outcome {
     Done(String),
     /// A compare-and-swap found the key not as expected: exit 3.
     CompareFailed(String),
+    /// `member add` added the learner but did not promote it: exit 4. `output` (the membership)
+    /// goes to stdout, `message` (one line saying so, and why) to stderr.
+    NotPromoted { output: String, message: String },
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {

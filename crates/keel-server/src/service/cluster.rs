@@ -48,10 +48,13 @@ impl ClusterService {
             Ok(other) => return Err(fail(node, NodeError::Internal(format!("unexpected reply {other:?}")))),
             Err(e) => return Err(fail(node, e)),
         }
-        // The change is committed; this member may apply it a moment later.
-        let wait = node.raft.wait(Some(std::time::Duration::from_secs(2)));
-        let leader_log = node.metrics().last_log_index;
-        let _ = wait.applied_index_at_least(leader_log, "membership change").await;
+        // The change is committed on the leader; a follower may not even have the entry yet (its
+        // own last log index says nothing). A read barrier waits until this member has applied
+        // everything the leader committed. Best effort: the change is made either way.
+        let wait = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        if let Err(e) = node.read_barrier(wait.min(deadline(metadata))).await {
+            tracing::debug!(error = %e, "answering a membership change with this member's view");
+        }
         Ok(self.members())
     }
 }
