@@ -108,3 +108,68 @@ async fn one_mib_values_replicate_and_read_back() -> anyhow::Result<()> {
     }
     cluster.shutdown().await
 }
+
+/// A txn forwarded by a follower whose reply is larger than gRPC's default 4 MiB: the leader's
+/// answer must reach the follower (issue 11.5: only the first use of a cached peer channel had
+/// its decode limit raised; later ones kept tonic's 4 MiB, so the txn applied and was reported
+/// Unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_txn_reply_travels_back_through_a_follower() -> anyhow::Result<()> {
+    use keel_proto::v1::{request_op, response_op, RequestOp, TxnRequest};
+    let cluster = Cluster::start(Backend::Process, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let mut kv = KvClient::new(cluster.channel(follower))
+        .max_decoding_message_size(64 * MIB)
+        .max_encoding_message_size(64 * MIB);
+    // Several forwarded writes first, so the follower's channel to the leader is reused.
+    for i in 0..5 {
+        let key = format!("big{i}");
+        let mut put = tonic::Request::new(PutRequest {
+            key: key.clone().into_bytes(),
+            value: value(&key),
+            prev_kv: false,
+            session: None,
+        });
+        put.set_timeout(Duration::from_secs(10));
+        kv.put(put).await.map_err(|e| anyhow::anyhow!("put {key}: {e:?}"))?;
+    }
+    let range = RequestOp {
+        request: Some(request_op::Request::Range(RangeRequest {
+            key: b"big".to_vec(),
+            prefix: true,
+            ..Default::default()
+        })),
+    };
+    let put = RequestOp {
+        request: Some(request_op::Request::Put(PutRequest {
+            key: b"marker".to_vec(),
+            value: b"txn applied".to_vec(),
+            prev_kv: false,
+            session: None,
+        })),
+    };
+    let mut txn = tonic::Request::new(TxnRequest {
+        compare: Vec::new(),
+        success: vec![range, put],
+        failure: Vec::new(),
+        session: None,
+    });
+    txn.set_timeout(Duration::from_secs(10));
+    let reply = kv
+        .txn(txn)
+        .await
+        .map_err(|e| anyhow::anyhow!("a txn reading 5 MiB through follower {follower}: {e:?}"))?
+        .into_inner();
+    assert!(reply.succeeded);
+    match reply.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::Range(r)) => {
+            assert_eq!(r.kvs.len(), 5);
+            for (i, kv) in r.kvs.iter().enumerate() {
+                assert!(kv.value == value(&format!("big{i}")), "big{i}: wrong value");
+            }
+        }
+        other => panic!("the txn's first response is not its range: {other:?}"),
+    }
+    cluster.shutdown().await
+}

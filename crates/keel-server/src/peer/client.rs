@@ -82,11 +82,18 @@ impl PeerChannels {
         }
     }
 
-    /// The client for the peer at `addr`, on the one channel kept for it.
+    /// The client for the peer at `addr`, on the one channel kept for it. Message sizes are not
+    /// limited: what a peer sends is bounded by keel itself (entries per AppendEntries, value
+    /// and txn limits), and a forwarded request's reply can exceed tonic's 4 MiB default.
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let unlimited = |ch: Channel| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX)
+        };
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Ok(RaftClient::new(ch.clone()));
+            return Ok(unlimited(ch.clone()));
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_millis(500))
@@ -97,9 +104,7 @@ impl PeerChannels {
             .local_address(self.local_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
-        Ok(RaftClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        Ok(unlimited(ch))
     }
 }
 
