@@ -265,3 +265,46 @@ async fn an_endpoint_nobody_listens_on_is_unavailable() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     Ok(())
 }
+
+/// Absurd `grpc-timeout` headers (more digits than the 8 gRPC allows, overflowing any clock) are
+/// clamped, never a panic in the handler: every request is answered and the member keeps
+/// serving. (Issue 11.11: `9999999999999999999S` overflowed `Instant + Duration`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn absurd_grpc_timeouts_are_clamped_not_a_panic() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::Process, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        let mut kv = cluster.kv(id);
+        for (i, timeout) in ["9999999999999999999S", "18446744073709551615H", "99999999M", "0n"]
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("timeout-{id}-{i}");
+            let mut req = tonic::Request::new(put(key.clone(), "v"));
+            req.metadata_mut().insert("grpc-timeout", timeout.parse()?);
+            let put = tokio::time::timeout(Duration::from_secs(20), kv.put(req)).await?;
+            let mut req = tonic::Request::new(get(&key, "", false));
+            req.metadata_mut().insert("grpc-timeout", timeout.parse()?);
+            let got = tokio::time::timeout(Duration::from_secs(20), kv.range(req)).await?;
+            if timeout == "0n" {
+                // Nothing can be done in no time: a deadline error, not a crash.
+                for code in [put.err().map(|s| s.code()), got.err().map(|s| s.code())].into_iter().flatten() {
+                    assert!(
+                        matches!(code, Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled),
+                        "member {id}, grpc-timeout {timeout}: {code:?}"
+                    );
+                }
+                continue;
+            }
+            put.map_err(|e| anyhow::anyhow!("member {id}, grpc-timeout {timeout}: put: {e:?}"))?;
+            let got = got.map_err(|e| anyhow::anyhow!("member {id}, grpc-timeout {timeout}: get: {e:?}"))?;
+            assert_eq!(got.into_inner().kvs.len(), 1, "member {id}, grpc-timeout {timeout}");
+        }
+    }
+    // Every member is still up and answering.
+    for id in cluster.nodes.keys() {
+        assert!(cluster.status(*id).await.is_some(), "member {id} stopped answering");
+    }
+    let _ = leader;
+    cluster.shutdown().await
+}

@@ -2,7 +2,7 @@
 //! services; it listens on the peer address only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_proto::raft::raft_server::Raft as RaftRpc;
 use keel_proto::raft::{RaftReply, RaftRequest, SnapshotChunk};
@@ -104,7 +104,7 @@ impl RaftRpc for PeerService {
             | ForwardRequest::TransferLeader { timeout_ms, .. } => *timeout_ms,
             _ => 5_000,
         };
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let deadline = crate::service::deadline_in(Duration::from_millis(timeout_ms));
         let result: Result<ForwardReply, NodeError> = self.node.serve(fwd, deadline).await;
         Ok(reply(result))
     }

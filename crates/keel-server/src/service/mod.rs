@@ -18,15 +18,25 @@ pub const LEADER_HINT: &str = "keel-leader";
 /// Used when a client sends no deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The request's deadline: the client's `grpc-timeout`, less a margin so that our own precise
-/// error reaches the client before its deadline expires.
+/// The longest wait honoured for one request. gRPC allows timeouts of up to 8 digits of hours,
+/// and a client (or a peer's forwarded request) may send anything; a deadline past the clock's
+/// range would overflow `Instant + Duration`. No unary request needs more than this.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The request's deadline: the client's `grpc-timeout` (at most [`MAX_TIMEOUT`]), less a margin
+/// so that our own precise error reaches the client before its deadline expires.
 pub fn deadline(metadata: &MetadataMap) -> Instant {
     let timeout = metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
-    Instant::now() + timeout.mul_f64(0.95)
+    deadline_in(timeout.min(MAX_TIMEOUT).mul_f64(0.95))
+}
+
+/// The instant `timeout` from now, with `timeout` clamped to [`MAX_TIMEOUT`].
+pub fn deadline_in(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(MAX_TIMEOUT)
 }
 
 /// Parse the gRPC wire format of a timeout: digits and a unit (H, M, S, m, u, n).
@@ -78,5 +88,17 @@ mod tests {
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("-5S"), None);
+    }
+
+    #[test]
+    fn absurd_timeouts_are_clamped() {
+        for header in ["9999999999999999999S", "18446744073709551615H", "99999999H"] {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", header.parse().unwrap());
+            let left = deadline(&metadata).saturating_duration_since(Instant::now());
+            assert!(left <= MAX_TIMEOUT, "{header}: {left:?}");
+        }
+        assert!(deadline_in(Duration::MAX) <= Instant::now() + MAX_TIMEOUT);
     }
 }
