@@ -4,7 +4,17 @@
 //! range of indexes is one range scan; `b"m:vote"`, `b"m:committed"`, `b"m:purged"` → metadata.
 //!
 //! ## Purging
-//! `purge` records the new purge point and returns; from then on reads skip the purged entries,
+//! The log is never purged past the state machine's applied index: openraft 0.9, on a follower
+//! that receives a snapshot of index S, queues the state machine's install of S and then purges
+//! the log up to S without waiting for the install. Had the purge landed first, a member killed
+//! while loading a large snapshot (or whose install failed its checksum) would restart with its
+//! state machine at A < S and a log that starts after S, and could never start again. So `purge`
+//! first waits until the state machine has applied (or installed) S, then syncs, so that the
+//! state machine is durable at S before the purge point is written; if the state machine fails
+//! instead (openraft then stops the node), the purge fails and nothing is purged. A leader's or
+//! follower's own snapshots never wait: they cover only what is applied.
+//!
+//! `purge` then records the new purge point and returns; from then on reads skip the purged entries,
 //! and a background thread deletes them, a chunk per sled batch. openraft awaits `purge` inside
 //! its core loop, and deleting a snapshot interval's worth of entries (10,000 by default, batch
 //! entries of up to 64 KiB each) at once stalled a follower's core for ~300 ms: long enough to
@@ -36,7 +46,7 @@ use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::codec;
 use crate::durability::Durability;
@@ -88,6 +98,8 @@ pub struct LogStore {
     stats: Arc<LogStats>,
     /// The first index that is not purged (entries below it may still await deletion).
     readable_from: Arc<AtomicU64>,
+    /// The state machine's progress: a purge waits for it (see "Purging").
+    sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
 }
 
 /// Entries deleted per sled batch by the purger.
@@ -162,7 +174,39 @@ impl LogStore {
             }),
             stats,
             readable_from: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1))),
+            sm_progress: None,
         })
+    }
+
+    /// From now on, purge only what the state machine behind `progress` has applied (see
+    /// "Purging"). [`crate::open`] does this; a log store used alone purges at once.
+    pub fn gate_purges_on(&mut self, progress: watch::Receiver<crate::sm::Progress>) {
+        self.sm_progress = Some(progress);
+    }
+
+    /// Purge at once, whatever the state machine holds: for tests of the log store alone
+    /// (openraft's storage suite, the crash torture), which purge without applying anything.
+    pub fn without_purge_gate(mut self) -> Self {
+        self.sm_progress = None;
+        self
+    }
+
+    /// Wait until the state machine has applied `index` and that is durable.
+    async fn wait_applied(&mut self, index: u64) -> io::Result<()> {
+        let Some(progress) = &mut self.sm_progress else {
+            return Ok(());
+        };
+        let ready = |p: &crate::sm::Progress| p.applied >= index || p.failed;
+        let applied = match progress.wait_for(ready).await {
+            Ok(p) => p.applied,
+            Err(_) => return Err(io::Error::other("the state machine is gone")),
+        };
+        if applied < index {
+            return Err(io::Error::other(format!(
+                "not purging the log to {index}: the state machine failed at {applied} (a failed snapshot install?)"
+            )));
+        }
+        self.sync().await
     }
 
     /// Counters of appends and group commits.
@@ -384,6 +428,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.wait_applied(log_id.index)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.tree
             .insert(PURGED_KEY, codec::encode(&log_id))
             .map_err(|e| StorageIOError::write_logs(&e))?;

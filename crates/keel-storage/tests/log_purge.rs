@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use keel_storage::testing::torture_entry;
 use keel_storage::*;
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::RaftLogReader;
 
 /// Entries physically in the log tree, by index.
@@ -25,14 +25,13 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A store in `dir` whose log holds entries `1..=last`.
+/// A store in `dir` whose log holds entries `1..=last`, all applied (the log is never purged
+/// past the state machine, see purge_gate.rs).
 async fn store_with_entries(dir: &std::path::Path, last: u64) -> Store {
     let mut store = keel_storage::open(dir, &StoreConfig::default()).expect("open");
-    store
-        .log
-        .blocking_append((1..=last).map(torture_entry))
-        .await
-        .expect("append");
+    let entries: Vec<_> = (1..=last).map(torture_entry).collect();
+    store.log.blocking_append(entries.clone()).await.expect("append");
+    store.sm.apply(entries).await.expect("apply");
     store
 }
 

@@ -82,6 +82,8 @@ async fn log_mode(dir: PathBuf, seed: u64, wait_go: bool) -> i32 {
             return 1;
         }
     };
+    // The log alone: nothing is applied, so purges must not wait for the state machine.
+    store.log = store.log.without_purge_gate();
     let state = store.log.get_log_state().await.expect("log state");
     let vote = store.log.read_vote().await.expect("read vote");
     let last = state.last_log_id.map_or(0, |l| l.index);

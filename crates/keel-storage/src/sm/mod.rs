@@ -136,6 +136,19 @@ pub(crate) struct SmShared {
     config: SmConfig,
     /// Set once, before Raft starts; read on every apply without a lock.
     observer: std::sync::OnceLock<Arc<dyn crate::Observer>>,
+    /// What the log store waits on before it purges (see [`Progress`]).
+    progress: tokio::sync::watch::Sender<Progress>,
+}
+
+/// How far the state machine has got, for the log store: it never purges entries the state
+/// machine does not hold yet (`log_store.rs`, "Purging").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The applied index (after an install: the snapshot's).
+    pub applied: u64,
+    /// An apply or install failed: openraft stops the state machine, so `applied` will not
+    /// advance again in this process.
+    pub failed: bool,
 }
 
 impl SmShared {
@@ -155,8 +168,13 @@ impl SmShared {
     }
 
     fn publish(&self, meta: &SmMeta) {
-        self.applied_index
-            .store(meta.applied.map_or(0, |l| l.index), Ordering::Release);
+        let applied = meta.applied.map_or(0, |l| l.index);
+        self.applied_index.store(applied, Ordering::Release);
+        self.progress.send_if_modified(|p| {
+            let advanced = p.applied != applied;
+            p.applied = applied;
+            advanced
+        });
         self.key_count.store(meta.key_count, Ordering::Release);
         self.session_count.store(meta.session_count, Ordering::Release);
         self.revision.store(meta.revision, Ordering::Release);
@@ -263,6 +281,7 @@ impl StateMachine {
             snapshots,
             config,
             observer: std::sync::OnceLock::new(),
+            progress: tokio::sync::watch::Sender::new(Progress::default()),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -295,6 +314,19 @@ impl StateMachine {
         self.membership = membership;
         self.shared.publish(&self.meta);
         Ok(header)
+    }
+
+    /// Follow the state machine's progress (the log store's purge waits on it).
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Record that the state machine failed: whoever waits for it to advance must stop waiting.
+    fn failed<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err() {
+            self.shared.progress.send_modify(|p| p.failed = true);
+        }
+        result
     }
 
     /// A handle for serving reads concurrently with apply.
@@ -486,18 +518,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let started = std::time::Instant::now();
-        let (tree, _, _) = self.shared.tree();
-        let max_pin = self.shared.max_pinned_index();
-        self.preserved |= max_pin.is_some();
-        let mut responses = Vec::new();
-        for entry in entries {
-            responses.push(self.apply_entry(&tree, &entry, max_pin)?);
-        }
-        self.compact_step(&tree)?;
-        self.clean_preserved(&tree)?;
-        self.shared.observer().applied(responses.len(), started.elapsed());
-        Ok(responses)
+        let result = self.apply_entries(entries);
+        self.failed(result)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -526,6 +548,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        let result = self.install(meta, snapshot).await;
+        self.failed(result)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
+        let current = self
+            .shared
+            .snapshots
+            .open_current()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, file)| openraft::Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}
+
+impl StateMachine {
+    fn apply_entries<I: IntoIterator<Item = Entry>>(&mut self, entries: I) -> Result<Vec<Response>, StorageError> {
+        let started = std::time::Instant::now();
+        let (tree, _, _) = self.shared.tree();
+        let max_pin = self.shared.max_pinned_index();
+        self.preserved |= max_pin.is_some();
+        let mut responses = Vec::new();
+        for entry in entries {
+            responses.push(self.apply_entry(&tree, &entry, max_pin)?);
+        }
+        self.compact_step(&tree)?;
+        self.clean_preserved(&tree)?;
+        self.shared.observer().applied(responses.len(), started.elapsed());
+        Ok(responses)
+    }
+
+    async fn install(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let file = snapshot.into_std().await;
         let shared = self.shared.clone();
@@ -539,17 +595,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
-        let current = self
-            .shared
-            .snapshots
-            .open_current()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(current.map(|(meta, file)| openraft::Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
     }
 }
