@@ -218,13 +218,18 @@ pub enum LeaderCommand {
 }
 
 /// A humantime duration that is not zero: a zero deadline would fail every request unsent.
+/// Not longer than [`MAX_TIMEOUT`] either: a deadline past the clock's range cannot be computed.
 fn parse_timeout(raw: &str) -> Result<Duration, String> {
     match humantime::parse_duration(raw) {
         Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) if d > MAX_TIMEOUT => Err("must be at most 24h".into()),
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// The longest `--timeout` or `--catch-up-timeout` accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -264,6 +269,17 @@ mod tests {
             &["put", "k"],
             &["--timeout", "soon", "status"],
             &["--timeout", "0s", "status"],
+            &["--timeout", "500000000000y", "get", "k"],
+            &["--timeout", "20000y", "put", "k", "v"],
+            &[
+                "member",
+                "add",
+                "4",
+                "--peer-addr",
+                "a:1",
+                "--catch-up-timeout",
+                "500000000000y",
+            ],
             &["member"],
             &["frobnicate"],
         ] {

@@ -92,7 +92,9 @@ impl Client {
     /// Nothing is dialled yet: connections are made on first use and kept for the life of the
     /// client, so this only fails for an empty list or an unparsable address. It must be called
     /// within a tokio runtime.
-    pub async fn connect(endpoints: Vec<String>, config: ClientConfig) -> Result<Client, Error> {
+    pub async fn connect(endpoints: Vec<String>, mut config: ClientConfig) -> Result<Client, Error> {
+        // A deadline past the clock's range cannot be computed (or sent as a gRPC timeout).
+        config.timeout = config.timeout.min(crate::config::MAX_TIMEOUT);
         let mut targets: Vec<Target> = Vec::with_capacity(endpoints.len());
         for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
             let target = endpoint::target(raw, &config)?;

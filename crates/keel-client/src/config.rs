@@ -6,7 +6,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The deadline of one request, retries included. It is also sent as the gRPC timeout, so the
-    /// server stops working on a request nobody waits for.
+    /// server stops working on a request nobody waits for. At most [`MAX_TIMEOUT`]; a longer one
+    /// is shortened to it.
     pub timeout: Duration,
     /// How long to wait for a TCP connection to one endpoint before trying the next.
     pub connect_timeout: Duration,
@@ -26,6 +27,9 @@ pub struct ClientConfig {
     /// session write at most once. With `false`, such writes fail with `OutcomeUnknown`.
     pub exactly_once: bool,
 }
+
+/// The longest request deadline a client uses.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for ClientConfig {
     fn default() -> Self {

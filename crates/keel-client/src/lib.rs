@@ -42,7 +42,7 @@ mod error;
 mod retry;
 
 pub use client::{Client, LEADER_METADATA_KEY};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, MAX_TIMEOUT};
 pub use error::Error;
 /// The gRPC messages the client sends and returns.
 pub use keel_proto::v1 as proto;

@@ -187,7 +187,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                RaftServer::new(PeerService { node: node.clone() })
+                RaftServer::new(PeerService::new(node.clone()))
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             )

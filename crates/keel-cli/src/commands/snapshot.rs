@@ -33,9 +33,18 @@ struct SnapshotDoc {
     sha256: String,
 }
 
+/// The creation time as RFC 3339, or as milliseconds since the epoch when RFC 3339 cannot show
+/// it (a file from a wrong clock, or a damaged header: humantime formats years up to 9999).
+fn format_created(unix_ms: u64) -> String {
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    if unix_ms >= YEAR_10000_MS {
+        return format!("{unix_ms} ms after the Unix epoch");
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
 fn doc(file: &Path, v: &Verified) -> SnapshotDoc {
     let h = &v.header;
-    let created = UNIX_EPOCH + Duration::from_millis(h.created_unix_ms);
     SnapshotDoc {
         file: file.display().to_string(),
         format_version: keel_storage::sm::snapshot_file::SNAPSHOT_FORMAT,
@@ -44,7 +53,7 @@ fn doc(file: &Path, v: &Verified) -> SnapshotDoc {
         last_log_term: h.meta.last_log_id.map_or(0, |l| l.leader_id.term),
         last_log_index: h.meta.last_log_id.map_or(0, |l| l.index),
         members: h.meta.last_membership.membership().voter_ids().collect(),
-        created: humantime::format_rfc3339_seconds(created).to_string(),
+        created: format_created(h.created_unix_ms),
         records: v.records,
         bytes: v.bytes,
         sha256: v.sha256.iter().map(|b| format!("{b:02x}")).collect(),
@@ -190,5 +199,15 @@ pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outco
             let _ = std::fs::remove_dir_all(&staging);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod created_tests {
+    #[test]
+    fn any_creation_time_formats() {
+        assert_eq!(super::format_created(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_created(253_402_300_799_000), "9999-12-31T23:59:59Z");
+        assert!(super::format_created(u64::MAX).contains("ms after the Unix epoch"));
     }
 }

@@ -19,6 +19,61 @@ use crate::node::Node;
 
 pub struct PeerService {
     pub node: Arc<Node>,
+    transfers: Transfers,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        PeerService {
+            node,
+            transfers: Transfers::default(),
+        }
+    }
+}
+
+/// Incoming snapshot transfers: one at a time, and a newer one ends an older one that is still
+/// streaming (a new leader, or the same leader trying again after a timeout), so that at most
+/// one snapshot's worth of disk is being received. (The received file itself is unlinked from
+/// the start, see keel-storage's `create_receive_file`, so it can never be left behind.)
+#[derive(Default)]
+struct Transfers {
+    /// Held while a transfer is received and installed.
+    one_at_a_time: tokio::sync::Mutex<()>,
+    /// The newest transfer's number, and how to end it.
+    newest: std::sync::Mutex<(u64, Option<tokio::sync::oneshot::Sender<()>>)>,
+}
+
+impl Transfers {
+    /// Register a new transfer: end the one before it, if it is still running. Returns the new
+    /// transfer's number and the signal that a newer one has ended it.
+    fn begin(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(older) = newest.1.replace(tx) {
+            let _ = older.send(());
+        }
+        newest.0 += 1;
+        (newest.0, rx)
+    }
+
+    fn end(&self, number: u64) {
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if newest.0 == number {
+            newest.1 = None;
+        }
+    }
+}
+
+/// Ends a transfer's registration however its handler ends (a dropped handler included).
+struct TransferGuard<'a> {
+    transfers: &'a Transfers,
+    number: u64,
+}
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.transfers.end(self.number);
+    }
 }
 
 /// Refuse messages from members of another cluster. `adopt`: the message comes from a leader
@@ -65,7 +120,8 @@ impl RaftRpc for PeerService {
     }
 
     /// Write the streamed file straight to disk, then hand it to Raft, which verifies and installs
-    /// it (keel-storage's install checks every block's CRC and the SHA-256).
+    /// it (keel-storage's install checks every block's CRC and the SHA-256). One transfer at a
+    /// time; a newer one ends an older one that is still streaming (see [`Transfers`]).
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
         let mut stream = req.into_inner();
@@ -74,6 +130,16 @@ impl RaftRpc for PeerService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta).map_err(bad_request)?;
+        let (number, mut superseded) = self.transfers.begin();
+        let _registered = TransferGuard {
+            transfers: &self.transfers,
+            number,
+        };
+        let aborted = || Status::aborted("superseded by a newer snapshot transfer");
+        let _one = tokio::select! {
+            one = self.transfers.one_at_a_time.lock() => one,
+            _ = &mut superseded => return Err(aborted()),
+        };
         let mut file = self
             .node
             .raft
@@ -81,7 +147,12 @@ impl RaftRpc for PeerService {
             .await
             .map_err(|e| Status::unavailable(format!("cannot receive snapshot: {e}")))?;
         let mut received = 0u64;
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.message() => chunk?,
+                _ = &mut superseded => return Err(aborted()),
+            };
+            let Some(chunk) = chunk else { break };
             file.write_all(&chunk.data)
                 .await
                 .map_err(|e| Status::internal(format!("writing received snapshot: {e}")))?;
@@ -104,6 +175,14 @@ impl RaftRpc for PeerService {
             | ForwardRequest::TransferLeader { timeout_ms, .. } => *timeout_ms,
             _ => 5_000,
         };
+        // A forwarded write was validated by the member that forwarded it, but this member
+        // proposes it: check it again rather than trust the wire (a batch, an empty key or an
+        // oversized value must never reach the log).
+        if let ForwardRequest::Write { request, .. } = &fwd {
+            if let Err(e) = keel_storage::validate_request(request, &self.node.limits) {
+                return Ok(reply::<ForwardReply, _>(Err(NodeError::from(e))));
+            }
+        }
         let deadline = crate::service::deadline_in(Duration::from_millis(timeout_ms));
         let result: Result<ForwardReply, NodeError> = self.node.serve(fwd, deadline).await;
         Ok(reply(result))

@@ -74,7 +74,8 @@ impl SnapshotStore {
                     }
                 }
             } else {
-                // *.tmp and received files: leftovers of an interrupted build or transfer.
+                // *.tmp, and received files of earlier builds (which named them): leftovers of
+                // an interrupted build or transfer.
                 fs::remove_file(&path)?;
             }
         }
@@ -140,20 +141,15 @@ impl SnapshotStore {
         Ok((meta.clone(), path))
     }
 
-    /// A new file to receive a snapshot into.
+    /// A new file to receive a snapshot into. It is unlinked at once: its space goes back when
+    /// its last handle closes, however the transfer ends (a broken stream, an install Raft
+    /// refuses, a failed install, a newer transfer, a crash). A named file would have to be
+    /// removed on each of those paths, and every path missed leaks a whole snapshot of disk.
     pub fn create_receive_file(&self) -> io::Result<File> {
         let path = self.dir.join(format!("recv-{}.part", unique_suffix()));
-        OpenOptions::new().read(true).write(true).create_new(true).open(path)
-    }
-
-    fn remove_receive_files(&self) -> io::Result<()> {
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "part") {
-                fs::remove_file(path)?;
-            }
-        }
-        Ok(())
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        fs::remove_file(&path)?;
+        Ok(file)
     }
 }
 
@@ -305,7 +301,6 @@ pub(crate) fn install(
     copy.sync_all()?;
     drop(copy);
     shared.snapshots.commit(expected, &tmp)?;
-    shared.snapshots.remove_receive_files()?;
     Ok(meta)
 }
 
