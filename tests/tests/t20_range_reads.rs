@@ -23,9 +23,9 @@ fn value(key: &str, len: usize) -> Vec<u8> {
     v
 }
 
-/// Retry `call` while it fails with Unavailable (which says it surely did not take effect): a
-/// test process running several clusters at once may see an election.
-async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+/// Retry `call` while it fails with one of `codes`: a test process running several clusters
+/// at once may see an election.
+async fn retried<T, F, Fut>(codes: &[tonic::Code], mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -33,7 +33,7 @@ where
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match call().await {
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+            Err(e) if codes.contains(&e.code()) && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return other.map(tonic::Response::into_inner),
@@ -41,8 +41,11 @@ where
     }
 }
 
+/// Put `key`; a put whose outcome is unknown (an election meanwhile) is sent again: writing
+/// the same value twice changes nothing that these tests look at.
 async fn put(kv: &mut KvClient<Channel>, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
-    retried(|| {
+    use tonic::Code;
+    retried(&[Code::Unavailable, Code::Unknown, Code::DeadlineExceeded], || {
         let mut req = tonic::Request::new(PutRequest {
             key: key.into(),
             value: value.clone(),
@@ -58,7 +61,7 @@ async fn put(kv: &mut KvClient<Channel>, key: &str, value: Vec<u8>) -> anyhow::R
 }
 
 async fn range(kv: &mut KvClient<Channel>, req: RangeRequest) -> anyhow::Result<RangeResponse> {
-    Ok(retried(|| {
+    Ok(retried(&[tonic::Code::Unavailable], || {
         let (mut kv, req) = (kv.clone(), req.clone());
         async move { kv.range(req).await }
     })
