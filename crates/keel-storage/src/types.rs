@@ -107,8 +107,9 @@ pub enum Command {
     /// its own entry: each takes its own revision, sees the effects of the ones before it, and
     /// is decided against its own session. Only the leader's proposer builds batches (to share
     /// one log append and one fsync among concurrent writes); clients cannot send one. The whole
-    /// entry is applied in one atomic sled batch, like any other.
-    Batch(Vec<Request>),
+    /// entry is applied in one atomic sled batch, like any other. A batch never holds another:
+    /// one inside a batch is a decode error (see [`flat`]).
+    Batch(#[serde(deserialize_with = "flat::requests")] Vec<Request>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +275,7 @@ pub enum CommandResult {
     },
     /// The responses of a [`Command::Batch`], one per request, in order. The batch's own
     /// `Response::revision` is the revision after its last request.
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "flat::responses")] Vec<Response>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,4 +309,47 @@ pub enum OpResult {
     Put(PutResult),
     Delete(DeleteResult),
     Range(RangeResult),
+}
+
+/// Batches are flat: decoding a batch inside a batch fails at once. `Command::Batch` holds
+/// requests, which hold commands, so without this a message nested a million levels deep (three
+/// bytes a level) would recurse through the decoder until the stack overflowed and the process
+/// aborted; such messages can come from the peer port and from snapshot files.
+mod flat {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer};
+
+    thread_local! {
+        /// Batches being decoded on this thread, one inside the other.
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+    }
+
+    struct Level;
+
+    impl Level {
+        fn enter<E: serde::de::Error>() -> Result<Level, E> {
+            if DEPTH.get() > 0 {
+                return Err(E::custom("a batch inside a batch"));
+            }
+            DEPTH.set(DEPTH.get() + 1);
+            Ok(Level)
+        }
+    }
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.set(DEPTH.get() - 1);
+        }
+    }
+
+    pub fn requests<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Request>, D::Error> {
+        let _level = Level::enter()?;
+        Vec::deserialize(d)
+    }
+
+    pub fn responses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Response>, D::Error> {
+        let _level = Level::enter()?;
+        Vec::deserialize(d)
+    }
 }

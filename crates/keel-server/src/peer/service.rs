@@ -121,7 +121,7 @@ impl RaftRpc for PeerService {
 
     /// Write the streamed file straight to disk, then hand it to Raft, which verifies and installs
     /// it (keel-storage's install checks every block's CRC and the SHA-256). One transfer at a
-    /// time; a newer one ends an older one that is still streaming (see [`Transfers`]).
+    /// time; a newer one ends an older one that is still streaming (see `Transfers`).
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
         let mut stream = req.into_inner();
