@@ -331,7 +331,9 @@ impl Node {
     /// has been removed meanwhile: a removed member campaigning with its stale configuration
     /// would disrupt the cluster that removed it).
     pub(crate) fn hold_elections(&self, d: Duration) {
-        let until = Instant::now() + d;
+        // A transfer asks for three election timeouts; a peer's request for more (a stale or
+        // hostile one) must not keep this member from ever campaigning.
+        let until = Instant::now() + d.min(self.election_timeout_max * 10);
         {
             let mut hold = self.election_hold.lock().unwrap_or_else(|e| e.into_inner());
             let Some(end) = hold.as_mut() else {

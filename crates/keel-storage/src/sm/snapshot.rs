@@ -329,6 +329,11 @@ fn load_generation<R: Read>(
 ) -> io::Result<((SmMeta, StoredMembership), R)> {
     let db = shared.dur.db();
     let (mut reader, header) = SnapshotReader::open(input).map_err(io_err)?;
+    // The next write adds one to the revision, and a put one to its key's version: values at
+    // the end of their range (a damaged or forged file) would overflow them.
+    if header.revision == u64::MAX {
+        return Err(io::Error::other("snapshot revision is out of range"));
+    }
     if let Some(expected) = expected {
         if header.meta.last_log_id != expected.last_log_id || header.meta.last_membership != expected.last_membership {
             return Err(io::Error::other(format!(
@@ -359,6 +364,9 @@ fn load_generation<R: Read>(
                 SnapshotRecord::Kv(kv) => {
                     if kv.mod_revision > header.revision {
                         return Err(io::Error::other("snapshot record is newer than the snapshot"));
+                    }
+                    if kv.version == u64::MAX {
+                        return Err(io::Error::other("snapshot record's version is out of range"));
                     }
                     let version = StoredVersion::Live {
                         create_revision: kv.create_revision,
