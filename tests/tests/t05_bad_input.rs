@@ -288,7 +288,10 @@ async fn absurd_grpc_timeouts_are_clamped_not_a_panic() -> anyhow::Result<()> {
             let got = tokio::time::timeout(Duration::from_secs(20), kv.range(req)).await?;
             if timeout == "0n" {
                 // Nothing can be done in no time: a deadline error, not a crash.
-                for code in [put.err().map(|s| s.code()), got.err().map(|s| s.code())].into_iter().flatten() {
+                for code in [put.err().map(|s| s.code()), got.err().map(|s| s.code())]
+                    .into_iter()
+                    .flatten()
+                {
                     assert!(
                         matches!(code, Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled),
                         "member {id}, grpc-timeout {timeout}: {code:?}"
