@@ -242,3 +242,33 @@ async fn the_leader_takes_verified_scheduled_backups_and_prunes_them() -> anyhow
     }
     cluster.shutdown().await
 }
+
+/// Calls to paths that name no gRPC method are counted under one `unknown` label: a label per
+/// made-up path would let any client grow the metrics without bound (sweep of issue 11.11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_grpc_paths_do_not_grow_the_metrics() -> anyhow::Result<()> {
+    use keel_proto::v1::{RangeRequest, RangeResponse};
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let id = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut grpc = tonic::client::Grpc::new(cluster.channel(id));
+    for i in 0..20 {
+        grpc.ready().await?;
+        let path: tonic::codegen::http::uri::PathAndQuery = format!("/made.up.Service{i}/Method{i}").parse()?;
+        let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
+        let status = grpc
+            .unary(tonic::Request::new(RangeRequest::default()), path, codec)
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    let metrics = scrape(&cluster, id).await?;
+    let made_up: Vec<_> = metrics.keys().filter(|k| k.contains("made.up")).collect();
+    assert!(made_up.is_empty(), "series per made-up path: {made_up:?}");
+    let unknown = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("keel_grpc_requests_total") && k.contains("service=unknown"))
+        .map(|(_, v)| *v)
+        .sum::<f64>();
+    assert_eq!(unknown, 20.0, "the calls are counted under unknown");
+    cluster.shutdown().await
+}

@@ -359,7 +359,11 @@ impl Config {
             snapshot_logs,
             batch,
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(10_000),
-            cache_bytes: flags.cache_mb.or(file.cache_mb).unwrap_or(256) * 1024 * 1024,
+            cache_bytes: flags
+                .cache_mb
+                .or(file.cache_mb)
+                .unwrap_or(256)
+                .saturating_mul(1024 * 1024),
             limits,
             backup,
             log_format,

@@ -341,6 +341,13 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Internal,
             };
+            // Paths that name no method are counted together: a label per path a client makes
+            // up would grow the metrics without bound.
+            let (service, method) = if code == tonic::Code::Unimplemented {
+                ("unknown".to_string(), "unknown".to_string())
+            } else {
+                (service, method)
+            };
             metrics
                 .grpc_requests
                 .with_label_values(&[&service, &method, &format!("{code:?}")])
