@@ -199,6 +199,22 @@ impl PeerConn {
     }
 }
 
+/// A conflict cannot answer entries sent from the very start of the log (no `prev_log_id`):
+/// nothing precedes them to conflict with. openraft 0.9's replication unwraps the conflicting
+/// log id there and would panic, so such a reply (from a confused or forged peer) is a network
+/// error instead.
+fn check_append_reply(
+    from_the_start: bool,
+    reply: AppendEntriesResponse<NodeId>,
+) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+    if from_the_start && matches!(reply, AppendEntriesResponse::Conflict) {
+        return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+            "the peer reported a conflict with entries sent from the start of the log",
+        ))));
+    }
+    Ok(reply)
+}
+
 /// Decode a peer's reply: its value, or the RaftError it returned.
 fn decode_reply<Resp, E>(target: NodeId, reply: RaftReply) -> RpcResult<Resp, E>
 where
@@ -224,14 +240,17 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         if let Some(fit) = entries_that_fit(&rpc.entries, APPEND_BATCH_BYTES) {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
         }
+        let first = rpc.prev_log_id.is_none();
         let data = codec::encode(&rpc);
-        self.unary(
-            RPCTypes::AppendEntries,
-            data,
-            option.hard_ttl(),
-            |mut c, r| async move { c.append_entries(r).await },
-        )
-        .await
+        let reply = self
+            .unary(
+                RPCTypes::AppendEntries,
+                data,
+                option.hard_ttl(),
+                |mut c, r| async move { c.append_entries(r).await },
+            )
+            .await?;
+        check_append_reply(first, reply)
     }
 
     async fn vote(
@@ -331,5 +350,26 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     /// quickly and a dead one costs little.
     fn backoff(&self) -> Backoff {
         Backoff::new((0..).map(|n: u32| Duration::from_millis(20u64.saturating_mul(1 << n.min(5)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_with_entries_from_the_start_is_a_network_error() {
+        assert!(matches!(
+            check_append_reply(true, AppendEntriesResponse::Conflict),
+            Err(RPCError::Network(_))
+        ));
+        assert!(matches!(
+            check_append_reply(false, AppendEntriesResponse::Conflict),
+            Ok(AppendEntriesResponse::Conflict)
+        ));
+        assert!(matches!(
+            check_append_reply(true, AppendEntriesResponse::Success),
+            Ok(AppendEntriesResponse::Success)
+        ));
     }
 }
