@@ -80,7 +80,7 @@ impl Node {
         log_stats: Arc<keel_storage::LogStats>,
         batch: crate::proposer::BatchLimits,
     ) -> Arc<Self> {
-        let proposer = crate::proposer::Proposer::spawn(raft.clone(), batch, metrics.clone());
+        let proposer = crate::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone(), log_stats.clone());
         Arc::new_cyclic(|this| Node {
             id,
             raft,

@@ -23,6 +23,15 @@
 //! - A batch fails or succeeds as one entry: if the leader loses leadership before the entry is
 //!   committed, every request in it gets the same outcome (unknown, or not-leader when nothing
 //!   was proposed), exactly as each would alone.
+//! - openraft answers ForwardToLeader both to a proposal it refused (this node was not leader:
+//!   nothing was appended, so retrying on the next leader is safe) and to one whose entry was
+//!   appended and then overwritten by a newer leader's. The latter may still commit: with five
+//!   or more voters another member can hold the entry and a later leader can commit it. The two
+//!   are told apart by this member's log store, which counts the entries it appends
+//!   ([`keel_storage::LogStats::entries`]): if nothing was appended between the proposal and the
+//!   answer, it surely did not apply (`NotLeader`); otherwise the outcome is unknown. A leader
+//!   appends an entry to its own log before it sends it anywhere, so this is never wrong, only
+//!   cautious (another proposal's append, or a follower's, in between also makes it unknown).
 //! - Requests whose callers have given up (deadline passed) while queued are dropped before they
 //!   are proposed; the caller was already told that the outcome is unknown.
 //! - Batch entries are a log format addition: members that predate them cannot apply them. When
@@ -30,10 +39,11 @@
 //!   it.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_storage::{codec, Command, CommandResult, Request, Response};
+use keel_storage::{codec, Command, CommandResult, LogStats, NodeId, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -80,10 +90,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Start the proposer task for `raft`.
-    pub fn spawn(raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
+    /// Start the proposer task for `raft` on member `id`, whose log store keeps `log_stats`.
+    pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>, log_stats: Arc<LogStats>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, limits, metrics));
+        let target = Target { id, raft, log_stats };
+        tokio::spawn(run(target, rx, limits, metrics));
         Proposer { queue }
     }
 
@@ -103,7 +114,15 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits, metrics: Arc<Metrics>) {
+/// What the proposals go to: this member's Raft, and its log store's counters.
+#[derive(Clone)]
+struct Target {
+    id: NodeId,
+    raft: Raft,
+    log_stats: Arc<LogStats>,
+}
+
+async fn run(target: Target, mut queue: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits, metrics: Arc<Metrics>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
@@ -148,7 +167,7 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Queued>, limits: Bat
             continue;
         }
         metrics.proposal_batch_requests.observe(batch.len() as f64);
-        tokio::spawn(propose(raft.clone(), batch, permit));
+        tokio::spawn(propose(target.clone(), batch, permit));
     }
 }
 
@@ -158,15 +177,15 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Queued>, limits: Bat
 const SLOT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Propose one entry for `batch` and answer each of its requests.
-async fn propose(raft: Raft, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
+async fn propose(target: Target, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
     if batch.len() == 1 {
         let q = batch.pop().expect("one request");
-        let _ = q.reply.send(client_write(&raft, q.request, permit).await);
+        let _ = q.reply.send(client_write(&target, q.request, permit).await);
         return;
     }
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let n = requests.len();
-    match client_write(&raft, Request::new(Command::Batch(requests)), permit).await {
+    match client_write(&target, Request::new(Command::Batch(requests)), permit).await {
         Ok(Response {
             result: CommandResult::Batch(responses),
             ..
@@ -191,8 +210,12 @@ async fn propose(raft: Raft, mut batch: Vec<Queued>, permit: OwnedSemaphorePermi
 
 /// Propose `request`; the in-flight `slot` is released when the answer comes, or after
 /// [`SLOT_TIMEOUT`], whichever is first.
-async fn client_write(raft: &Raft, request: Request, slot: OwnedSemaphorePermit) -> Result<Response, NodeError> {
-    let write = raft.client_write(request);
+async fn client_write(target: &Target, request: Request, slot: OwnedSemaphorePermit) -> Result<Response, NodeError> {
+    // Read before the proposal can reach the log. openraft appends (and counts) an entry before
+    // it answers its proposal, and sends that answer through a channel, so the count read after
+    // the answer includes the proposal's own append, if there was one.
+    let appended_before = target.log_stats.entries.load(Ordering::Acquire);
+    let write = target.raft.client_write(request);
     tokio::pin!(write);
     let result = tokio::select! {
         r = &mut write => r,
@@ -204,11 +227,25 @@ async fn client_write(raft: &Raft, request: Request, slot: OwnedSemaphorePermit)
     match result {
         Ok(resp) => Ok(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(NodeError::NotLeader { leader: f.leader_id })
+            if target.log_stats.entries.load(Ordering::Acquire) == appended_before {
+                // Nothing was appended here since the proposal, so neither was it: refused.
+                Err(NodeError::NotLeader { leader: f.leader_id })
+            } else {
+                Err(overwritten(target.id, f.leader_id))
+            }
         }
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(NodeError::Internal(e.to_string())),
         Err(RaftError::Fatal(f)) => Err(NodeError::Unknown(format!(
             "raft stopped during the write ({f}); it may or may not have applied"
         ))),
     }
+}
+
+/// The answer to a proposal that lost its leader after it may have been appended to the log.
+fn overwritten(id: NodeId, leader: Option<NodeId>) -> NodeError {
+    let leader = leader.map_or("unknown".to_string(), |l| l.to_string());
+    NodeError::Unknown(format!(
+        "member {id} lost its leadership (leader now: {leader}) after the write may have reached its log; \
+         it may or may not have applied (another member may hold it and a later leader commit it)"
+    ))
 }
