@@ -25,7 +25,7 @@ fn nested(depth: usize) -> Vec<u8> {
     }
     // Encoding recurses too; do it on a thread with room for it. (The decoder is what a peer
     // reaches; encoding only happens for what keel built itself.)
-    let bytes = std::thread::Builder::new()
+    std::thread::Builder::new()
         .stack_size(256 * 1024 * 1024)
         .spawn(move || {
             let bytes = codec::encode(&inner);
@@ -35,8 +35,7 @@ fn nested(depth: usize) -> Vec<u8> {
         })
         .expect("thread")
         .join()
-        .expect("encode");
-    bytes
+        .expect("encode")
 }
 
 #[test]
