@@ -108,7 +108,7 @@ pub enum Command {
     /// is decided against its own session. Only the leader's proposer builds batches (to share
     /// one log append and one fsync among concurrent writes); clients cannot send one. The whole
     /// entry is applied in one atomic sled batch, like any other. A batch never holds another:
-    /// one inside a batch is a decode error (see [`flat`]).
+    /// one inside a batch is a decode error (see `flat` in this module).
     Batch(#[serde(deserialize_with = "flat::requests")] Vec<Request>),
 }
 
