@@ -66,6 +66,10 @@ pub struct Flags {
     /// Most client writes the leader proposes in one log entry; 1 turns batching off. [default: 256]
     #[arg(long, env = "KEEL_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Most client writes the leader holds at once (waiting to be proposed, or proposed and not
+    /// yet committed); more are refused with Unavailable, to be retried. [default: 10000]
+    #[arg(long, env = "KEEL_MAX_QUEUED_WRITES")]
+    pub max_queued_writes: Option<usize>,
     /// Revisions of change history kept. [default: 10000]
     #[arg(long, env = "KEEL_HISTORY_REVISIONS")]
     pub history_revisions: Option<u64>,
@@ -116,6 +120,7 @@ pub struct FileConfig {
     pub election_timeout_ms: Option<String>,
     pub snapshot_logs: Option<u64>,
     pub max_batch: Option<usize>,
+    pub max_queued_writes: Option<usize>,
     pub history_revisions: Option<u64>,
     pub cache_mb: Option<u64>,
     pub max_key_bytes: Option<usize>,
@@ -330,8 +335,18 @@ impl Config {
         if !(1..=4096).contains(&max_batch) {
             return Err(err(format!("--max-batch must be between 1 and 4096, got {max_batch}")));
         }
+        let max_queued = flags
+            .max_queued_writes
+            .or(file.max_queued_writes)
+            .unwrap_or(crate::proposer::BatchLimits::default().max_queued);
+        if !(1..=1_000_000).contains(&max_queued) {
+            return Err(err(format!(
+                "--max-queued-writes must be between 1 and 1000000, got {max_queued}"
+            )));
+        }
         let batch = crate::proposer::BatchLimits {
             max_requests: max_batch,
+            max_queued,
             ..Default::default()
         };
         Ok(Config {
@@ -441,6 +456,10 @@ mod tests {
         assert!(resolve(&["--id", "1", "--data-dir", "d", "--max-batch", "5000"]).is_err());
         let c = resolve(&["--id", "1", "--data-dir", "d", "--max-batch", "1"]).unwrap();
         assert_eq!(c.batch.max_requests, 1);
+        assert_eq!(c.batch.max_queued, 10_000);
+        assert!(resolve(&["--id", "1", "--data-dir", "d", "--max-queued-writes", "0"]).is_err());
+        let c = resolve(&["--id", "1", "--data-dir", "d", "--max-queued-writes", "64"]).unwrap();
+        assert_eq!(c.batch.max_queued, 64);
         let c = resolve(&["--id", "1", "--data-dir", "d", "--election-timeout-ms", "500-1000"]).unwrap();
         assert_eq!(c.election_timeout.1, Duration::from_millis(1000));
     }
@@ -509,6 +528,7 @@ mod tests {
             "heartbeat_ms",
             "election_timeout_ms",
             "snapshot_logs",
+            "max_queued_writes",
             "history_revisions",
             "cache_mb",
             "max_key_bytes",

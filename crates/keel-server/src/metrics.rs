@@ -6,7 +6,8 @@
 //! - Raft state (`keel_raft_*`, `keel_is_leader`, replication lag): read from openraft's
 //!   metrics at scrape time; the commit index comes from the log store, which openraft tells of
 //!   every commit. Leader changes are events, counted by a task ([`count_leader_changes`]).
-//! - Proposals: counted and timed where the leader proposes (`Node::write_local`).
+//! - Proposals: counted and timed where the leader proposes (`Node::write_local`); the writes
+//!   the proposer holds are counted as they come and go (`proposer.rs`).
 //! - Apply and snapshots: the state machine reports to [`keel_storage::Observer`].
 //! - gRPC: a tower layer on the client server ([`GrpcMetricsLayer`]), by service, method and code.
 //! - Database size and key count: read at scrape time.
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub proposals_failed: IntCounter,
     pub proposal_seconds: Histogram,
     pub proposal_batch_requests: Histogram,
+    pub proposal_queue_requests: IntGauge,
+    pub proposal_queue_bytes: IntGauge,
     pub applied_entries: IntCounter,
     pub apply_seconds: Histogram,
     pub snapshots_built: IntCounter,
@@ -116,6 +119,14 @@ impl Metrics {
                     )
                     .buckets(exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
                 ),
+            ),
+            proposal_queue_requests: gauge(
+                "proposal_queue_requests",
+                "Client writes the leader's proposer holds: queued, or proposed and not yet answered.",
+            ),
+            proposal_queue_bytes: gauge(
+                "proposal_queue_bytes",
+                "Encoded bytes of the writes the leader's proposer holds.",
             ),
             applied_entries: counter("applied_entries_total", "Log entries applied to the state machine."),
             apply_seconds: histogram("apply_duration_seconds", "Time of one state machine apply call."),
@@ -384,6 +395,8 @@ mod tests {
             "keel_raft_term",
             "keel_proposals_committed_total{member=\"3\"} 1",
             "keel_proposal_duration_seconds_bucket",
+            "keel_proposal_queue_requests{member=\"3\"} 0",
+            "keel_proposal_queue_bytes{member=\"3\"} 0",
             "keel_grpc_requests_total{code=\"Ok\",method=\"Put\",service=\"keel.v1.KV\",member=\"3\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

@@ -34,6 +34,11 @@
 //!   cautious (another proposal's append, or a follower's, in between also makes it unknown).
 //! - Requests whose callers have given up (deadline passed) while queued are dropped before they
 //!   are proposed; the caller was already told that the outcome is unknown.
+//! - The proposer holds at most `max_queued` writes, and [`MAX_QUEUED_BYTES`] of them: from the
+//!   moment one is handed over until it is answered, queued or proposed (a proposal that outlives
+//!   [`SLOT_TIMEOUT`] frees its slot but still holds its writes). A write that finds it full is
+//!   refused at once with `Unavailable` (nothing was proposed; retry). The number and size of
+//!   the writes held are the gauges `keel_proposal_queue_requests` and `_bytes`.
 //! - Batch entries are a log format addition: members that predate them cannot apply them. When
 //!   upgrading from such a build, run the new build with `--max-batch 1` until every member runs
 //!   it.
@@ -58,7 +63,11 @@ use crate::node::Raft;
 /// costs a lone client ~25% more latency.)
 pub const IN_FLIGHT: usize = 2;
 
-/// How large batches may grow.
+/// Encoded bytes of the writes the proposer holds at once (see `max_queued`). A write larger
+/// than this is taken when the proposer holds nothing else.
+pub const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
+
+/// How large batches may grow, and how many writes may wait for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
     /// Requests per entry; 1 turns batching off.
@@ -66,6 +75,10 @@ pub struct BatchLimits {
     /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
     /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
     pub max_bytes: usize,
+    /// Writes the proposer holds at once, queued or proposed and not yet answered; more are
+    /// refused. The default is some 40 full batches: far more than a leader commits while a
+    /// client waits, and a bound on the memory writes can take when commits stall.
+    pub max_queued: usize,
 }
 
 impl Default for BatchLimits {
@@ -73,6 +86,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_requests: 256,
             max_bytes: 64 * 1024,
+            max_queued: 10_000,
         }
     }
 }
@@ -82,29 +96,103 @@ struct Queued {
     request: Request,
     bytes: usize,
     reply: oneshot::Sender<Result<Response, NodeError>>,
+    /// Held until the write is answered (or dropped unproposed).
+    place: Place,
+}
+
+/// Room for writes in the proposer: one permit per write, and one per byte of them.
+struct Room {
+    id: NodeId,
+    limit: usize,
+    writes: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// A write's share of the [`Room`]; dropping it frees the share and lowers the gauges.
+struct Place {
+    _write: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Room {
+    fn new(id: NodeId, limit: usize, metrics: Arc<Metrics>) -> Room {
+        Room {
+            id,
+            limit,
+            writes: Arc::new(Semaphore::new(limit)),
+            bytes: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+            metrics,
+        }
+    }
+
+    /// A place for a write of `bytes`, or the refusal if the proposer is full.
+    fn take(&self, bytes: usize) -> Result<Place, NodeError> {
+        let write = self.writes.clone().try_acquire_owned().map_err(|_| {
+            NodeError::Unavailable(format!(
+                "too many writes queued on leader {} (limit {}); retry",
+                self.id, self.limit
+            ))
+        })?;
+        let share = bytes.min(MAX_QUEUED_BYTES) as u32;
+        let bytes_permit = self.bytes.clone().try_acquire_many_owned(share).map_err(|_| {
+            NodeError::Unavailable(format!(
+                "too many bytes of writes queued on leader {} (limit {} MiB); retry",
+                self.id,
+                MAX_QUEUED_BYTES >> 20
+            ))
+        })?;
+        self.metrics.proposal_queue_requests.inc();
+        self.metrics.proposal_queue_bytes.add(bytes as i64);
+        Ok(Place {
+            _write: write,
+            _bytes: bytes_permit,
+            bytes,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.metrics.proposal_queue_requests.dec();
+        self.metrics.proposal_queue_bytes.sub(self.bytes as i64);
+    }
 }
 
 /// Handle to the proposer task; dropping every handle stops the task once the queue is empty.
 pub struct Proposer {
     queue: mpsc::UnboundedSender<Queued>,
+    room: Room,
 }
 
 impl Proposer {
     /// Start the proposer task for `raft` on member `id`, whose log store keeps `log_stats`.
     pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>, log_stats: Arc<LogStats>) -> Self {
+        // Bounded by `room`: every write in the channel holds a place.
         let (queue, rx) = mpsc::unbounded_channel();
+        let room = Room::new(id, limits.max_queued, metrics.clone());
         let target = Target { id, raft, log_stats };
         tokio::spawn(run(target, rx, limits, metrics));
-        Proposer { queue }
+        Proposer { queue, room }
     }
 
     /// Propose `request` (already validated) and wait until it is applied. The caller bounds the
-    /// wait; a caller that stops waiting leaves the outcome unknown.
+    /// wait; a caller that stops waiting leaves the outcome unknown. Refused with `Unavailable`
+    /// when the proposer already holds as many writes as it may.
     pub async fn propose(&self, request: Request) -> Result<Response, NodeError> {
         let (reply, answer) = oneshot::channel();
         let bytes = codec::encoded_len(&request);
+        let place = self.room.take(bytes)?;
         self.queue
-            .send(Queued { request, bytes, reply })
+            .send(Queued {
+                request,
+                bytes,
+                reply,
+                place,
+            })
             .map_err(|_| NodeError::Unavailable("the node is stopping".into()))?;
         answer.await.unwrap_or_else(|_| {
             Err(NodeError::Unknown(
@@ -178,13 +266,19 @@ const SLOT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Propose one entry for `batch` and answer each of its requests.
 async fn propose(target: Target, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
+    // Each write keeps its place in the proposer until it is answered.
     if batch.len() == 1 {
         let q = batch.pop().expect("one request");
         let _ = q.reply.send(client_write(&target, q.request, permit).await);
         return;
     }
-    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
-    let n = requests.len();
+    let n = batch.len();
+    let (mut requests, mut replies, mut places) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for q in batch {
+        requests.push(q.request);
+        replies.push(q.reply);
+        places.push(q.place);
+    }
     match client_write(&target, Request::new(Command::Batch(requests)), permit).await {
         Ok(Response {
             result: CommandResult::Batch(responses),
@@ -206,6 +300,7 @@ async fn propose(target: Target, mut batch: Vec<Queued>, permit: OwnedSemaphoreP
             }
         }
     }
+    drop(places);
 }
 
 /// Propose `request`; the in-flight `slot` is released when the answer comes, or after
@@ -248,4 +343,51 @@ fn overwritten(id: NodeId, leader: Option<NodeId>) -> NodeError {
         "member {id} lost its leadership (leader now: {leader}) after the write may have reached its log; \
          it may or may not have applied (another member may hold it and a later leader commit it)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The room refuses the write beyond its limit, and the bytes beyond [`MAX_QUEUED_BYTES`];
+    /// the gauges follow the places taken and freed.
+    #[test]
+    fn the_room_is_bounded_and_counted() {
+        let metrics = Metrics::new(7);
+        let room = Room::new(7, 3, metrics.clone());
+        let mut places: Vec<Place> = (0..3).map(|_| room.take(100).expect("room")).collect();
+        assert_eq!(metrics.proposal_queue_requests.get(), 3);
+        assert_eq!(metrics.proposal_queue_bytes.get(), 300);
+        let refused = room.take(100).err().expect("a fourth write fits in a room for three");
+        assert_eq!(
+            refused,
+            NodeError::Unavailable("too many writes queued on leader 7 (limit 3); retry".into())
+        );
+        assert_eq!(refused.to_status().code(), tonic::Code::Unavailable);
+        assert_eq!(metrics.proposal_queue_requests.get(), 3);
+        places.pop();
+        assert_eq!(metrics.proposal_queue_requests.get(), 2);
+        assert_eq!(metrics.proposal_queue_bytes.get(), 200);
+
+        // Bytes: one write larger than the whole room is taken alone.
+        drop(places);
+        let huge = room.take(MAX_QUEUED_BYTES * 2).expect("an empty room takes any write");
+        assert_eq!(metrics.proposal_queue_bytes.get(), (MAX_QUEUED_BYTES * 2) as i64);
+        let refused = room.take(1).err().expect("a full room took more bytes");
+        assert!(
+            refused
+                .to_string()
+                .contains("too many bytes of writes queued on leader 7"),
+            "{refused}"
+        );
+        assert_eq!(
+            metrics.proposal_queue_requests.get(),
+            1,
+            "a refused write holds no place"
+        );
+        drop(huge);
+        assert_eq!(metrics.proposal_queue_requests.get(), 0);
+        assert_eq!(metrics.proposal_queue_bytes.get(), 0);
+        room.take(1).expect("room again");
+    }
 }
