@@ -48,22 +48,39 @@ fn put_op(key: String, value: String) -> RequestOp {
 /// leader.
 type Dump = (BTreeMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>, u64);
 
+/// Every pair, page by page (a response is bounded in bytes); the cluster must not be written
+/// meanwhile, which the pages' revisions confirm.
 async fn dump(cluster: &Cluster, id: u64) -> anyhow::Result<Dump> {
     let mut kv = cluster.kv(id).max_decoding_message_size(usize::MAX);
-    let mut req = tonic::Request::new(RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        ..Default::default()
-    });
-    req.set_timeout(Duration::from_secs(60));
-    let resp = kv.range(req).await?.into_inner();
-    let revision = resp.header.expect("header").revision;
-    let kvs = resp
-        .kvs
-        .into_iter()
-        .map(|kv| (kv.key, (kv.value, kv.version, kv.create_revision, kv.mod_revision)))
-        .collect();
-    Ok((kvs, revision))
+    let mut kvs = BTreeMap::new();
+    let mut from = vec![0];
+    let mut revision = None;
+    loop {
+        let mut req = tonic::Request::new(RangeRequest {
+            key: from.clone(),
+            range_end: vec![0],
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(60));
+        let resp = kv.range(req).await?.into_inner();
+        let rev = resp.header.expect("header").revision;
+        anyhow::ensure!(
+            *revision.get_or_insert(rev) == rev,
+            "the cluster was written during the dump"
+        );
+        if let Some(last) = resp.kvs.last() {
+            from = last.key.clone();
+            from.push(0);
+        }
+        kvs.extend(
+            resp.kvs
+                .into_iter()
+                .map(|kv| (kv.key, (kv.value, kv.version, kv.create_revision, kv.mod_revision))),
+        );
+        if !resp.more {
+            return Ok((kvs, rev));
+        }
+    }
 }
 
 /// Load the cluster: KEYS keys in transactions from 8 tasks, then overwrite every 7th key and

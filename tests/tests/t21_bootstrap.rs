@@ -31,22 +31,7 @@ fn failed_first_start(cluster: &Cluster, id: NodeId) {
     let n = &cluster.nodes[&id];
     block_storage(&n.data_dir);
     let out = Command::new(keel_binary().expect("keel binary"))
-        .args([
-            "--id".to_string(),
-            id.to_string(),
-            "--data-dir".into(),
-            n.data_dir.display().to_string(),
-            "--peer-addr".into(),
-            n.peer_listen.to_string(),
-            "--advertise-peer-addr".into(),
-            n.peer_addr.to_string(),
-            "--client-addr".into(),
-            n.client_addr.to_string(),
-            "--metrics-addr".into(),
-            n.metrics_addr.to_string(),
-            "--initial-cluster".into(),
-            cluster.initial_cluster().to_string(),
-        ])
+        .args(cluster.args(id).into_iter().skip(1))
         .output()
         .expect("run keel");
     let stderr = String::from_utf8_lossy(&out.stderr);

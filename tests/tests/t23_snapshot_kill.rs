@@ -272,19 +272,6 @@ fn received_snapshot(log: &str) -> Option<String> {
     Some(id.trim_matches('"').to_string())
 }
 
-/// keel-storage names snapshot files after the snapshot id, with only these characters kept.
-fn file_stem(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// The largest file in `dir` whose name ends with `suffix`, and its size.
 fn largest(dir: &Path, suffix: &str) -> Option<(PathBuf, u64)> {
     std::fs::read_dir(dir)
@@ -424,7 +411,7 @@ async fn restart_and_kill(
             Aim::Received => received.is_some(),
             Aim::Install(at) => match &received {
                 Some(id) => {
-                    let stem = file_stem(id);
+                    let stem = keel_storage::sm::snapshot_file_stem(id);
                     log.contains(INSTALL_DONE)
                         || snapshots.join(format!("{stem}.snap")).exists()
                         || size(&snapshots.join(format!("{stem}.snap.tmp"))).is_some_and(|len| len >= at)
@@ -464,7 +451,7 @@ async fn restart_and_kill(
         None if no_snapshot => Hit::NoSnapshotNeeded,
         None => Hit::BeforeTransfer,
         Some(id) => {
-            let stem = file_stem(&id);
+            let stem = keel_storage::sm::snapshot_file_stem(&id);
             if log.contains(INSTALL_DONE) || snapshots.join(format!("{stem}.snap")).exists() {
                 Hit::Installed
             } else if let Some(len) = size(&snapshots.join(format!("{stem}.snap.tmp"))) {

@@ -236,7 +236,8 @@ impl Cluster {
         self.dir.path()
     }
 
-    fn args(&self, id: NodeId) -> Vec<String> {
+    /// The command line node `id` is started with, program name first.
+    pub fn args(&self, id: NodeId) -> Vec<String> {
         let n = &self.nodes[&id];
         let mut args = vec![
             "keel".to_string(),

@@ -51,8 +51,8 @@ use serde::{Deserialize, Serialize};
 
 pub use apply::{decode_history, HistoryEvent, RevisionEvents};
 pub use read::{KvReader, ReadError};
-pub use snapshot::SnapshotBuilder;
 use snapshot::SnapshotStore;
+pub use snapshot::{file_stem as snapshot_file_stem, SnapshotBuilder};
 
 use crate::codec;
 use crate::durability::{sled_to_io, Durability};

@@ -103,17 +103,8 @@ impl SnapshotStore {
         }
     }
 
-    /// Snapshot ids come from the leader; only a safe subset of their characters names files.
     fn file_stem(id: &str) -> String {
-        id.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        file_stem(id)
     }
 
     fn tmp_path(&self, id: &str) -> PathBuf {
@@ -151,6 +142,21 @@ impl SnapshotStore {
         fs::remove_file(&path)?;
         Ok(file)
     }
+}
+
+/// The stem of the files of snapshot `id` in the snapshot directory (`<stem>.snap`, and
+/// `<stem>.snap.tmp` while it is built or installed). Snapshot ids come from the leader; only a
+/// safe subset of their characters names files.
+pub fn file_stem(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn unique_suffix() -> String {
