@@ -36,7 +36,7 @@
 //!   are proposed; the caller was already told that the outcome is unknown.
 //! - The proposer holds at most `max_queued` writes, and [`MAX_QUEUED_BYTES`] of them: from the
 //!   moment one is handed over until it is answered, queued or proposed (a proposal that outlives
-//!   [`SLOT_TIMEOUT`] frees its slot but still holds its writes). A write that finds it full is
+//!   `SLOT_TIMEOUT` frees its slot but still holds its writes). A write that finds it full is
 //!   refused at once with `Unavailable` (nothing was proposed; retry). The number and size of
 //!   the writes held are the gauges `keel_proposal_queue_requests` and `_bytes`.
 //! - Batch entries are a log format addition: members that predate them cannot apply them. When
