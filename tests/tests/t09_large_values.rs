@@ -192,3 +192,60 @@ async fn a_large_txn_reply_travels_back_through_a_follower() -> anyhow::Result<(
     }
     cluster.shutdown().await
 }
+
+/// A request larger than `--max-request-bytes` (1.5 MiB by default, as etcd's) is refused by
+/// keel with InvalidArgument and the reason, and nothing is applied: a txn of five 1 MiB puts
+/// (each value within its limit) would be one 5 MiB log entry, which openraft 0.9 cannot
+/// replicate within a heartbeat interval. (Before: tonic refused it with OutOfRange "decoded
+/// message length too large", and a txn of three 1 MiB puts, under tonic's 4 MiB, was proposed
+/// and cost the leader its quorum.) A txn within the limit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_over_the_request_limit_are_refused_precisely() -> anyhow::Result<()> {
+    use keel_proto::v1::{request_op, RequestOp, TxnRequest};
+    let cluster = Cluster::start(Backend::Process, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut kv = KvClient::new(cluster.channel(leader))
+        .max_decoding_message_size(64 * MIB)
+        .max_encoding_message_size(64 * MIB);
+    let put = |key: String, value: Vec<u8>| RequestOp {
+        request: Some(request_op::Request::Put(PutRequest {
+            key: key.into_bytes(),
+            value,
+            prev_kv: false,
+            session: None,
+        })),
+    };
+    let txn = |success: Vec<RequestOp>| {
+        let mut txn = tonic::Request::new(TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure: Vec::new(),
+            session: None,
+        });
+        txn.set_timeout(Duration::from_secs(20));
+        txn
+    };
+    for n in [2, 3, 5] {
+        let ops = (0..n)
+            .map(|i| put(format!("txn{n}-{i}"), value(&format!("txn{n}-{i}"))))
+            .collect();
+        let err = kv.txn(txn(ops)).await.expect_err("over the request limit");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{n} MiB: {err:?}");
+        assert!(err.message().contains("--max-request-bytes"), "{n} MiB: {err:?}");
+    }
+    let small = vec![put("one".into(), value("one")), put("two".into(), b"small".to_vec())];
+    let reply = kv
+        .txn(txn(small))
+        .await
+        .map_err(|e| anyhow::anyhow!("a txn within the limit: {e:?}"))?;
+    assert!(reply.into_inner().succeeded);
+    let mut get = tonic::Request::new(RangeRequest {
+        key: b"txn".to_vec(),
+        prefix: true,
+        count_only: true,
+        ..Default::default()
+    });
+    get.set_timeout(Duration::from_secs(20));
+    assert_eq!(kv.range(get).await?.into_inner().count, 0, "no refused txn applied");
+    cluster.shutdown().await
+}

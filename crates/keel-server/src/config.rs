@@ -82,6 +82,10 @@ pub struct Flags {
     /// Largest value in bytes. [default: 1048576]
     #[arg(long, env = "KEEL_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Largest request (put, delete or txn) in bytes, encoded. [default: 1572864, or room for
+    /// one value at --max-value-bytes if that is more]
+    #[arg(long, env = "KEEL_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
     /// Directory for scheduled backups, taken by the leader (none if not set).
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -125,6 +129,7 @@ pub struct FileConfig {
     pub cache_mb: Option<u64>,
     pub max_key_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
     pub backup_dir: Option<PathBuf>,
     pub backup_interval: Option<String>,
     pub backup_retain: Option<usize>,
@@ -303,12 +308,27 @@ impl Config {
                 .or(file.max_value_bytes)
                 .unwrap_or(defaults.max_value_bytes),
             max_txn_ops: defaults.max_txn_ops,
+            max_request_bytes: defaults.max_request_bytes,
         };
         if limits.max_key_bytes == 0 || limits.max_value_bytes > 64 * 1024 * 1024 {
             return Err(err(
                 "--max-key-bytes must be positive and --max-value-bytes at most 64 MiB",
             ));
         }
+        // One put of the largest key and value must fit.
+        let one_put = limits.max_key_bytes + limits.max_value_bytes + 64;
+        let limits = keel_storage::Limits {
+            max_request_bytes: match flags.max_request_bytes.or(file.max_request_bytes) {
+                None => defaults.max_request_bytes.max(one_put),
+                Some(n) if n >= one_put && n <= 256 * 1024 * 1024 => n,
+                Some(n) => {
+                    return Err(err(format!(
+                        "--max-request-bytes {n}: must hold one put of the largest key and value ({one_put}) and be at most 256 MiB"
+                    )))
+                }
+            },
+            ..limits
+        };
         let backup_interval = match flags.backup_interval.or(file.backup_interval) {
             None => Duration::from_secs(3600),
             Some(s) => humantime::parse_duration(&s).map_err(|e| err(format!("--backup-interval: {s:?}: {e}")))?,
@@ -426,6 +446,24 @@ mod tests {
     }
 
     #[test]
+    fn the_request_limit_holds_one_put_of_the_largest_value() {
+        let base = ["--id", "1", "--data-dir", "d"];
+        let with = |extra: &[&str]| resolve(&[&base[..], extra].concat());
+        assert_eq!(with(&[]).unwrap().limits.max_request_bytes, 3 * 512 * 1024);
+        let big = with(&["--max-value-bytes", "4194304"]).unwrap().limits;
+        assert!(big.max_request_bytes >= 4194304 + 4096, "{big:?}");
+        assert_eq!(
+            with(&["--max-request-bytes", "8388608"])
+                .unwrap()
+                .limits
+                .max_request_bytes,
+            8388608
+        );
+        assert!(with(&["--max-request-bytes", "1000"]).is_err(), "smaller than one put");
+        assert!(with(&["--max-request-bytes", "999999999999"]).is_err(), "over 256 MiB");
+    }
+
+    #[test]
     fn initial_cluster_is_checked() {
         let ok = parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=h:7103").unwrap();
         assert_eq!(ok.len(), 3);
@@ -533,6 +571,7 @@ mod tests {
             "cache_mb",
             "max_key_bytes",
             "max_value_bytes",
+            "max_request_bytes",
             "backup_dir",
             "backup_interval",
             "backup_retain",

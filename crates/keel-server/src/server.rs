@@ -210,7 +210,11 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(KvServer::new(KvService { node: node.clone() }))
+            .add_service(
+                KvServer::new(KvService { node: node.clone() })
+                    .max_decoding_message_size(largest_request(&config.limits))
+                    .max_encoding_message_size(usize::MAX),
+            )
             .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
             .add_service(
                 keel_proto::v1::maintenance_server::MaintenanceServer::new(
@@ -292,4 +296,11 @@ impl NodeHandle {
         tracing::info!(id = node.id, "node stopped");
         Ok(())
     }
+}
+
+/// The largest KV request message the transport decodes: twice the request limit, and at least
+/// 16 MiB, so that a request over `--max-request-bytes` by any ordinary margin is refused by
+/// keel's validation with InvalidArgument and the reason, not by tonic with OutOfRange.
+fn largest_request(limits: &keel_storage::Limits) -> usize {
+    limits.max_request_bytes.saturating_mul(2).max(16 * 1024 * 1024)
 }

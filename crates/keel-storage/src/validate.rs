@@ -19,7 +19,15 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// A txn has at most this many compares, and at most this many ops in each branch.
     pub max_txn_ops: usize,
+    /// A whole request (one log entry, when alone) is at most this many bytes encoded, as etcd's
+    /// `--max-request-bytes`. Every member sends each entry in one message within one heartbeat
+    /// interval, so an entry of many MiB (a txn of several large values) stalls replication and
+    /// costs the leader its quorum; it is refused here instead, with InvalidArgument.
+    pub max_request_bytes: usize,
 }
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB, room for one value at the default limit.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -27,6 +35,7 @@ impl Default for Limits {
             max_key_bytes: 4096,
             max_value_bytes: 1024 * 1024,
             max_txn_ops: 128,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -50,6 +59,8 @@ pub enum InvalidRequest {
     ZeroSessionSeq,
     #[error("batches are built by the leader, not sent by clients")]
     ClientBatch,
+    #[error("request is {len} bytes, more than the limit of {max} (--max-request-bytes)")]
+    RequestTooLarge { len: usize, max: usize },
 }
 
 /// Check a request before it is proposed.
@@ -57,6 +68,18 @@ pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), InvalidReq
     if req.session.is_some_and(|s| s.seq == 0) {
         return Err(InvalidRequest::ZeroSessionSeq);
     }
+    validate_command(req, limits)?;
+    let len = crate::codec::encoded_len(req);
+    if len > limits.max_request_bytes {
+        return Err(InvalidRequest::RequestTooLarge {
+            len,
+            max: limits.max_request_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest> {
     match &req.command {
         Command::Put(put) => validate_put(put, limits),
         Command::Delete(del) => validate_delete(del, limits),
