@@ -76,7 +76,7 @@ pub struct Compose {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(crate::free_port(std::net::Ipv4Addr::LOCALHOST.into())?.port())
 }
 
 impl Compose {

@@ -98,10 +98,33 @@ pub struct Cluster {
     dir: tempfile::TempDir,
 }
 
-/// Reserve a free port on `ip` (for processes, which bind it themselves).
-fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind((ip, 0))?;
-    Ok(l.local_addr()?)
+/// A port on `ip` that is free now, for a process that binds it itself a moment later.
+///
+/// Not from the kernel's ephemeral range (32768-60999 on Linux): the kernel hands those ports to
+/// outgoing connections too (this test's clients, the nodes' peer channels), and one could take
+/// the port between this check and the child's bind, leaving a node that exits at once with
+/// "address in use" (seen: a node of a fresh cluster refusing connections). Ports are taken in
+/// turn from 20000-31999, from a per-process random start, so concurrent tests in this process
+/// never pick the same one and other test processes rarely do.
+pub fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind((ip, port as u16)) {
+            return Ok(l.local_addr()?);
+        }
+    }
+    anyhow::bail!("no free port on {ip} in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Where a new node listens, and the listeners already bound for in-process nodes.
@@ -174,6 +197,24 @@ impl Cluster {
         let mut cluster = Cluster::prepare(backend, options).await?;
         cluster.launch_all().await?;
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
+        // A leader needs only a majority: make sure every member is up too (bounded: a slow
+        // start on a busy machine is fine), and show why if one is not (it died: a port taken
+        // between its choice and the bind, say).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+            while cluster.status(id).await.is_none() {
+                if Instant::now() > deadline {
+                    let log = cluster.log(id);
+                    let mut tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    tail.reverse();
+                    anyhow::bail!(
+                        "member {id} of the new cluster does not answer; the end of its log:\n{}",
+                        tail.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Ok(cluster)
     }
 
