@@ -34,24 +34,6 @@ async fn get(cluster: &Cluster, id: NodeId, key: &str, serializable: bool) -> an
     Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
 }
 
-/// Wait until every node in `among` names the same leader, one of `among`, other than `not`.
-async fn new_leader(cluster: &Cluster, among: &[NodeId], not: NodeId) -> anyhow::Result<NodeId> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut named = Vec::new();
-        for id in among {
-            named.push(cluster.status(*id).await.map(|s| s.leader_id));
-        }
-        if let Some(Some(l)) = named.first().copied() {
-            if l != not && among.contains(&l) && named.iter().all(|n| *n == Some(l)) {
-                return Ok(l);
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no new leader among {among:?}: {named:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn start() -> anyhow::Result<(Cluster, NodeId, Vec<NodeId>)> {
     let options = Options {
         network: Some(1),
@@ -69,7 +51,9 @@ async fn leader_cut_off(cut: impl FnOnce(&Cluster, NodeId, &[NodeId])) -> anyhow
     let (cluster, old, others) = start().await?;
     cluster.kv(old).put(put("before", "1", Duration::from_secs(5))).await?;
     cut(&cluster, old, &others);
-    let leader = new_leader(&cluster, &others, old).await?;
+    let leader = cluster
+        .wait_for_new_leader(&others, old, Duration::from_secs(15))
+        .await?;
     cluster
         .kv(leader)
         .put(put("during", "2", Duration::from_secs(5)))

@@ -4,11 +4,11 @@
 //! after the last key), and a page is never empty, even when its first pair alone is over the
 //! bound.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_proto::v1::kv_client::KvClient;
 use keel_proto::v1::{PutRequest, RangeRequest, RangeResponse};
-use keel_testkit::{Backend, Cluster, Options};
+use keel_testkit::{retried, Backend, Cluster, Options};
 use tonic::transport::Channel;
 
 const MIB: usize = 1024 * 1024;
@@ -21,24 +21,6 @@ fn value(key: &str, len: usize) -> Vec<u8> {
     let mut v = key.as_bytes().to_vec();
     v.resize(len, b'.');
     v
-}
-
-/// Retry `call` while it fails with one of `codes`: a test process running several clusters
-/// at once may see an election.
-async fn retried<T, F, Fut>(codes: &[tonic::Code], mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match call().await {
-            Err(e) if codes.contains(&e.code()) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other.map(tonic::Response::into_inner),
-        }
-    }
 }
 
 /// Put `key`; a put whose outcome is unknown (an election meanwhile) is sent again: writing

@@ -106,7 +106,9 @@ async fn a_write_overwritten_in_the_old_leaders_log_is_unknown_and_not_retried()
     )
     .await?;
 
-    let new = wait_for_new_leader(&cluster, &majority, old).await?;
+    let new = cluster
+        .wait_for_new_leader(&majority, old, Duration::from_secs(30))
+        .await?;
     assert!(
         !write.is_finished(),
         "a write that cannot commit was answered: {write:?}"
@@ -144,22 +146,4 @@ async fn a_write_overwritten_in_the_old_leaders_log_is_unknown_and_not_retried()
     assert_eq!(get(&cluster, new, "doomed").await?, None);
     assert_eq!(get(&cluster, follower, "doomed").await?, None);
     cluster.shutdown().await
-}
-
-/// Wait until every member of `among` names the same leader, one of `among`, other than `not`.
-async fn wait_for_new_leader(cluster: &Cluster, among: &[NodeId], not: NodeId) -> anyhow::Result<NodeId> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut named = Vec::new();
-        for id in among {
-            named.push(cluster.status(*id).await.map(|s| s.leader_id));
-        }
-        if let Some(Some(l)) = named.first().copied() {
-            if l != not && among.contains(&l) && named.iter().all(|n| *n == Some(l)) {
-                return Ok(l);
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no new leader among {among:?}: {named:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use keel_proto::v1::kv_client::KvClient;
 use keel_proto::v1::{PutRequest, RangeRequest, RangeResponse, StatusRequest};
 use keel_storage::NodeId;
-use keel_testkit::{Backend, Cluster, Options};
+use keel_testkit::{retried, Backend, Cluster, Options};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -108,26 +108,8 @@ fn seed() -> u64 {
         })
 }
 
-/// Retry `call` while it fails with Unavailable (which says it surely did not take effect): the
-/// machine may be busy enough for an election.
-async fn retried<T, F, Fut>(mut call: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match call().await {
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return Ok(other.map(tonic::Response::into_inner)?),
-        }
-    }
-}
-
 async fn put(kv: &KvClient<Channel>, key: String, value: Vec<u8>) -> anyhow::Result<()> {
-    retried(|| {
+    retried(&[tonic::Code::Unavailable], || {
         let mut req = tonic::Request::new(PutRequest {
             key: key.clone().into_bytes(),
             value: value.clone(),
@@ -174,7 +156,7 @@ async fn read_all(kv: &KvClient<Channel>, serializable: bool) -> anyhow::Result<
             serializable,
             ..Default::default()
         };
-        let resp: RangeResponse = retried(|| {
+        let resp: RangeResponse = retried(&[tonic::Code::Unavailable], || {
             let (mut kv, req) = (kv.clone(), req.clone());
             async move { kv.range(req).await }
         })

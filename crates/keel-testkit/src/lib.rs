@@ -35,6 +35,25 @@ use tonic::transport::Channel;
 
 pub use process::{keel_binary, keelctl_binary};
 
+/// Call `call` again (for up to 20 s) while it fails with one of `codes`: a test machine busy
+/// with several clusters may see an election, which clients see as Unavailable (and, for a
+/// write, maybe an unknown outcome). Only for calls that are safe to repeat.
+pub async fn retried<T, F, Fut>(codes: &[tonic::Code], mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call().await {
+            Err(e) if codes.contains(&e.code()) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+}
+
 /// How nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -426,6 +445,30 @@ impl Cluster {
         let mut req = tonic::Request::new(StatusRequest {});
         req.set_timeout(Duration::from_secs(1));
         c.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Wait until every member of `among` names the same leader, one of `among`, other than
+    /// `not` (a leader elected on one side of a partition, say); return it.
+    pub async fn wait_for_new_leader(
+        &self,
+        among: &[NodeId],
+        not: NodeId,
+        timeout: Duration,
+    ) -> anyhow::Result<NodeId> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut named = Vec::new();
+            for id in among {
+                named.push(self.status(*id).await.map(|s| s.leader_id));
+            }
+            if let Some(Some(l)) = named.first().copied() {
+                if l != not && among.contains(&l) && named.iter().all(|n| *n == Some(l)) {
+                    return Ok(l);
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no new leader among {among:?}: {named:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Wait until running nodes agree on a leader that is itself running; return it.
