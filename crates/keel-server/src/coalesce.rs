@@ -71,13 +71,14 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
         F: FnOnce(Instant) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let make: MakeRound<T> = Box::new(move |d| Box::pin(round(d)));
+        // Boxed only by the caller whose round runs: most callers join one (on the read path).
+        let boxed = move || -> MakeRound<T> { Box::new(move |d| Box::pin(round(d))) };
         let mut rx = {
             let mut s = lock(&self.state);
             if !s.running {
                 s.running = true;
                 let (tx, rx) = watch::channel(None);
-                tokio::spawn(drive(self.state.clone(), deadline, make, tx));
+                tokio::spawn(drive(self.state.clone(), deadline, boxed(), tx));
                 rx
             } else if let Some(next) = &mut s.next {
                 next.deadline = next.deadline.max(deadline);
@@ -86,7 +87,7 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
                 let (tx, rx) = watch::channel(None);
                 s.next = Some(Next {
                     deadline,
-                    make,
+                    make: boxed(),
                     result: tx,
                 });
                 rx
