@@ -134,6 +134,7 @@ async fn a_node_that_was_down_while_the_leader_purged_its_log_catches_up_through
     let write = |i: usize| (format!("s{:03}", i % KEYS), format!("v{i}"));
     put_all(&kv, (0..100).map(write).collect()).await?;
 
+    let needed = cluster.status(follower).await.expect("follower status").last_log_index;
     cluster.kill(follower).await?;
     const TOTAL: usize = 1400;
     put_all(&kv, (100..TOTAL).map(write).collect()).await?;
@@ -153,6 +154,20 @@ async fn a_node_that_was_down_while_the_leader_purged_its_log_catches_up_through
         .filter(|(k, _)| !k.starts_with("s00"))
         .collect();
 
+    // The leader builds snapshots and purges behind the writes, on its own time: wait until it
+    // has purged entries the follower needs, or the follower would catch up from the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let purged = cluster.status(leader).await.expect("leader status").purged_index;
+        if purged > needed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader did not purge past {needed} (purged to {purged})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log_before = cluster.log(follower).len();
     cluster.restart(follower).await?;
     catch_up(&cluster, follower, Duration::from_secs(30)).await?;

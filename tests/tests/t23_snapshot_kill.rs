@@ -14,11 +14,11 @@
 //! milliseconds: in turn, a point inside the transfer, the moment the transfer is complete, and a
 //! point inside the install. Where the kill really landed is then read from what the dead
 //! process left:
-//! - the transfer: openraft logs "begin_receiving_snapshot"; while it runs the process holds the
+//! - the transfer: keel logs "begin_receiving_snapshot"; while it runs the process holds the
 //!   (unlinked) `snapshots/recv-*.part` file open, and that file grows;
 //! - keel logs "received snapshot" when the transfer is complete, just before the install;
-//! - the install copies the snapshot to `snapshots/<id>.snap.tmp` as it loads the state machine;
-//! - the install is complete once `snapshots/<id>.snap` exists (openraft then logs
+//! - the install copies the snapshot to `snapshots/<stem>.snap.tmp` as it loads the state machine;
+//! - the install is complete once `snapshots/<stem>.snap` exists (openraft then logs
 //!   "Done install complete snapshot").
 //!
 //! The points inside the transfer and the install are drawn from a seed (printed;
@@ -393,7 +393,7 @@ async fn restart_and_kill(
             Aim::Received => received.is_some(),
             Aim::Install(at) => match &received {
                 Some(id) => {
-                    let stem = keel_storage::sm::snapshot_file_stem(id);
+                    let stem = id;
                     log.contains(INSTALL_DONE)
                         || snapshots.join(format!("{stem}.snap")).exists()
                         || size(&snapshots.join(format!("{stem}.snap.tmp"))).is_some_and(|len| len >= at)
@@ -433,7 +433,7 @@ async fn restart_and_kill(
         None if no_snapshot => Hit::NoSnapshotNeeded,
         None => Hit::BeforeTransfer,
         Some(id) => {
-            let stem = keel_storage::sm::snapshot_file_stem(&id);
+            let stem = &id;
             if log.contains(INSTALL_DONE) || snapshots.join(format!("{stem}.snap")).exists() {
                 Hit::Installed
             } else if let Some(len) = size(&snapshots.join(format!("{stem}.snap.tmp"))) {

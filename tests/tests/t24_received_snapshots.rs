@@ -13,15 +13,15 @@ use keel_proto::raft::raft_client::RaftClient;
 use keel_proto::raft::SnapshotChunk;
 use keel_storage::{codec, NodeId, SnapshotMeta, StoredMembership, Vote};
 use keel_testkit::{Backend, Cluster, Options};
-use openraft::{CommittedLeaderId, LogId};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// The first message of a transfer: a stale vote and a snapshot at index 1, which Raft refuses.
 fn header() -> SnapshotChunk {
     let meta = SnapshotMeta {
-        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+        // Of the same (stale) leader as the vote: a later one is refused before anything is received.
+        last_log_id: Some(keel_storage::log_id_at(0, 0, 1)),
         last_membership: StoredMembership::default(),
-        snapshot_id: "t24".into(),
     };
     SnapshotChunk {
         meta: codec::encode(&(Vote::new(0, 0), meta)),
@@ -71,9 +71,17 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn peer_client(cluster: &Cluster, id: NodeId) -> anyhow::Result<RaftClient<Channel>> {
+type Tagger = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// A peer client that speaks this build's peer protocol (members refuse requests without it).
+async fn peer_client(cluster: &Cluster, id: NodeId) -> anyhow::Result<RaftClient<InterceptedService<Channel, Tagger>>> {
     let addr = cluster.nodes[&id].peer_addr;
-    Ok(RaftClient::connect(format!("http://{addr}")).await?)
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let tag: Tagger = |mut req| {
+        keel_server::peer::tag_protocol(req.metadata_mut());
+        Ok(req)
+    };
+    Ok(RaftClient::with_interceptor(channel, tag))
 }
 
 /// A transfer that sends `chunks` and then stalls until it is dropped.

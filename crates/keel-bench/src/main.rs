@@ -1,5 +1,6 @@
-//! `keel-bench`: closed-loop load against keel or etcd with the same workload code, and
-//! failover timing. Prints a human summary and, as its last line, one JSON object.
+//! `keel-bench`: closed-loop load against keel or etcd with the same workload code, failover
+//! timing, and leader transfers under load. Prints a human summary and, as its last line, one
+//! JSON object.
 //!
 //!   keel-bench put --clients 64 --duration 10s
 //!   keel-bench get --clients 64 [--serializable]
@@ -8,10 +9,13 @@
 //!   keel-bench txn --clients 16
 //!   keel-bench --system etcd --endpoints 127.0.0.1:2379,... put --clients 256
 //!   keel-bench failover --rounds 5 --restart-cmd 'scripts/cluster.sh start {id}'
+//!   keel-bench transfer --rounds 10 --clients 16   (leader transfers under writes; keel only)
 
 mod failover;
 mod load;
+mod stats;
 mod target;
+mod transfer;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,10 +26,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use load::{Shape, Workload};
+use stats::{round1, Spread};
 use target::{Scan, Target};
 
 #[derive(Parser, Debug)]
-#[command(name = "keel-bench", about = "Load generator for keel and etcd, and failover timing")]
+#[command(
+    name = "keel-bench",
+    about = "Load generator for keel and etcd, failover and leader-transfer timing"
+)]
 struct Cli {
     /// keel or etcd.
     #[arg(long, global = true, default_value = "keel", value_parser = ["keel", "etcd"])]
@@ -55,6 +63,9 @@ enum Cmd {
     Txn(LoadArgs),
     /// Kill the leader, time the first successful write; N rounds.
     Failover(FailoverArgs),
+    /// Hand leadership to the next voter under a write load, N rounds: the longest write gap
+    /// around each transfer, and the transfer call's time (keel only).
+    Transfer(TransferArgs),
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +125,19 @@ struct FailoverArgs {
     /// `{endpoint}` its endpoint.
     #[arg(long)]
     restart_cmd: String,
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// Transfers to make (one per round).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+    /// Closed-loop writers running throughout, spread over the endpoints.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    clients: u32,
+    /// Wait this long before each transfer (for the new term to settle).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    settle: Duration,
 }
 
 fn name(cmd: &Cmd, a: &LoadArgs) -> &'static str {
@@ -274,13 +298,7 @@ async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {
     let times = failover::run(&f).await?;
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
-    let median = if ms.is_empty() {
-        0.0
-    } else if ms.len() % 2 == 1 {
-        ms[ms.len() / 2]
-    } else {
-        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
-    };
+    let median = Spread::of(&ms).median;
     println!(
         "{} failover: {} rounds, median {median:.0} ms, all {ms:.0?}",
         cli.system,
@@ -290,6 +308,69 @@ async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {
         "{}",
         json!({"system": cli.system, "workload": "failover", "rounds": ms.len(), "median_ms": median, "ms": ms})
     );
+    Ok(())
+}
+
+async fn transfer(cli: &Cli, a: &TransferArgs) -> anyhow::Result<()> {
+    if cli.system != "keel" {
+        anyhow::bail!("transfer is keel only (--system {} given)", cli.system);
+    }
+    if let Some(bad) = cli.endpoints.iter().find(|e| e.trim().is_empty() || !e.contains(':')) {
+        anyhow::bail!("--endpoints: {bad:?} is not host:port");
+    }
+    if a.settle > Duration::from_secs(600) {
+        anyhow::bail!("--settle: at most 10m");
+    }
+    let t = transfer::Transfer {
+        endpoints: cli.endpoints.clone(),
+        rounds: a.rounds as usize,
+        clients: a.clients as usize,
+        settle: a.settle,
+    };
+    let out = transfer::run(&t).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let gaps: Vec<f64> = out.rounds.iter().map(|r| ms(r.gap)).collect();
+    let rpcs: Vec<f64> = out.rounds.iter().map(|r| ms(r.rpc)).collect();
+    let (gap, rpc) = (Spread::of(&gaps), Spread::of(&rpcs));
+    let failed = out.rounds.iter().filter(|r| r.error.is_some()).count();
+    let missed = out.rounds.iter().filter(|r| r.new_leader != Some(r.to)).count();
+    println!(
+        "keel transfer: {} rounds, clients={}: longest write gap ms min {:.1} median {:.1} max {:.1}; transfer rpc ms min {:.1} median {:.1} max {:.1}; {} writes, errors {}; {failed} transfers failed, {missed} ended with another leader than the target",
+        out.rounds.len(),
+        a.clients,
+        gap.min,
+        gap.median,
+        gap.max,
+        rpc.min,
+        rpc.median,
+        rpc.max,
+        out.writes,
+        out.errors,
+    );
+    if let Some(e) = &out.first_error {
+        println!("first write error: {e}");
+    }
+    let per_round: Vec<serde_json::Value> = out
+        .rounds
+        .iter()
+        .map(|r| {
+            json!({"from": r.from, "to": r.to, "rpc_ms": round1(ms(r.rpc)), "gap_ms": round1(ms(r.gap)),
+                   "gap_at_ms": round1(r.gap_at_ms), "writes_in_window": r.acks,
+                   "new_leader": r.new_leader, "error": r.error})
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "bench": "transfer", "system": "keel", "workload": "transfer", "rounds": out.rounds.len(),
+            "clients": a.clients, "settle_ms": a.settle.as_millis() as u64, "gap_ms": gap.json(),
+            "rpc_ms": rpc.json(), "writes": out.writes, "errors": out.errors,
+            "failed_transfers": failed, "per_round": per_round,
+        })
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} transfers failed", out.rounds.len());
+    }
     Ok(())
 }
 
@@ -303,6 +384,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Cmd::Failover(a) => failover(&cli, a).await,
+        Cmd::Transfer(a) => transfer(&cli, a).await,
         Cmd::Put(a) | Cmd::Get(a) | Cmd::Mixed(a) | Cmd::Txn(a) => load(&cli, a).await,
     };
     match result {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use keel_proto::v1::cluster_client::ClusterClient;
 use keel_proto::v1::kv_client::KvClient;
-use keel_proto::v1::{PutRequest, RangeRequest, RangeResponse, StatusRequest, StatusResponse};
+use keel_proto::v1::{MemberListRequest, PutRequest, RangeRequest, RangeResponse, StatusRequest, StatusResponse};
 use tonic::transport::{Channel, Endpoint};
 
 /// A range read: the keys that start with `prefix` (empty: every key).
@@ -73,12 +73,24 @@ pub async fn keel_statuses(endpoints: &[String]) -> Vec<(String, StatusResponse)
     out
 }
 
-/// The endpoint of the member that says it is the leader.
+/// The endpoint of the member that says it is the leader (of the highest term, should a
+/// deposed leader not know it yet).
 pub async fn keel_leader(endpoints: &[String]) -> Option<(String, StatusResponse)> {
     keel_statuses(endpoints)
         .await
         .into_iter()
-        .find(|(_, s)| s.role == "leader" && s.leader_id == s.id)
+        .filter(|(_, s)| s.role == "leader" && s.leader_id == s.id)
+        .max_by_key(|(_, s)| s.term)
+}
+
+/// The ids of the voters (not learners), in order, as the member behind `ch` lists them.
+pub async fn keel_voters(ch: Channel, timeout: Duration) -> anyhow::Result<Vec<u64>> {
+    let mut req = tonic::Request::new(MemberListRequest {});
+    req.set_timeout(timeout);
+    let members = ClusterClient::new(ch).member_list(req).await?.into_inner().members;
+    let mut ids: Vec<u64> = members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 impl Target {

@@ -63,3 +63,20 @@ impl From<keel_proto::convert::ConvertError> for NodeError {
         NodeError::InvalidArgument(e.to_string())
     }
 }
+
+/// What openraft's "forward to the leader" means for a client. In every case nothing was
+/// proposed (openraft 0.10 answers an entry it appended and then lost with `LogEntryDiscarded`,
+/// not with this).
+pub fn forwarded(f: openraft::errors::ForwardToLeader<keel_storage::TypeConfig>) -> NodeError {
+    use openraft::errors::ForwardReason;
+    match f.reason {
+        ForwardReason::NotLeader => NodeError::NotLeader { leader: f.leader_id },
+        // The leader is handing over: wait for the new one, as when there is no leader.
+        ForwardReason::LeadershipTransfer => NodeError::NotLeader { leader: None },
+        // The leader has no quorum acknowledgement younger than its lease (one election timeout):
+        // under load, acknowledgements can lag that much without the quorum being gone. Nothing
+        // was proposed; the request waits and tries again (`Node::on_leader`), and a quorum that
+        // is really gone is reported by the leader's own check (two election timeouts).
+        ForwardReason::LeaseExpired => NodeError::NotLeader { leader: None },
+    }
+}

@@ -7,6 +7,7 @@
 //! `/readyz` answers with the reason when it is not; grpc.health.v1 reports SERVING or
 //! NOT_SERVING for the whole server and for `keel.v1.KV`.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,20 +29,25 @@ pub fn readiness(node: &Node) -> Result<(), String> {
     }
     // Borrowed, not cloned: this runs on every metrics change (every apply) and every scrape.
     let rx = node.raft.metrics();
-    let m = rx.borrow();
+    let m = rx.borrow_watched();
     match m.state {
         ServerState::Learner => return Err("a learner: not a voter yet".into()),
         ServerState::Candidate => return Err("no leader: an election is under way".into()),
         ServerState::Shutdown => return Err("raft has stopped".into()),
         ServerState::Leader => {
-            let quorum_ack = m.millis_since_quorum_ack.map(Duration::from_millis);
-            if quorum_ack.is_none_or(|d| d > node.election_timeout_max) {
-                return Err("leader without a quorum: no majority has answered lately".into());
+            if let Some(ms) = node.quorum_lost(&m) {
+                return Err(format!("leader without a quorum: no majority has answered for {ms} ms"));
             }
         }
         ServerState::Follower => {
-            if m.current_leader.is_none() {
+            let Some(leader) = m.current_leader else {
                 return Err("no leader".into());
+            };
+            let limit = node.quorum_silence_limit();
+            match node.since_leader_contact() {
+                Some(d) if d <= limit => {}
+                Some(d) => return Err(format!("no word from leader {leader} for {} ms", d.as_millis())),
+                None => return Err(format!("no word from leader {leader} since this member started")),
             }
         }
     }

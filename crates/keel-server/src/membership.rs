@@ -6,20 +6,25 @@
 //! removing the last voter, or a removal that would leave the remaining voters without a
 //! reachable majority (unless forced; reachability is probed over the peer port).
 //!
-//! ## Leader transfer under openraft 0.9
-//! openraft 0.9 has no transfer API, and its leader lease (= the maximum election timeout) makes
-//! every member that heard from the leader recently refuse votes. So a transfer: stops accepting
-//! writes and read-index requests here (clients get `Unavailable` and retry elsewhere), waits
-//! until the target has every entry, holds elections on the other voters, stops heartbeats so
-//! the leases lapse, and then has the target campaign. The target wins because its log is the
-//! most up to date and nobody else is campaigning. Clients see roughly one lease of unavailability.
+//! ## Leader transfer
+//! A transfer stops proposing here (new writes and read indexes wait, server-side, for the next
+//! leader), waits until the target has every entry, and then uses openraft's transfer
+//! (`trigger().transfer_leader`): every voter drops its lease of this leader, and the target
+//! campaigns at once with a vote request the voters grant despite a lease. Clients see a pause of
+//! about one round trip and one log sync, not a lease.
+//!
+//! openraft keeps a transfer in force for the rest of this leader's term: it refuses writes and
+//! sends no heartbeats until a new leader is elected (openraft issue 2088). So if the target has
+//! not won within an election timeout (it is paused, or cut off), keel asks another voter to
+//! campaign; that voter's log is as long as the target's, and no lease stands in its way.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use keel_storage::{Member, NodeId};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
 use crate::error::NodeError;
@@ -36,29 +41,26 @@ fn precondition(msg: impl Into<String>) -> NodeError {
     NodeError::FailedPrecondition(msg.into())
 }
 
-type ChangeResult = Result<
-    openraft::raft::ClientWriteResponse<keel_storage::TypeConfig>,
-    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
->;
+type ChangeError = RaftError<keel_storage::TypeConfig, ClientWriteError<keel_storage::TypeConfig>>;
+type ChangeResult = Result<openraft::raft::ClientWriteResponse<keel_storage::TypeConfig>, ChangeError>;
 
-/// Propose a membership change, waiting out one that is still in progress. openraft takes one
-/// change at a time and refuses the next while the last is uncommitted, and members publish
-/// their client addresses (a change) right after an election, so an operator's `member add`
-/// just after a start can meet one. It commits within a round trip or two: waiting a bounded
-/// while beats failing with openraft's "already undergoing a configuration change".
+/// Propose a membership change, waiting out what makes openraft refuse one for a moment: a
+/// change still in progress (openraft takes one at a time, and members publish their client
+/// addresses, a change, right after an election, so an operator's `member add` just after a
+/// start can meet one), or a new leader whose first entry is not committed yet. Both pass within
+/// a round trip or two: waiting a bounded while beats failing with openraft's message.
 pub(crate) async fn change_patiently<F, Fut>(node: &Node, change: F) -> ChangeResult
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ChangeResult>,
 {
-    use openraft::error::ChangeMembershipError;
     let deadline = Instant::now() + 4 * node.election_timeout_max;
     loop {
         match change().await {
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))))
-                if Instant::now() < deadline =>
-            {
-                tracing::debug!(%e, "a membership change is in progress; waiting to propose the next");
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ (ChangeMembershipError::InProgress(_) | ChangeMembershipError::UncommittedLeaderLog(_)),
+            ))) if Instant::now() < deadline => {
+                tracing::debug!(%e, "membership changes must wait a moment; waiting to propose");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => return other,
@@ -66,16 +68,24 @@ where
     }
 }
 
-/// Map the outcome of a membership change.
-fn membership_result<T>(r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>) -> Result<(), NodeError> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(NodeError::NotLeader { leader: f.leader_id })
-        }
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(precondition(e.to_string())),
-        Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+/// What a failed membership change means for the client.
+pub(crate) fn change_error(e: ChangeError) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => crate::error::forwarded(f),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => NodeError::Unknown(format!(
+            "the membership change was appended but a leader change discarded it (leader now: {:?}); \
+             check the membership before repeating it",
+            f.leader_id
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => precondition(e.to_string()),
+        RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => precondition(e.to_string()),
+        RaftError::Fatal(f) => NodeError::Unavailable(format!("raft stopped: {f}")),
     }
+}
+
+/// Map the outcome of a membership change.
+fn membership_result<T>(r: Result<T, ChangeError>) -> Result<(), NodeError> {
+    r.map(|_| ()).map_err(change_error)
 }
 
 /// The leader's view of the membership and of each member's replication.
@@ -95,7 +105,6 @@ struct TransferGuard<'a>(&'a Node);
 impl Drop for TransferGuard<'_> {
     fn drop(&mut self) {
         self.0.transferring.store(false, Ordering::Release);
-        self.0.raft.runtime_config().heartbeat(true);
     }
 }
 
@@ -280,7 +289,10 @@ impl Node {
         };
         self.transferring.store(true, Ordering::Release);
         let _guard = TransferGuard(self);
-        // In-flight writes finish; new ones are refused. Wait until the target has everything.
+        // In-flight writes finish; new ones wait. Wait until the target has everything, but not
+        // for long: a target that does not catch up within a few round trips is stopped or cut
+        // off, and the writes waiting here would wait for it.
+        let catch_up = (Instant::now() + (self.election_timeout_max * 4).max(Duration::from_secs(1))).min(deadline);
         loop {
             let view = self.view();
             if self.current_leader() != Some(self.id) {
@@ -289,41 +301,59 @@ impl Node {
             if view.matched.get(&target).copied().unwrap_or(0) >= view.last_log {
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= catch_up {
                 return Err(NodeError::Unavailable(format!(
-                    "member {target} did not catch up with the leader before the deadline"
+                    "member {target} did not catch up with the leader in time; leadership stays with member {}",
+                    self.id
                 )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let lease = self.election_timeout_max;
-        let hold = ForwardRequest::HoldElections {
-            ms: (lease * 3).as_millis() as u64,
-        };
-        for v in view.voters.iter().filter(|v| **v != target && **v != self.id) {
-            if let Err(e) = self.forward(*v, &hold, deadline).await {
-                tracing::warn!(member = v, error = %e, "could not hold elections during leader transfer");
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))?;
+        let changed = |m: &crate::node::RaftMetrics| m.current_leader.is_some() && m.current_leader != Some(self.id);
+        // The target campaigns as soon as it has the entries it was sent: an election timeout is
+        // ample. If it has not won by then, it cannot (paused, cut off, or stopped): another
+        // voter campaigns instead (see the module doc).
+        let first = (Instant::now() + self.election_timeout_max * 2).min(deadline);
+        let left = first.saturating_duration_since(Instant::now());
+        let mut won = self.raft.wait(Some(left)).metrics(changed, "leader transfer").await;
+        if won.is_err() && Instant::now() < deadline {
+            let others: Vec<NodeId> = view
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != target && *v != self.id)
+                .collect();
+            tracing::warn!(
+                target,
+                ?others,
+                "transfer target did not take over; asking another voter to campaign"
+            );
+            for v in others {
+                match self.forward(v, &ForwardRequest::Elect, deadline).await {
+                    Ok(_) => break,
+                    Err(e) => tracing::warn!(member = v, error = %e, "could not ask a voter to campaign"),
+                }
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            won = self.raft.wait(Some(left)).metrics(changed, "leader transfer").await;
         }
-        self.hold_elections(lease * 3);
-        self.raft.runtime_config().heartbeat(false);
-        // Members refuse votes until a lease has passed since they last heard from this leader.
-        tokio::time::sleep(lease + Duration::from_millis(20)).await;
-        self.forward(target, &ForwardRequest::Elect, deadline)
-            .await
-            .map_err(|e| NodeError::Unavailable(format!("could not ask member {target} to campaign: {e}")))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = self
-            .raft
-            .wait(Some(left))
-            .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != Some(self.id),
-                "leader transfer",
-            )
-            .await
-            .map_err(|e| NodeError::Unavailable(format!("no new leader after the transfer: {e}")))?;
+        let m = won.map_err(|e| NodeError::Unavailable(format!("no new leader after the transfer: {e}")))?;
         let leader = m.current_leader.unwrap_or(target);
-        tracing::info!(from = self.id, to = leader, "leadership transferred");
+        if leader == target {
+            tracing::info!(from = self.id, to = leader, "leadership transferred");
+        } else {
+            tracing::warn!(
+                from = self.id,
+                to = leader,
+                target,
+                "leadership went to another member than the target"
+            );
+        }
         Ok(leader)
     }
 
@@ -369,7 +399,7 @@ impl Node {
         }
         self.raft
             .trigger()
-            .elect()
+            .elect(false)
             .await
             .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))
     }
@@ -407,7 +437,7 @@ struct RemovalWatch {
 
 impl RemovalWatch {
     /// Is `id` no longer in the committed membership, having been in it?
-    fn removed(&mut self, id: NodeId, m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+    fn removed(&mut self, id: NodeId, m: &crate::node::RaftMetrics) -> bool {
         // Indexes suffice: an applied entry is committed and never replaced.
         let config_index = m.membership_config.log_id().as_ref().map(|l| l.index);
         let applied_index = m.last_applied.as_ref().map(|l| l.index);

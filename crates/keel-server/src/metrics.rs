@@ -14,6 +14,7 @@
 //!
 //! Names follow Prometheus conventions: base units (seconds, bytes), `_total` for counters.
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -222,7 +223,7 @@ impl Metrics {
     /// Term, leadership, indexes and (on the leader) replication lag, from openraft's metrics.
     fn raft_gauges(&self, node: &Node) {
         let rx = node.raft.metrics();
-        let m = rx.borrow();
+        let m = rx.borrow_watched();
         self.term.set(m.current_term as i64);
         self.is_leader.set(i64::from(m.current_leader == Some(node.id)));
         self.has_leader.set(i64::from(m.current_leader.is_some()));

@@ -6,7 +6,7 @@
 //! applied.
 //! On a follower it is forwarded to the leader over the peer service; the leader proposes it. If
 //! there is no leader, the node waits (at most a couple of election timeouts) for one, then answers
-//! `Unavailable`. A leader that has not heard from a quorum for two election timeouts refuses new
+//! `Unavailable`. A leader that has not heard from a quorum for a while (`quorum_silence_limit`) refuses new
 //! writes with `Unavailable` instead of letting them hang: nothing was proposed.
 //!
 //! **Linearizable reads** use the read index: the leader confirms with a quorum that it is still
@@ -24,21 +24,25 @@ use std::time::{Duration, Instant};
 use keel_proto::raft::RaftRequest;
 use keel_proto::v1::ResponseHeader;
 use keel_storage::{codec, KvReader, Limits, Member, NodeId, Request, Response, TypeConfig};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, Instant as _, LinearizerOption, ServerState};
 
 use crate::coalesce::Coalescer;
 use crate::error::NodeError;
 use crate::forward::{ForwardReply, ForwardRequest};
 use crate::peer::client::{never_sent, PeerChannels};
 
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, keel_storage::StateMachine>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// A running node, shared by its services.
 pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub reader: KvReader,
+    /// Where received snapshots are written before openraft installs them.
+    pub inbox: keel_storage::SnapshotInbox,
     pub channels: Arc<PeerChannels>,
     pub limits: Limits,
     pub cluster: Arc<crate::identity::ClusterId>,
@@ -51,6 +55,11 @@ pub struct Node {
     pub(crate) transferring: AtomicBool,
     /// This member was removed from the cluster.
     pub(crate) removed: AtomicBool,
+    /// When this member last accepted replication from a current leader, in milliseconds since
+    /// `started` (0: never). openraft's metrics keep naming the last leader while a member that
+    /// is cut off asks in vain for votes (a pre-vote changes nothing), so readiness asks this.
+    leader_contact: std::sync::atomic::AtomicU64,
+    started: Instant,
     /// Elections are held (not started) until this instant; None: for good (removed).
     pub(crate) election_hold: Arc<std::sync::Mutex<Option<Instant>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -70,6 +79,7 @@ impl Node {
         id: NodeId,
         raft: Raft,
         reader: KvReader,
+        inbox: keel_storage::SnapshotInbox,
         channels: Arc<PeerChannels>,
         limits: Limits,
         cluster: Arc<crate::identity::ClusterId>,
@@ -80,11 +90,12 @@ impl Node {
         log_stats: Arc<keel_storage::LogStats>,
         batch: crate::proposer::BatchLimits,
     ) -> Arc<Self> {
-        let proposer = crate::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone(), log_stats.clone());
+        let proposer = crate::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone());
         Arc::new_cyclic(|this| Node {
             id,
             raft,
             reader,
+            inbox,
             channels,
             limits,
             cluster,
@@ -94,6 +105,8 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             transferring: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            leader_contact: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
             election_hold: Arc::new(std::sync::Mutex::new(Some(Instant::now()))),
             metrics,
             log_stats,
@@ -111,13 +124,30 @@ impl Node {
             .ok_or_else(|| NodeError::Unavailable("node is shutting down".into()))
     }
 
-    pub fn metrics(&self) -> RaftMetrics<NodeId, Member> {
-        self.raft.metrics().borrow().clone()
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
     }
 
     /// Refuse new requests from now on; those in flight finish.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// A leader's AppendEntries was just accepted here.
+    pub fn heard_from_leader(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.leader_contact.fetch_max(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// How long ago this member last accepted a leader's AppendEntries (None: never).
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        let ms = self.leader_contact.load(Ordering::Relaxed);
+        (ms > 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(ms)))
+    }
+
+    /// Was this member removed from the cluster?
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -140,7 +170,7 @@ impl Node {
 
     /// The leader as this node knows it.
     pub fn current_leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Is this node the leader right now (by its own metrics)?
@@ -151,7 +181,7 @@ impl Node {
     /// The header of a response reflecting `revision`.
     pub fn header(&self, revision: u64) -> ResponseHeader {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         ResponseHeader {
             cluster_id: self.cluster.get(),
             member_id: self.id,
@@ -164,7 +194,7 @@ impl Node {
     /// The leader's client address, if known: a hint for clients to go there directly.
     pub fn leader_client_addr(&self) -> Option<String> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader)?;
         (!node.client_addr.is_empty()).then(|| node.client_addr.clone())
@@ -175,24 +205,53 @@ impl Node {
         self.election_timeout_max * 2 + Duration::from_millis(100)
     }
 
+    /// How long a leader may go without hearing from a quorum before it refuses requests: eight
+    /// election timeouts, at least a second (etcd's check-quorum allows one election timeout,
+    /// a second by default). Followers that write large entries on a saturated machine answer
+    /// hundreds of milliseconds late; a leader really cut off is replaced by the others after an
+    /// election timeout or two anyway, and clients waiting on it then move on.
+    pub fn quorum_silence_limit(&self) -> Duration {
+        (self.election_timeout_max * 8).max(Duration::from_secs(1))
+    }
+
     /// Has this leader gone without a quorum's acknowledgement for too long?
-    fn quorum_lost(&self, m: &RaftMetrics<NodeId, Member>) -> Option<u64> {
-        let limit = (self.election_timeout_max * 2).as_millis() as u64;
-        m.millis_since_quorum_ack.filter(|&ms| ms > limit)
+    ///
+    /// Lost only if neither measure has seen a quorum within `quorum_silence_limit`: openraft's
+    /// (the sending time of the newest RPC a quorum acknowledged; None right after an election)
+    /// nor keel's (the time answers arrived, `PeerChannels::since_answer`). A leader whose
+    /// followers answer slowly, because they write large entries on a busy machine, is not
+    /// without a quorum. A lone voter is its own quorum.
+    pub(crate) fn quorum_lost(&self, m: &RaftMetrics) -> Option<u64> {
+        let limit = self.quorum_silence_limit();
+        let acked = m.last_quorum_acked.map(|t| t.elapsed())?;
+        if acked <= limit {
+            return None;
+        }
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        // Each voter's silence (this leader's own is none), freshest first: the quorum was last
+        // heard when the majority-th freshest voter answered.
+        let mut silence: Vec<Duration> = voters
+            .iter()
+            .map(|v| match *v == self.id {
+                true => Duration::ZERO,
+                false => self.channels.since_answer(*v).unwrap_or(Duration::MAX),
+            })
+            .collect();
+        silence.sort();
+        let heard = silence.get(voters.len() / 2).copied().unwrap_or(Duration::MAX);
+        (heard > limit).then_some(acked.min(heard).as_millis() as u64)
     }
 
     /// The precondition of leader-only work: running, leader, and heard from a quorum lately.
     pub(crate) fn check_leader_with_quorum(&self) -> Result<(), NodeError> {
         self.check_running()?;
         if self.transferring.load(Ordering::Acquire) {
-            return Err(NodeError::Unavailable(format!(
-                "member {} is handing leadership over; retry shortly",
-                self.id
-            )));
+            // Nothing is proposed: the request waits for the next leader (`on_leader`).
+            return Err(NodeError::NotLeader { leader: None });
         }
         // Borrowed, not cloned: this runs for every write and read index.
         let rx = self.raft.metrics();
-        let m = rx.borrow();
+        let m = rx.borrow_watched();
         if m.current_leader != Some(self.id) {
             return Err(NodeError::NotLeader {
                 leader: m.current_leader,
@@ -301,10 +360,24 @@ impl Node {
     }
 
     /// Propose a write on this node, which must be the leader.
+    ///
+    /// openraft refuses a proposal (before appending it) while it hands leadership over, and
+    /// while its lease has lapsed: no quorum acknowledged an RPC sent within the last election
+    /// timeout, which on a saturated machine, with large entries, happens while the followers
+    /// answer all along. The write then waits here and is proposed again, for as long as this
+    /// member still leads with a quorum heard lately, until its deadline.
     pub async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
-        self.check_leader_with_quorum()?;
+        const PAUSE: Duration = Duration::from_millis(5);
         let started = Instant::now();
-        let result = self.propose(req, deadline).await;
+        let result = loop {
+            self.check_leader_with_quorum()?;
+            match self.propose(req.clone(), deadline).await {
+                Err(NodeError::NotLeader { leader: None }) if Instant::now() + PAUSE < deadline => {
+                    tokio::time::sleep(PAUSE).await;
+                }
+                other => break other,
+            }
+        };
         self.metrics.proposal(result.is_ok(), started.elapsed());
         result
     }
@@ -329,16 +402,16 @@ impl Node {
             .snapshot()
             .await
             .map_err(|e| NodeError::Internal(format!("cannot start a snapshot: {e}")))?;
-        let mut rx = self.raft.metrics();
-        let built = rx.wait_for(|m| m.snapshot >= target);
-        match tokio::time::timeout_at(deadline.into(), built).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err(NodeError::Unavailable("raft stopped".into())),
-            Err(_) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = self.raft.wait(Some(left));
+        match wait.metrics(|m| m.snapshot >= target, "snapshot built").await {
+            Ok(_) => {}
+            Err(openraft::metrics::WaitError::Timeout(..)) => {
                 return Err(NodeError::DeadlineExceeded(
                     "deadline exceeded while the snapshot was being built".into(),
                 ))
             }
+            Err(e) => return Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
         }
         let (_, file) = self
             .reader
@@ -401,34 +474,36 @@ impl Node {
         })
     }
 
-    /// One leadership confirmation by a quorum.
-    ///
-    /// openraft gives each follower only one heartbeat interval to confirm, so a healthy but busy
-    /// follower (one flushing and applying a large entry, say) easily misses a round. A failed round
-    /// is therefore retried; a quorum that is really gone ends the retries through `quorum_lost`
-    /// (within two election timeouts), and the deadline ends them in any case.
+    /// One leadership confirmation by a quorum: a read index (ReadIndex, not a lease read). The
+    /// read waits for the first quorum acknowledgement of a heartbeat or AppendEntries sent after
+    /// it arrived, from whichever round brings it; a healthy but busy follower that misses one
+    /// round confirms in the next. The wait is bounded by the deadline and by
+    /// `quorum_silence_limit`, after which a quorum that is really gone shows in `quorum_lost`.
     async fn confirm_leadership(&self, deadline: Instant) -> Result<u64, NodeError> {
-        // Stop retrying this long before the deadline, so the answer still reaches the caller.
+        // Stop waiting this long before the deadline, so the answer still reaches the caller.
         const MARGIN: Duration = Duration::from_millis(100);
         loop {
             self.check_leader_with_quorum()?;
-            match tokio::time::timeout_at(deadline.into(), self.raft.get_read_log_id()).await {
+            let left = deadline.saturating_duration_since(Instant::now() + MARGIN);
+            if left.is_zero() {
+                return Err(NodeError::Unavailable(
+                    "no quorum confirmed leadership before the deadline".into(),
+                ));
+            }
+            let wait = left.min(self.quorum_silence_limit());
+            let option = LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(wait);
+            match tokio::time::timeout_at(deadline.into(), self.raft.get_read_log_id(option)).await {
                 Err(_) => {
                     return Err(NodeError::Unavailable(
                         "no quorum confirmed leadership before the deadline".into(),
                     ))
                 }
-                Ok(Ok((read_log_id, _))) => return Ok(read_log_id.map_or(0, |l| l.index)),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    return Err(NodeError::NotLeader { leader: f.leader_id })
+                Ok(Ok((read_log_id, _))) => return Ok(read_log_id.index()),
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                    return Err(crate::error::forwarded(f))
                 }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                    let pause = Duration::from_millis(10);
-                    if Instant::now() + pause + MARGIN >= deadline {
-                        return Err(NodeError::Unavailable(format!("no quorum: {e}")));
-                    }
-                    tracing::debug!(error = %e, "leadership not confirmed by a quorum this round; retrying");
-                    tokio::time::sleep(pause).await;
+                Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+                    tracing::debug!(error = %e, "leadership not confirmed by a quorum in time; checking again");
                 }
                 Ok(Err(RaftError::Fatal(f))) => return Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
             }
@@ -441,13 +516,7 @@ impl Node {
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
         match crate::membership::change_patiently(self, || self.raft.change_membership(change.clone(), true)).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader { leader: f.leader_id })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(NodeError::FailedPrecondition(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+            Err(e) => Err(crate::membership::change_error(e)),
         }
     }
 
@@ -460,7 +529,7 @@ impl Node {
     ) -> Result<ForwardReply, NodeError> {
         let addr = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             match m.membership_config.membership().get_node(&leader) {
                 Some(node) => node.peer_addr.clone(),
                 None => return Err(NodeError::NotLeader { leader: None }),
@@ -558,7 +627,7 @@ fn millis_until(deadline: Instant) -> u64 {
 }
 
 /// A short name for a server state, as shown by `keelctl status`.
-pub fn role_name(m: &RaftMetrics<NodeId, Member>) -> &'static str {
+pub fn role_name(m: &RaftMetrics) -> &'static str {
     match m.state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

@@ -23,15 +23,12 @@
 //! - A batch fails or succeeds as one entry: if the leader loses leadership before the entry is
 //!   committed, every request in it gets the same outcome (unknown, or not-leader when nothing
 //!   was proposed), exactly as each would alone.
-//! - openraft answers ForwardToLeader both to a proposal it refused (this node was not leader:
-//!   nothing was appended, so retrying on the next leader is safe) and to one whose entry was
-//!   appended and then overwritten by a newer leader's. The latter may still commit: with five
-//!   or more voters another member can hold the entry and a later leader can commit it. The two
-//!   are told apart by this member's log store, which counts the entries it appends
-//!   ([`keel_storage::LogStats::entries`]): if nothing was appended between the proposal and the
-//!   answer, it surely did not apply (`NotLeader`); otherwise the outcome is unknown. A leader
-//!   appends an entry to its own log before it sends it anywhere, so this is never wrong, only
-//!   cautious (another proposal's append, or a follower's, in between also makes it unknown).
+//! - openraft 0.10 answers `ForwardToLeader` only to a proposal it refused before appending it
+//!   (this node was not leader, or was handing over: retrying on the next leader is safe), and
+//!   `LogEntryDiscarded` to one whose entry was appended and then truncated or purged away by a
+//!   newer leader's. The latter may still have committed elsewhere (with five or more voters,
+//!   another member can hold the entry and a later leader commit it), so its outcome is unknown.
+//!   An appended entry that a later leader commits is answered when it is applied, whoever leads.
 //! - Requests whose callers have given up (deadline passed) while queued are dropped before they
 //!   are proposed; the caller was already told that the outcome is unknown.
 //! - The proposer holds at most `max_queued` writes, and [`MAX_QUEUED_BYTES`] of them: from the
@@ -44,12 +41,11 @@
 //!   it.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_storage::{codec, Command, CommandResult, LogStats, NodeId, Request, Response};
-use openraft::error::{ClientWriteError, RaftError};
+use keel_storage::{codec, Command, CommandResult, NodeId, Request, Response};
+use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::NodeError;
@@ -169,12 +165,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Start the proposer task for `raft` on member `id`, whose log store keeps `log_stats`.
-    pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>, log_stats: Arc<LogStats>) -> Self {
+    /// Start the proposer task for `raft` on member `id`.
+    pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
         // Bounded by `room`: every write in the channel holds a place.
         let (queue, rx) = mpsc::unbounded_channel();
         let room = Room::new(id, limits.max_queued, metrics.clone());
-        let target = Target { id, raft, log_stats };
+        let target = Target { id, raft };
         tokio::spawn(run(target, rx, limits, metrics));
         Proposer { queue, room }
     }
@@ -202,12 +198,11 @@ impl Proposer {
     }
 }
 
-/// What the proposals go to: this member's Raft, and its log store's counters.
+/// What the proposals go to: this member's Raft.
 #[derive(Clone)]
 struct Target {
     id: NodeId,
     raft: Raft,
-    log_stats: Arc<LogStats>,
 }
 
 async fn run(target: Target, mut queue: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits, metrics: Arc<Metrics>) {
@@ -306,10 +301,6 @@ async fn propose(target: Target, mut batch: Vec<Queued>, permit: OwnedSemaphoreP
 /// Propose `request`; the in-flight `slot` is released when the answer comes, or after
 /// [`SLOT_TIMEOUT`], whichever is first.
 async fn client_write(target: &Target, request: Request, slot: OwnedSemaphorePermit) -> Result<Response, NodeError> {
-    // Read before the proposal can reach the log. openraft appends (and counts) an entry before
-    // it answers its proposal, and sends that answer through a channel, so the count read after
-    // the answer includes the proposal's own append, if there was one.
-    let appended_before = target.log_stats.entries.load(Ordering::Acquire);
     let write = target.raft.client_write(request);
     tokio::pin!(write);
     let result = tokio::select! {
@@ -321,22 +312,17 @@ async fn client_write(target: &Target, request: Request, slot: OwnedSemaphorePer
     };
     match result {
         Ok(resp) => Ok(resp.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            if target.log_stats.entries.load(Ordering::Acquire) == appended_before {
-                // Nothing was appended here since the proposal, so neither was it: refused.
-                Err(NodeError::NotLeader { leader: f.leader_id })
-            } else {
-                Err(overwritten(target.id, f.leader_id))
-            }
-        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(crate::error::forwarded(f)),
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(overwritten(target.id, f.leader_id)),
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(NodeError::Internal(e.to_string())),
+        Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => Err(NodeError::Internal(e.to_string())),
         Err(RaftError::Fatal(f)) => Err(NodeError::Unknown(format!(
             "raft stopped during the write ({f}); it may or may not have applied"
         ))),
     }
 }
 
-/// The answer to a proposal that lost its leader after it may have been appended to the log.
+/// The answer to a proposal whose entry was appended here and then discarded by a newer leader.
 fn overwritten(id: NodeId, leader: Option<NodeId>) -> NodeError {
     let leader = leader.map_or("unknown".to_string(), |l| l.to_string());
     NodeError::Unknown(format!(

@@ -107,6 +107,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         },
     )?;
     let reader = store.sm.reader();
+    let inbox = store.sm.snapshot_inbox();
     let metrics = crate::metrics::Metrics::new(config.id);
     store.sm.set_observer(metrics.clone());
     let log_stats = store.log.stats();
@@ -119,10 +120,14 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         election_timeout_max: config.election_timeout.1.as_millis() as u64,
         // Snapshots stream over one RPC; give large ones time.
         install_snapshot_timeout: 10 * 60 * 1000,
-        // Entries are up to a 64 KiB batch each, and the network refuses more than 1 MiB per
-        // AppendEntries anyway (peer/client.rs); 1024 made a new leader's first probes of its
-        // followers name tens of MiB.
+        // Entries are up to a 64 KiB batch each, and the log reader returns at most 1 MiB per
+        // AppendEntries anyway (keel-storage's REPLICATION_BATCH_BYTES); this bounds the reads
+        // of a new leader's first probes of its followers.
         max_payload_entries: 256,
+        // A member that stalled (paused, overloaded) and missed heartbeats first asks whether it
+        // could win; members that still hear from the leader say no, so it does not disrupt the
+        // leader with a higher term. Peers carry the PreVote RPC (peer/client.rs).
+        enable_pre_vote: Some(true),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000,
         ..Default::default()
@@ -140,11 +145,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.sm).await?;
 
     if let Startup::Bootstrap(members) = &startup {
-        // Every initial member proposes the same membership (peer addresses only), so the
-        // index-0 entries agree; each member then publishes its client address itself.
+        // Every initial member proposes the same membership (peer addresses only). Their index-0
+        // entries differ only in the log id's node (openraft 0.10 names the member that wrote
+        // it), and the first leader's replaces the others'. Each member then publishes its client
+        // address itself.
         match raft.initialize(Member::from_peers(members)).await {
             Ok(()) => tracing::info!(cluster_id = %identity.cluster_id, "initialized a new cluster"),
-            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
+            Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(e))) => {
                 tracing::info!(reason = %e, "cluster already initialized")
             }
             Err(e) => return Err(e.into()),
@@ -165,6 +172,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         config.id,
         raft,
         reader,
+        inbox,
         channels,
         config.limits,
         cluster,
@@ -264,8 +272,8 @@ impl NodeHandle {
     /// Stop gracefully: finish in-flight requests, stop Raft, flush. Bounded in time.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let node = &self.node;
-        // A leader first hands over to the most up-to-date voter, so clients lose a lease's worth
-        // of time rather than an election timeout plus a lease.
+        // A leader first hands over to the most up-to-date voter, so clients see a pause of a
+        // round trip or two rather than an election timeout plus a lease.
         if node.is_leader() {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             match node.transfer_local(None, deadline).await {

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_storage::EntryPayload;
 use keel_storage::{Command, Entry, PutOp, Request, StoreConfig};
 use openraft::storage::RaftLogStorageExt;
-use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,7 @@ fn arg(name: &str) -> Option<String> {
 
 fn entry(index: u64) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: keel_storage::log_id_at(1, 1, index),
         payload: EntryPayload::Normal(Request::new(Command::Put(PutOp {
             key: index.to_be_bytes().to_vec(),
             value: vec![0xAB; 256],

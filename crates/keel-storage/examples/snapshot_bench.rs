@@ -20,9 +20,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use keel_storage::EntryPayload;
 use keel_storage::{Command, Entry, KeyRange, KvReader, PutOp, RangeOp, Request, StoreConfig};
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
+use openraft::RaftSnapshotBuilder;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 const VALUE_BYTES: usize = 256;
@@ -60,7 +61,7 @@ fn value(i: u64) -> Vec<u8> {
 
 fn entry(index: u64, i: u64) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: keel_storage::log_id_at(1, 1, index),
         payload: EntryPayload::Normal(Request::new(Command::Put(PutOp {
             key: key(i),
             value: value(i),
@@ -130,7 +131,7 @@ async fn main() {
     while next < keys {
         let end = (next + APPLY_BATCH).min(keys);
         let entries: Vec<Entry> = (next..end).map(|i| entry(i + 1, i)).collect();
-        src.sm.apply(entries).await.expect("apply");
+        src.sm.apply_entries(entries).expect("apply");
         next = end;
     }
     src.durability.sync().expect("sync");
@@ -181,9 +182,9 @@ async fn main() {
     // Transfer into a fresh store, as openraft's receiving side does, then install.
     let mut dst = keel_storage::open(&base.path().join("dst"), &config).expect("open fresh store");
     let start = Instant::now();
-    let mut rx = dst.sm.begin_receiving_snapshot().await.expect("begin receiving");
+    let mut rx = dst.sm.snapshot_inbox().create_file().expect("begin receiving");
     file.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
-    let copied = tokio::io::copy(&mut file, &mut *rx).await.expect("copy snapshot");
+    let copied = tokio::io::copy(&mut file, &mut rx).await.expect("copy snapshot");
     rx.flush().await.expect("flush");
     assert_eq!(copied, snapshot_bytes);
     drop(file);

@@ -4,15 +4,16 @@
 //! range of indexes is one range scan; `b"m:vote"`, `b"m:committed"`, `b"m:purged"` → metadata.
 //!
 //! ## Purging
-//! The log is never purged past the state machine's applied index: openraft 0.9, on a follower
-//! that receives a snapshot of index S, queues the state machine's install of S and then purges
-//! the log up to S without waiting for the install. Had the purge landed first, a member killed
-//! while loading a large snapshot (or whose install failed its checksum) would restart with its
-//! state machine at A < S and a log that starts after S, and could never start again. So `purge`
-//! first waits until the state machine has applied (or installed) S, then syncs, so that the
-//! state machine is durable at S before the purge point is written; if the state machine fails
-//! instead (openraft then stops the node), the purge fails and nothing is purged. A leader's or
-//! follower's own snapshots never wait: they cover only what is applied.
+//! The log is never purged past the state machine's applied index. Had a purge to S landed before
+//! the state machine reached S, a member killed while loading a large snapshot (or whose install
+//! failed its checksum) would restart with its state machine at A < S and a log that starts after
+//! S, and could never start again. openraft 0.9 purged a follower's log up to a received snapshot
+//! without waiting for its install; openraft 0.10 orders the purge after the install, and keel
+//! keeps its own guard anyway, because the rule is keel's to keep: `purge` first waits until the
+//! state machine has applied (or installed) S, then syncs, so that the state machine is durable
+//! at S before the purge point is written. If the state machine fails instead (openraft then stops
+//! the node), the purge fails and nothing is purged. A member's own snapshots never wait: they
+//! cover only what is applied.
 //!
 //! `purge` then records the new purge point and returns; from then on reads skip the purged entries,
 //! and a background thread deletes them, a chunk per sled batch. openraft awaits `purge` inside
@@ -23,7 +24,9 @@
 //!
 //! ## Group commit
 //! `append` inserts the entries into sled (after which readers see them, as openraft requires)
-//! and hands the completion callback to the flusher thread. The flusher takes every callback that
+//! and hands the completion callback to the flusher thread. openraft 0.10 does not wait for that
+//! callback before it replicates, so a leader sends entries to its followers while its own sync
+//! runs, and counts itself toward the quorum only once the callback has fired. The flusher takes every callback that
 //! is waiting, runs one [`Durability::sync`] for all of them, and only then completes them. While
 //! one fdatasync runs, further appends queue up and share the next one, so throughput rises with
 //! load instead of being capped by the disk's sync rate. The fsync runs on its own OS thread, never
@@ -32,11 +35,17 @@
 //! ## What must be durable when
 //! - `append`: its callback is completed only after a sync that began after the insert.
 //! - `save_vote`: returns only after a sync, so a node never votes twice in one term.
-//! - `truncate`: returns only after a sync, so entries a leader overwrote cannot reappear after a
+//! - `truncate_after`: returns only after a sync, so entries a leader overwrote cannot reappear after a
 //!   crash and make this node's log look longer than what it acknowledged.
 //! - `purge` and `save_committed`: not synced. Losing a purge leaves extra entries that are
 //!   purged again; losing the committed index only delays re-applying entries the leader will
 //!   report as committed anyway. The next sync of any kind persists both.
+//!
+//! ## Replication batches
+//! Replication reads through [`RaftLogReader::limited_get_log_entries`], and keel's reader returns
+//! at most [`REPLICATION_BATCH_BYTES`] of entries (at least one), so that one AppendEntries stays a
+//! bounded amount of work for the follower's disk and for the link, whatever a lagging follower is
+//! owed.
 
 use std::fmt::Debug;
 use std::io;
@@ -44,13 +53,18 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
 use tokio::sync::{oneshot, watch};
 
 use crate::codec;
+use crate::durability::sled_to_io;
 use crate::durability::Durability;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+/// The most entry bytes one replication read returns (a single larger entry still goes alone):
+/// see "Replication batches".
+pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
 
 const ENTRY_PREFIX: u8 = b'e';
 const VOTE_KEY: &[u8] = b"m:vote";
@@ -66,7 +80,7 @@ fn entry_key(index: u64) -> [u8; 9] {
 
 /// Work for the flusher thread: complete these once a sync has covered them.
 enum Flush {
-    Log(LogFlushed<TypeConfig>),
+    Log(IOFlushed<TypeConfig>),
     Notify(oneshot::Sender<io::Result<()>>),
 }
 
@@ -101,6 +115,12 @@ pub struct LogStore {
     /// The state machine's progress: a purge waits for it (see "Purging").
     sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
 }
+
+/// Log appends and syncs slower than this are logged.
+const SLOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Appends larger than this are written on a blocking thread.
+const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
 /// Entries deleted per sled batch by the purger.
 const PURGE_CHUNK: u64 = 256;
@@ -271,9 +291,17 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
         batch.extend(rx.try_iter());
         let started = std::time::Instant::now();
         let result = dur.sync();
-        stats
-            .sync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let took = started.elapsed();
+        if took > SLOW {
+            // As etcd's "slow fdatasync": followers answer only after this, so a slow disk shows
+            // as a slow cluster.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                requests = batch.len(),
+                "slow log sync"
+            );
+        }
+        stats.sync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         stats.group_commits.fetch_add(1, Ordering::Relaxed);
         stats.synced_requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for req in batch {
@@ -283,7 +311,7 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match req {
-                Flush::Log(cb) => cb.log_io_completed(res),
+                Flush::Log(cb) => cb.io_completed(res),
                 Flush::Notify(tx) => {
                     let _ = tx.send(res);
                 }
@@ -292,8 +320,8 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
     }
 }
 
-/// The entries in `range` that are not purged.
-fn read_entries<RB: RangeBounds<u64>>(tree: &sled::Tree, from: u64, range: RB) -> Result<Vec<Entry>, StorageError> {
+/// The sled key range of the log indexes in `range`, starting no lower than `from`.
+fn key_range<RB: RangeBounds<u64>>(from: u64, range: &RB) -> (Bound<[u8; 9]>, Bound<[u8; 9]>) {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
         Bound::Excluded(&i) => i.saturating_add(1),
@@ -305,21 +333,50 @@ fn read_entries<RB: RangeBounds<u64>>(tree: &sled::Tree, from: u64, range: RB) -
         Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
         Bound::Unbounded => Bound::Excluded([ENTRY_PREFIX + 1; 9]),
     };
+    (start, end)
+}
+
+/// The entries in `range` that are not purged, stopping before the first entry that would take
+/// their encoded size past `budget` bytes (but always with the first one).
+fn read_entries<RB: RangeBounds<u64>>(
+    tree: &sled::Tree,
+    from: u64,
+    range: RB,
+    budget: usize,
+) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    for item in tree.range::<[u8; 9], _>((start, end)) {
-        let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-        let entry: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
-        out.push(entry);
+    let mut bytes = 0usize;
+    for item in tree.range::<[u8; 9], _>(key_range(from, &range)) {
+        let (_, v) = item.map_err(sled_to_io)?;
+        bytes = bytes.saturating_add(v.len());
+        if bytes > budget && !out.is_empty() {
+            break;
+        }
+        out.push(codec::decode::<Entry>(&v).map_err(io::Error::other)?);
     }
     Ok(out)
+}
+
+impl LogReader {
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB, budget: usize) -> io::Result<Vec<Entry>> {
+        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range, budget)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range)
+    ) -> io::Result<Vec<Entry>> {
+        self.entries(range, usize::MAX)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        read_meta_from(&self.tree, VOTE_KEY)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.entries(start..end, REPLICATION_BATCH_BYTES)
     }
 }
 
@@ -327,27 +384,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range)
+    ) -> io::Result<Vec<Entry>> {
+        read_entries(
+            &self.tree,
+            self.readable_from.load(Ordering::Acquire),
+            range,
+            usize::MAX,
+        )
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.read_meta(VOTE_KEY)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.read_meta(PURGED_KEY).map_err(|e| StorageIOError::read_logs(&e))?;
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.read_meta(PURGED_KEY)?;
         let last = self
             .tree
             .scan_prefix([ENTRY_PREFIX])
             .next_back()
             .transpose()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+            .map_err(sled_to_io)?;
         let last_log_id = match last {
             Some((_, v)) => {
-                let entry: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: Entry = codec::decode(&v).map_err(io::Error::other)?;
                 // Purged entries may still await deletion.
-                Some(*entry.get_log_id()).max(last_purged)
+                Some(entry.log_id).max(last_purged)
             }
             None => last_purged,
         };
@@ -364,76 +430,78 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.dur.check().map_err(|e| StorageIOError::write_vote(&e))?;
-        self.tree
-            .insert(VOTE_KEY, codec::encode(vote))
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.sync().await.map_err(|e| StorageIOError::write_vote(&e))?;
-        Ok(())
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.dur.check()?;
+        self.tree.insert(VOTE_KEY, codec::encode(vote)).map_err(sled_to_io)?;
+        self.sync().await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.read_meta(VOTE_KEY).map_err(|e| StorageIOError::read_vote(&e))?)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         self.tree
             .insert(COMMITTED_KEY, codec::encode(&committed))
-            .map_err(|e| StorageIOError::write(&e))?;
+            .map_err(sled_to_io)?;
         if let Some(c) = committed {
             self.stats.committed.fetch_max(c.index, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = self.read_meta(COMMITTED_KEY).map_err(|e| StorageIOError::read(&e))?;
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        let committed: Option<Option<LogId>> = self.read_meta(COMMITTED_KEY)?;
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.dur.check().map_err(|e| StorageIOError::write_logs(&e))?;
+        self.dur.check()?;
         let mut batch = sled::Batch::default();
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0);
         for entry in entries {
-            batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
+            let value = codec::encode(&entry);
+            bytes += value.len();
+            batch.insert(&entry_key(entry.log_id.index), value);
             n += 1;
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let started = std::time::Instant::now();
+        if bytes > INLINE_APPEND_BYTES {
+            // Copying a MiB into sled takes milliseconds: not on the thread that runs Raft's core
+            // (and, on a follower, answers the leader's heartbeats).
+            let tree = self.tree.clone();
+            tokio::task::spawn_blocking(move || tree.apply_batch(batch))
+                .await
+                .map_err(io::Error::other)?
+                .map_err(sled_to_io)?;
+        } else {
+            self.tree.apply_batch(batch).map_err(sled_to_io)?;
+        }
+        if started.elapsed() > SLOW {
+            // Raft's core waits for this (not for the sync).
+            let took_ms = started.elapsed().as_millis() as u64;
+            tracing::warn!(took_ms, entries = n, bytes, "slow log append");
+        }
         self.stats.entries.fetch_add(n, Ordering::Relaxed);
-        self.flusher
-            .send(Flush::Log(callback))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.flusher.send(Flush::Log(callback))
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
         let mut batch = sled::Batch::default();
-        for item in self.tree.range(entry_key(log_id.index)..[ENTRY_PREFIX + 1; 9]) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+        for item in self.tree.range(entry_key(from)..[ENTRY_PREFIX + 1; 9]) {
+            let (k, _) = item.map_err(sled_to_io)?;
             batch.remove(k);
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.sync().await.map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.tree.apply_batch(batch).map_err(sled_to_io)?;
+        self.sync().await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.wait_applied(log_id.index)
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        self.wait_applied(log_id.index).await?;
         self.tree
             .insert(PURGED_KEY, codec::encode(&log_id))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+            .map_err(sled_to_io)?;
         self.readable_from.fetch_max(log_id.index + 1, Ordering::AcqRel);
         if let Some(tx) = &self.flusher.purge_tx {
             // A stopped purger only leaves entries on disk, to be deleted after the next open.

@@ -103,18 +103,15 @@ pub async fn restore(
     }
     let mut store = crate::open(dir, config).map_err(|e| storage(io::Error::other(e)))?;
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
-    let membership = StoredMembership::new(Some(last), Membership::new(vec![voters], members));
+    let membership = Membership::new(vec![voters], members).map_err(|e| storage(io::Error::other(e)))?;
+    let membership = StoredMembership::new(Some(last), membership);
     let file = File::open(snapshot).map_err(storage)?;
     store
         .sm
         .seed_from_snapshot(BufReader::with_capacity(256 * 1024, file), membership)
         .map_err(storage)?;
     let vote = Vote::new(last.leader_id.term, id);
-    store
-        .log
-        .save_vote(&vote)
-        .await
-        .map_err(|e| storage(io::Error::other(e.to_string())))?;
+    store.log.save_vote(&vote).await.map_err(storage)?;
     store.durability.sync().map_err(storage)?;
     Ok(verified)
 }

@@ -20,18 +20,27 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
 
 /// Shorthands for the openraft types instantiated with [`TypeConfig`].
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
-pub type StorageError = openraft::StorageError<NodeId>;
+///
+/// The leader id is openraft's "advanced" one (a term and the node that leads it), the same that
+/// openraft 0.9 used, so votes and log ids written by keel before the 0.10 port decode unchanged.
+pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, NodeId>;
+pub type LogId = openraft::LogId<LeaderId>;
+pub type Vote = openraft::impls::Vote<LeaderId>;
+pub type EntryPayload = openraft::EntryPayload<Request, NodeId, Member>;
+pub type Entry = openraft::Entry<LeaderId, EntryPayload>;
+pub type Membership = openraft::Membership<NodeId, Member>;
+pub type StoredMembership = openraft::StoredMembership<LeaderId, NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<LeaderId, NodeId, Member>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+
+/// The log id of entry `index` written by `node_id` as leader of `term`.
+pub fn log_id_at(term: u64, node_id: NodeId, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id }, index)
+}
 
 /// What the cluster knows about a member: where its peers and its clients reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +90,23 @@ impl Request {
     /// A request without a client session.
     pub fn new(command: Command) -> Self {
         Request { session: None, command }
+    }
+}
+
+/// Log lines name a request by its command kind and its session, never by its keys and values
+/// (openraft requires `Display` of what it replicates).
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.command {
+            Command::Put(_) => "put",
+            Command::Delete(_) => "delete",
+            Command::Txn(_) => "txn",
+            Command::Batch(b) => return write!(f, "batch of {}", b.len()),
+        };
+        match self.session {
+            Some(s) => write!(f, "{kind} (session {}:{})", s.client_id, s.seq),
+            None => f.write_str(kind),
+        }
     }
 }
 

@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 
 use keel_storage::codec::{self, HISTORY_PREFIX, VERSION_PREFIX};
 use keel_storage::sm::HistoryEvent;
+use keel_storage::EntryPayload;
 use keel_storage::*;
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -50,12 +49,12 @@ impl Node {
             .map(|req| {
                 self.index += 1;
                 Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+                    log_id: keel_storage::log_id_at(1, 1, self.index),
                     payload: EntryPayload::Normal(req),
                 }
             })
             .collect::<Vec<_>>();
-        self.store.sm.apply(entries).await.expect("apply")
+        self.store.sm.apply_entries(entries).expect("apply")
     }
 
     /// Every stored version (key and value bytes), and the history by revision (a batch entry

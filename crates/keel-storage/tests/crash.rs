@@ -277,7 +277,9 @@ fn state_machine_is_consistent_after_sigkill_mid_apply() {
             "applied {applied} but the child reported only {max_applied}; last lines: {:?}",
             &tail[tail.len().saturating_sub(5)..]
         );
-        rt().block_on(reference.sm.apply((reference_applied + 1..=applied).map(torture_entry)))
+        reference
+            .sm
+            .apply_entries((reference_applied + 1..=applied).map(torture_entry))
             .expect("reference apply");
         reference_applied = applied;
         let (ref_applied, ref_rev, ref_kvs) = sm_state(&mut reference);

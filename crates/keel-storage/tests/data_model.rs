@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use keel_storage::codec::{self, HISTORY_PREFIX, VERSION_PREFIX};
 use keel_storage::sm::mvcc::{self, LiveIter};
 use keel_storage::sm::HistoryEvent;
+use keel_storage::EntryPayload;
 use keel_storage::*;
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, Membership};
+use openraft::Membership;
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ struct Node {
 }
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(1, 1), index)
+    keel_storage::log_id_at(1, 1, index)
 }
 
 impl Node {
@@ -62,7 +63,7 @@ impl Node {
     }
 
     /// Apply `payloads` as consecutive log entries in one `apply` call.
-    async fn apply_payloads(&mut self, payloads: Vec<EntryPayload<TypeConfig>>) -> Vec<Response> {
+    async fn apply_payloads(&mut self, payloads: Vec<EntryPayload>) -> Vec<Response> {
         let mut entries = Vec::new();
         for payload in payloads {
             self.index += 1;
@@ -70,7 +71,7 @@ impl Node {
             entries.push(Entry { log_id, payload });
         }
         let n = entries.len();
-        let responses = self.store.sm.apply(entries).await.expect("apply");
+        let responses = self.store.sm.apply_entries(entries).expect("apply");
         assert_eq!(responses.len(), n, "one response per entry");
         responses
     }
@@ -260,7 +261,7 @@ fn keys(kvs: &[KeyValue]) -> Vec<Vec<u8>> {
 }
 
 fn membership() -> Membership<NodeId, Member> {
-    Membership::new(vec![BTreeSet::from([1, 2])], ())
+    Membership::new_with_defaults(vec![BTreeSet::from([1, 2])], [])
 }
 
 // ---------------------------------------------------------------------------------------------

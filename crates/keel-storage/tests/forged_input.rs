@@ -10,7 +10,7 @@ use keel_storage::{
     codec, Command, KeyValue, PutOp, Request, SnapshotHeader, SnapshotMeta, SnapshotWriter, StoreConfig,
 };
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, LogId, StoredMembership};
+use openraft::StoredMembership;
 use tokio::io::AsyncWriteExt;
 
 /// The encoding of a batch nested `depth` levels deep around one put.
@@ -59,9 +59,8 @@ fn a_batch_inside_a_batch_is_a_decode_error() {
 /// A well-formed snapshot file (valid checksums) with the given revision and one pair.
 fn forged_snapshot(revision: u64, kv: KeyValue) -> (SnapshotMeta, Vec<u8>) {
     let meta = SnapshotMeta {
-        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 10)),
+        last_log_id: Some(keel_storage::log_id_at(1, 1, 10)),
         last_membership: StoredMembership::default(),
-        snapshot_id: "forged".into(),
     };
     let header = SnapshotHeader {
         meta: meta.clone(),
@@ -91,7 +90,7 @@ async fn snapshots_at_the_end_of_the_revision_or_version_range_are_refused() {
     for (what, (meta, bytes)) in cases {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open");
-        let mut rx = store.sm.begin_receiving_snapshot().await.expect("receive");
+        let mut rx = store.sm.snapshot_inbox().create_file().expect("receive");
         rx.write_all(&bytes).await.expect("write");
         rx.flush().await.expect("flush");
         assert!(
@@ -105,7 +104,7 @@ async fn snapshots_at_the_end_of_the_revision_or_version_range_are_refused() {
     let (meta, bytes) = forged_snapshot(5, kv(5, 1));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open");
-    let mut rx = store.sm.begin_receiving_snapshot().await.expect("receive");
+    let mut rx = store.sm.snapshot_inbox().create_file().expect("receive");
     rx.write_all(&bytes).await.expect("write");
     rx.flush().await.expect("flush");
     store

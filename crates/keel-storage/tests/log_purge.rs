@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use keel_storage::testing::torture_entry;
 use keel_storage::*;
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::RaftLogReader;
 
 /// Entries physically in the log tree, by index.
@@ -31,7 +31,7 @@ async fn store_with_entries(dir: &std::path::Path, last: u64) -> Store {
     let mut store = keel_storage::open(dir, &StoreConfig::default()).expect("open");
     let entries: Vec<_> = (1..=last).map(torture_entry).collect();
     store.log.blocking_append(entries.clone()).await.expect("append");
-    store.sm.apply(entries).await.expect("apply");
+    store.sm.apply_entries(entries).expect("apply");
     store
 }
 

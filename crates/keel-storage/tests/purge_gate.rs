@@ -13,7 +13,7 @@ use std::time::Duration;
 use keel_storage::testing::torture_entry;
 use keel_storage::*;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{CommittedLeaderId, LogId, RaftLogReader};
+use openraft::RaftLogReader;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 fn open(dir: &Path) -> Store {
@@ -25,7 +25,7 @@ async fn store_with_applied(dir: &Path, last: u64) -> Store {
     let mut store = open(dir);
     let entries: Vec<_> = (1..=last).map(torture_entry).collect();
     store.log.blocking_append(entries.clone()).await.expect("append");
-    store.sm.apply(entries).await.expect("apply");
+    store.sm.apply_entries(entries).expect("apply");
     store
 }
 
@@ -58,15 +58,14 @@ async fn a_purge_beside_a_failed_install_does_not_pass_the_applied_index() {
     {
         let mut store = store_with_applied(dir.path(), 5).await;
         let meta = SnapshotMeta {
-            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 20)),
+            last_log_id: Some(keel_storage::log_id_at(1, 1, 20)),
             last_membership: StoredMembership::default(),
-            snapshot_id: "1-20-x".into(),
         };
         let (log, sm) = (&mut store.log, &mut store.sm);
-        let purge = async { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 20)).await };
+        let purge = async { log.purge(keel_storage::log_id_at(1, 1, 20)).await };
         let install = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut rx = sm.begin_receiving_snapshot().await.expect("receive file");
+            let mut rx = sm.snapshot_inbox().create_file().expect("receive file");
             rx.write_all(b"KEELSNAP but not really a snapshot")
                 .await
                 .expect("write");
@@ -112,7 +111,7 @@ async fn a_purge_beside_an_install_lands_after_it() {
         let purge = async { log.purge(upto).await };
         let install = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut rx = sm.begin_receiving_snapshot().await.expect("receive file");
+            let mut rx = sm.snapshot_inbox().create_file().expect("receive file");
             rx.write_all(&bytes).await.expect("write");
             rx.flush().await.expect("flush");
             sm.install_snapshot(&meta, rx).await

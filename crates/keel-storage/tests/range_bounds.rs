@@ -9,9 +9,8 @@
 use std::cell::Cell;
 
 use keel_storage::sm::mvcc::{self, LiveIter, MvccError};
+use keel_storage::EntryPayload;
 use keel_storage::*;
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
 use tempfile::TempDir;
 
 const KEYS: u64 = 2_000;
@@ -29,12 +28,12 @@ async fn filled() -> (TempDir, Store) {
                 prev_kv: false,
             }));
             Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                log_id: keel_storage::log_id_at(1, 1, i),
                 payload: EntryPayload::Normal(request),
             }
         })
         .collect::<Vec<_>>();
-    store.sm.apply(entries).await.expect("apply");
+    store.sm.apply_entries(entries).expect("apply");
     assert_eq!(store.sm.reader().key_count(), KEYS);
     (dir, store)
 }

@@ -8,9 +8,10 @@ mod sessions_harness;
 use std::collections::BTreeMap;
 
 use keel_storage::codec::SESSION_PRESERVED_PREFIX;
+use keel_storage::EntryPayload;
 use keel_storage::*;
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::RaftSnapshotBuilder;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sessions_harness::*;

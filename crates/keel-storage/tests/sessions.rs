@@ -6,9 +6,9 @@ mod sessions_harness;
 use std::collections::HashMap;
 
 use keel_storage::sm::sessions::MAX_REMEMBERED_RESPONSE;
+use keel_storage::EntryPayload;
 use keel_storage::*;
 use openraft::storage::RaftStateMachine;
-use openraft::EntryPayload;
 use sessions_harness::*;
 use tokio::io::AsyncWriteExt;
 
@@ -309,7 +309,7 @@ async fn a_snapshot_with_a_session_from_after_its_index_is_refused() {
     }
     let bad = writer.finish().unwrap().0;
     let mut dst = Node::with_defaults();
-    let mut rx = dst.store.sm.begin_receiving_snapshot().await.unwrap();
+    let mut rx = dst.store.sm.snapshot_inbox().create_file().unwrap();
     rx.write_all(&bad).await.unwrap();
     rx.flush().await.unwrap();
     assert!(dst.store.sm.install_snapshot(&meta, rx).await.is_err());

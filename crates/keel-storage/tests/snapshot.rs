@@ -9,12 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use keel_storage::EntryPayload;
 use keel_storage::{
     Command, DeleteOp, Entry, KeyRange, KeyValue, LogId, Member, PutOp, RangeOp, Request, SmConfig, SnapshotMeta,
-    SnapshotReader, Store, StoreConfig, Txn, TxnOp, TypeConfig,
+    SnapshotReader, Store, StoreConfig, Txn, TxnOp,
 };
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder, Snapshot};
+use openraft::{Membership, RaftSnapshotBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -23,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 const APPLY_BATCH: usize = 1000;
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(1, 1), index)
+    keel_storage::log_id_at(1, 1, index)
 }
 
 fn open(dir: &Path) -> Store {
@@ -52,7 +53,7 @@ fn members() -> Membership<u64, Member> {
             (id, member)
         })
         .collect();
-    Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
+    Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap()
 }
 
 fn put(key: &[u8], value: &[u8]) -> Command {
@@ -162,7 +163,7 @@ impl Driver {
         }
     }
 
-    fn push_payload(&mut self, payload: EntryPayload<TypeConfig>, expected_revision: u64) -> Entry {
+    fn push_payload(&mut self, payload: EntryPayload, expected_revision: u64) -> Entry {
         self.index += 1;
         let entry = Entry {
             log_id: log_id(self.index),
@@ -196,7 +197,7 @@ impl Driver {
         }
         let entries = std::mem::take(&mut self.pending);
         let expected = std::mem::take(&mut self.expected_revisions);
-        let responses = self.store.sm.apply(entries).await.expect("apply");
+        let responses = self.store.sm.apply_entries(entries).expect("apply");
         let got: Vec<u64> = responses.iter().map(|r| r.revision).collect();
         assert_eq!(got, expected, "response revisions");
     }
@@ -214,7 +215,7 @@ impl Driver {
 
 fn key(i: u64) -> Vec<u8> {
     let mut k = format!("key/{:03}/{i:07}", i % 1000).into_bytes();
-    if i % 97 == 0 {
+    if i.is_multiple_of(97) {
         // Exercise the key escaping on the way into and out of snapshots.
         k.extend_from_slice(&[0x00, 0xFF, 0x00]);
     }
@@ -410,7 +411,7 @@ fn assert_matches(store: &Store, model: &Model, what: &str) {
     }
 }
 
-async fn build(store: &mut Store) -> Snapshot<TypeConfig> {
+async fn build(store: &mut Store) -> keel_storage::sm::Snapshot {
     let mut builder = store.sm.get_snapshot_builder().await;
     builder.build_snapshot().await.expect("build snapshot")
 }
@@ -424,12 +425,8 @@ async fn read_all(file: &mut tokio::fs::File) -> Vec<u8> {
 
 /// Send `bytes` the way openraft receives a snapshot: into the box from
 /// `begin_receiving_snapshot`, then `install_snapshot` with that box.
-async fn receive_and_install(
-    store: &mut Store,
-    meta: &SnapshotMeta,
-    bytes: &[u8],
-) -> Result<(), keel_storage::StorageError> {
-    let mut rx = store.sm.begin_receiving_snapshot().await?;
+async fn receive_and_install(store: &mut Store, meta: &SnapshotMeta, bytes: &[u8]) -> std::io::Result<()> {
+    let mut rx = store.sm.snapshot_inbox().create_file()?;
     rx.write_all(bytes).await.expect("write received bytes");
     rx.flush().await.expect("flush received bytes");
     store.sm.install_snapshot(meta, rx).await
@@ -519,9 +516,9 @@ async fn snapshot_while_writes_continue() {
     // A fresh node receives the snapshot through openraft's interface.
     let fresh_dir = tempfile::tempdir().unwrap();
     let mut fresh = open(fresh_dir.path());
-    let mut rx = fresh.sm.begin_receiving_snapshot().await.unwrap();
+    let mut rx = fresh.sm.snapshot_inbox().create_file().unwrap();
     source.seek(std::io::SeekFrom::Start(0)).await.unwrap();
-    let copied = tokio::io::copy(&mut source, &mut *rx).await.unwrap();
+    let copied = tokio::io::copy(&mut source, &mut rx).await.unwrap();
     rx.flush().await.unwrap();
     assert_eq!(copied, source.metadata().await.unwrap().len());
     fresh
@@ -558,8 +555,7 @@ async fn snapshot_while_writes_continue() {
             .collect();
         let got: Vec<u64> = fresh
             .sm
-            .apply(chunk.to_vec())
-            .await
+            .apply_entries(chunk.to_vec())
             .unwrap()
             .iter()
             .map(|r| r.revision)
@@ -688,14 +684,14 @@ async fn current_snapshot_survives_restart() {
     assert_eq!(bytes, first_bytes);
     assert_eq!(
         snapshot_files(dir.path()),
-        vec![format!("{}.snap", first.meta.snapshot_id)]
+        vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&first.meta))]
     );
 
     churn(&mut d, &mut rng, 3_000, 5_000, 1_000);
     d.flush().await;
     let second = build(&mut d.store).await;
     assert_eq!(second.meta.last_log_id, Some(d.last_log_id()));
-    assert_ne!(second.meta.snapshot_id, first.meta.snapshot_id);
+    assert_ne!(second.meta.last_log_id, first.meta.last_log_id);
     let mut second_file = second.snapshot;
     let second_bytes = read_all(&mut second_file).await;
     drop(second_file);
@@ -704,7 +700,7 @@ async fn current_snapshot_survives_restart() {
     assert_eq!(meta, second.meta);
     assert_eq!(bytes, second_bytes);
     // The older file is gone.
-    let only = vec![format!("{}.snap", second.meta.snapshot_id)];
+    let only = vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&second.meta))];
     assert_eq!(snapshot_files(dir.path()), only);
 
     // Restart. Plant what a crash could leave behind: the older snapshot (as if its removal was
@@ -712,7 +708,11 @@ async fn current_snapshot_survives_restart() {
     let model = d.model.clone();
     drop(d);
     let snaps = dir.path().join("snapshots");
-    std::fs::write(snaps.join(format!("{}.snap", first.meta.snapshot_id)), &first_bytes).unwrap();
+    std::fs::write(
+        snaps.join(format!("{}.snap", keel_storage::sm::snapshot_file_stem(&first.meta))),
+        &first_bytes,
+    )
+    .unwrap();
     std::fs::write(snaps.join("garbage.snap"), b"not a snapshot").unwrap();
     std::fs::write(snaps.join("9-9-9-9.snap.tmp"), &second_bytes[..second_bytes.len() / 2]).unwrap();
     std::fs::write(snaps.join("recv-1-1.part"), &first_bytes[..100]).unwrap();
@@ -732,7 +732,10 @@ async fn current_snapshot_survives_restart() {
     assert_eq!(third.meta.last_log_id, second.meta.last_log_id);
     drop(third);
     let (meta, _) = current_snapshot(&mut store).await.unwrap();
-    assert_eq!(snapshot_files(dir.path()), vec![format!("{}.snap", meta.snapshot_id)]);
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&meta))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,7 +824,7 @@ async fn damaged_snapshots_are_refused_and_change_nothing() {
     assert_matches(&store, &src.model, "after installing the intact snapshot");
     assert_eq!(
         snapshot_files(dir.path()),
-        vec![format!("{}.snap", snapshot.meta.snapshot_id)]
+        vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&snapshot.meta))]
     );
 }
 
@@ -854,7 +857,7 @@ async fn build_overtaken_by_an_install_returns_the_installed_snapshot() {
     assert_matches(&follower.store, &leader.model, "after install");
     assert_eq!(
         snapshot_files(dir.path()),
-        vec![format!("{}.snap", snapshot.meta.snapshot_id)]
+        vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&snapshot.meta))]
     );
 }
 
@@ -902,6 +905,6 @@ async fn build_concurrent_with_an_install_never_fails() {
     assert_eq!(current.1, bytes);
     assert_eq!(
         snapshot_files(dir.path()),
-        vec![format!("{}.snap", snapshot.meta.snapshot_id)]
+        vec![format!("{}.snap", keel_storage::sm::snapshot_file_stem(&snapshot.meta))]
     );
 }

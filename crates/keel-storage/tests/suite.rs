@@ -1,7 +1,7 @@
 //! openraft's storage conformance suite against the sled log store and state machine.
 
 use keel_storage::{LogStore, StateMachine, StorageError, StoreConfig, TypeConfig};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 struct SledBuilder;
 
@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
     }
 }
 
-#[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder).await
 }

@@ -238,6 +238,7 @@ impl Cluster for Store {
             version: "0.1.0".into(),
             replication: vec![],
             pid: 4242,
+            purged_index: 0,
         }))
     }
 

@@ -14,17 +14,16 @@ use std::time::Duration;
 
 use keel_proto::raft::raft_client::RaftClient;
 use keel_proto::raft::{RaftReply, RaftRequest, SnapshotChunk};
-use keel_storage::{codec, Member, NodeId, TypeConfig, Vote};
-use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Timeout, Unreachable,
+use keel_storage::{codec, Member, NodeId, Snapshot, TypeConfig, Vote};
+use openraft::errors::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
-use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, Snapshot};
+use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
@@ -34,31 +33,25 @@ use crate::identity::ClusterId;
 /// Snapshot files are streamed in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
-/// The most entry bytes one AppendEntries carries (a single larger entry still goes alone).
+/// How long an AppendEntries that carries entries may take: at least this, plus
+/// [`APPEND_TIME_PER_MIB`] per MiB it carries.
 ///
-/// openraft 0.9 gives every AppendEntries one heartbeat interval (50 ms by default) to be answered,
-/// and the follower answers only once the entries are on disk. A follower that fell behind by many
-/// large entries would otherwise be sent all of them in one RPC, which times out, is sent again
-/// (larger, as new entries arrive) and never completes: replication to it stalls for good, and
-/// with two such followers nothing commits.
-const APPEND_BATCH_BYTES: usize = 1024 * 1024;
+/// openraft 0.10 leaves the deadline of replication requests to the network (its `soft_ttl`, one
+/// heartbeat interval, is advice). One heartbeat interval is too short for a follower that must
+/// write a MiB and sync it on a busy machine, or for a slow link: the request would time out, be
+/// sent again (larger) and never complete, and replication to that follower would stall. A request
+/// that takes long delays only its own follower's replication, so the bound is generous: a
+/// follower that is really gone is noticed by its broken connection or by this deadline.
+const APPEND_TIMEOUT_MIN: Duration = Duration::from_millis(1000);
+const APPEND_TIME_PER_MIB: Duration = Duration::from_millis(1000);
 
-/// For a batch too large to send at once: how many leading entries fit in `budget` bytes (at
-/// least one), or None if it is a single entry or they all fit. Stops measuring at the first entry
-/// that does not fit: a new leader's first probes of a follower can name hundreds of batch
-/// entries (tens of MiB), and encoding them all only to refuse them delayed its first commit.
-fn entries_that_fit(entries: &[keel_storage::Entry], budget: usize) -> Option<u64> {
-    if entries.len() < 2 {
-        return None;
-    }
-    let mut total = 0;
-    for (n, entry) in entries.iter().enumerate() {
-        total += codec::encoded_len(entry);
-        if total > budget {
-            return Some(n.max(1) as u64);
-        }
-    }
-    None
+/// The deadline of an AppendEntries of `bytes` encoded bytes (see above). Heartbeats get it too:
+/// openraft abandons those itself after one heartbeat interval, while an empty AppendEntries of
+/// the replication stream (one that only carries the commit index) waits behind the follower's
+/// pending log sync like any other, and timing it out would restart replication.
+fn append_timeout(bytes: usize, ttl: Duration) -> Duration {
+    let per_byte = APPEND_TIME_PER_MIB.as_secs_f64() / (1024.0 * 1024.0);
+    ttl.max(APPEND_TIMEOUT_MIN) + Duration::from_secs_f64(bytes as f64 * per_byte)
 }
 
 /// Cached channels to peers, by address.
@@ -67,6 +60,8 @@ pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
     /// The source address of outgoing peer connections (see [`PeerChannels::from_listen_addr`]).
     local_ip: Option<IpAddr>,
+    /// When each peer last answered an AppendEntries as a follower of this node.
+    answered: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl PeerChannels {
@@ -79,7 +74,25 @@ impl PeerChannels {
         PeerChannels {
             channels: Mutex::default(),
             local_ip: (!addr.ip().is_unspecified()).then_some(addr.ip()),
+            answered: Mutex::default(),
         }
+    }
+
+    /// Peer `id` just answered an AppendEntries (a heartbeat or entries) as this leader's follower.
+    fn record_answer(&self, id: NodeId) {
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.insert(id, std::time::Instant::now());
+    }
+
+    /// How long ago peer `id` last answered an AppendEntries of this node (None: never).
+    ///
+    /// openraft's own measure of a quorum's liveness is the *sending* time of the newest RPC a
+    /// quorum acknowledged, and it stops counting heartbeats that take longer than a heartbeat
+    /// interval; on a saturated machine, with large entries, that ages past the lease while
+    /// followers answer all along. This is the time answers *arrive*.
+    pub fn since_answer(&self, id: NodeId) -> Option<Duration> {
+        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.get(&id).map(|t| t.elapsed())
     }
 
     /// The client for the peer at `addr`, on the one channel kept for it. Message sizes are not
@@ -132,7 +145,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             id: self.id,
             cluster: self.cluster.clone(),
             target,
+            addr: node.peer_addr.clone(),
             client: self.channels.client(&node.peer_addr).map_err(|e| e.to_string()),
+            channels: self.channels.clone(),
         }
     }
 }
@@ -142,25 +157,23 @@ pub struct PeerConn {
     id: NodeId,
     cluster: Arc<ClusterId>,
     target: NodeId,
+    addr: String,
     /// An unparsable peer address is reported on every RPC rather than panicking.
     client: Result<RaftClient<Channel>, String>,
+    /// Where answers are recorded (see [`PeerChannels::since_answer`]).
+    channels: Arc<PeerChannels>,
 }
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
 impl PeerConn {
-    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
         self.client
             .clone()
-            .map_err(|e| Unreachable::new(&AnyError::error(format!("bad peer address: {e}"))))
+            .map_err(|e| Unreachable::from_string(format!("bad peer address: {e}")))
     }
 
-    fn status_error<E: std::error::Error>(
-        &self,
-        status: tonic::Status,
-        action: RPCTypes,
-        ttl: Duration,
-    ) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
+    fn status_error(&self, status: tonic::Status, action: RPCTypes, ttl: Duration) -> RPCError<TypeConfig> {
         match status.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
@@ -169,8 +182,21 @@ impl PeerConn {
                 target: self.target,
                 timeout: ttl,
             }),
+            // A member that refuses us (another cluster, another protocol) will go on refusing:
+            // back off rather than retry at once.
+            tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         }
+    }
+
+    /// A reply from a member that speaks another peer protocol is refused (see `peer/mod.rs`).
+    fn check_protocol<T>(&self, reply: &tonic::Response<T>) -> Result<(), Unreachable<TypeConfig>> {
+        let theirs = super::protocol_of(reply.metadata());
+        if theirs == super::PEER_PROTOCOL {
+            return Ok(());
+        }
+        super::warn_protocol_mismatch(&self.addr, theirs);
+        Err(Unreachable::from_string(super::protocol_mismatch(theirs)))
     }
 
     /// Send `data` (an encoded request) and decode the reply.
@@ -180,10 +206,10 @@ impl PeerConn {
         data: Vec<u8>,
         ttl: Duration,
         call: F,
-    ) -> RpcResult<Resp, E>
+    ) -> RpcResult<Result<Resp, E>>
     where
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        E: DeserializeOwned,
         F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
     {
@@ -193,72 +219,86 @@ impl PeerConn {
         crate::peer::tag(&mut request, &self.cluster);
         let reply = call(client, request)
             .await
-            .map_err(|s| self.status_error(s, action, ttl))?
-            .into_inner();
-        decode_reply(self.target, reply)
+            .map_err(|s| self.status_error(s, action, ttl))?;
+        self.check_protocol(&reply).map_err(RPCError::Unreachable)?;
+        decode_reply(reply.into_inner())
+    }
+
+    /// A Raft RPC whose only error is the peer's fatal one: a stopped peer is unreachable.
+    async fn raft_rpc<Resp, F, Fut>(&self, action: RPCTypes, data: Vec<u8>, ttl: Duration, call: F) -> RpcResult<Resp>
+    where
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        match self
+            .unary::<Resp, RaftError<TypeConfig>, _, _>(action, data, ttl, call)
+            .await?
+        {
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "member {} answered with an error: {e}",
+                self.target
+            )))),
+        }
     }
 }
 
 /// A conflict cannot answer entries sent from the very start of the log (no `prev_log_id`):
-/// nothing precedes them to conflict with. openraft 0.9's replication unwraps the conflicting
-/// log id there and would panic, so such a reply (from a confused or forged peer) is a network
-/// error instead.
+/// nothing precedes them to conflict with. openraft's replication unwraps the conflicting log id
+/// there and would panic, so such a reply (from a confused or forged peer) is a network error
+/// instead.
 fn check_append_reply(
     from_the_start: bool,
-    reply: AppendEntriesResponse<NodeId>,
-) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+    reply: AppendEntriesResponse<TypeConfig>,
+) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
     if from_the_start && matches!(reply, AppendEntriesResponse::Conflict) {
-        return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+        return Err(RPCError::Network(NetworkError::from_string(
             "the peer reported a conflict with entries sent from the start of the log",
-        ))));
+        )));
     }
     Ok(reply)
 }
 
-/// Decode a peer's reply: its value, or the RaftError it returned.
-fn decode_reply<Resp, E>(target: NodeId, reply: RaftReply) -> RpcResult<Resp, E>
+/// Decode a peer's reply: its value, or the error it returned.
+fn decode_reply<Resp, E>(reply: RaftReply) -> RpcResult<Result<Resp, E>>
 where
     Resp: DeserializeOwned,
-    E: std::error::Error + DeserializeOwned,
+    E: DeserializeOwned,
 {
     let garbled = |e: codec::DecodeError| RPCError::Network(NetworkError::new(&e));
     if !reply.error.is_empty() {
-        let err: RaftError<NodeId, E> = codec::decode(&reply.error).map_err(garbled)?;
-        return Err(RPCError::RemoteError(RemoteError::new(target, err)));
+        return Ok(Err(codec::decode(&reply.error).map_err(garbled)?));
     }
-    codec::decode(&reply.data).map_err(garbled)
+    Ok(Ok(codec::decode(&reply.data).map_err(garbled)?))
 }
 
-impl RaftNetwork<TypeConfig> for PeerConn {
-    /// A batch larger than `APPEND_BATCH_BYTES` (1 MiB) is refused with `PayloadTooLarge`, naming how many
-    /// entries fit; openraft then sends those at once and the rest after.
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = tokio::fs::File;
+
+    /// Entries arrive at most 1 MiB at a time (keel-storage's `REPLICATION_BATCH_BYTES`, applied
+    /// by the log reader openraft replicates from), with a deadline sized to them.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        if let Some(fit) = entries_that_fit(&rpc.entries, APPEND_BATCH_BYTES) {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
-        }
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let first = rpc.prev_log_id.is_none();
         let data = codec::encode(&rpc);
+        let ttl = append_timeout(data.len(), option.hard_ttl());
         let reply = self
-            .unary(
-                RPCTypes::AppendEntries,
-                data,
-                option.hard_ttl(),
-                |mut c, r| async move { c.append_entries(r).await },
-            )
+            .raft_rpc(RPCTypes::AppendEntries, data, ttl, |mut c, r| async move {
+                c.append_entries(r).await
+            })
             .await?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.channels.record_answer(self.target);
+        }
         check_append_reply(first, reply)
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.unary(
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.raft_rpc(
             RPCTypes::Vote,
             codec::encode(&rpc),
             option.hard_ttl(),
@@ -267,16 +307,37 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         .await
     }
 
-    /// Not used: keel sends whole snapshots as one stream ([`Self::full_snapshot`]), and
-    /// openraft's replication only calls that.
-    async fn install_snapshot(
+    /// Without this, openraft grants every pre-vote and pre-vote does nothing.
+    async fn pre_vote(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Network(NetworkError::new(&AnyError::error(
-            "chunked snapshot RPCs are not supported; keel streams snapshots with full_snapshot",
-        ))))
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.raft_rpc(
+            RPCTypes::Vote,
+            codec::encode(&rpc),
+            option.hard_ttl(),
+            |mut c, r| async move { c.pre_vote(r).await },
+        )
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        let reply = self
+            .unary::<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>, _, _>(
+                RPCTypes::TransferLeader,
+                codec::encode(&req),
+                option.hard_ttl(),
+                |mut c, r| async move { c.transfer_leader(r).await },
+            )
+            .await?;
+        reply.map_err(|f| {
+            RPCError::Unreachable(Unreachable::from_string(format!("member {} stopped: {f}", self.target)))
+        })
     }
 
     /// Stream the snapshot file: a first chunk with the vote and metadata, then the file's bytes.
@@ -284,10 +345,10 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<TypeConfig>,
+        snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
         let first = SnapshotChunk {
             meta: codec::encode(&(vote, snapshot.meta.clone())),
@@ -325,31 +386,30 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             r = client.install_snapshot(request) => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                return Err(
-                    match self.status_error::<Fatal<NodeId>>(status, RPCTypes::InstallSnapshot, ttl) {
-                        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                        RPCError::Timeout(t) => StreamingError::Timeout(t),
-                        RPCError::Network(n) => StreamingError::Network(n),
-                        other => StreamingError::Network(NetworkError::new(&other)),
-                    },
-                )
-            }
+        let streaming = |e: RPCError<TypeConfig>| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::Network(n) => StreamingError::Network(n),
+            other => StreamingError::Network(NetworkError::new(&other)),
         };
-        if !reply.error.is_empty() {
-            let err: Fatal<NodeId> =
-                codec::decode(&reply.error).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-            return Err(StreamingError::RemoteError(RemoteError::new(self.target, err)));
+        let reply = reply.map_err(|s| streaming(self.status_error(s, RPCTypes::InstallSnapshot, ttl)))?;
+        self.check_protocol(&reply).map_err(StreamingError::Unreachable)?;
+        match decode_reply::<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>(reply.into_inner()).map_err(streaming)? {
+            Ok(resp) => Ok(resp),
+            // The peer stopped: back off, as from a peer that cannot be reached.
+            Err(f) => Err(StreamingError::Unreachable(Unreachable::from_string(format!(
+                "member {} could not install the snapshot: {f}",
+                self.target
+            )))),
         }
-        codec::decode(&reply.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 
     /// After an unreachable peer: retry soon, then less often, so a restarted peer is caught up
     /// quickly and a dead one costs little.
-    fn backoff(&self) -> Backoff {
-        Backoff::new((0..).map(|n: u32| Duration::from_millis(20u64.saturating_mul(1 << n.min(5)))))
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new((0..).map(|n: u32| {
+            Duration::from_millis(20u64.saturating_mul(1 << n.min(5)))
+        })))
     }
 }
 
@@ -371,5 +431,15 @@ mod tests {
             check_append_reply(true, AppendEntriesResponse::Success),
             Ok(AppendEntriesResponse::Success)
         ));
+    }
+
+    #[test]
+    fn appends_get_time_by_size() {
+        let hb = Duration::from_millis(37);
+        assert_eq!(append_timeout(0, hb), APPEND_TIMEOUT_MIN);
+        let mib = append_timeout(1024 * 1024, hb);
+        assert_eq!(mib, APPEND_TIMEOUT_MIN + APPEND_TIME_PER_MIB);
+        assert!(append_timeout(2 * 1024 * 1024, hb) > mib);
+        assert_eq!(append_timeout(0, Duration::from_secs(5)), Duration::from_secs(5));
     }
 }

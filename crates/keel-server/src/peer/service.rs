@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use keel_proto::raft::raft_server::Raft as RaftRpc;
 use keel_proto::raft::{RaftReply, RaftRequest, SnapshotChunk};
-use keel_storage::{codec, SnapshotMeta, TypeConfig, Vote};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::Snapshot;
+use keel_storage::{codec, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -79,6 +78,12 @@ impl Drop for TransferGuard<'_> {
 /// Refuse messages from members of another cluster. `adopt`: the message comes from a leader
 /// replicating to this node, whose cluster a joining node may take as its own.
 fn check_cluster<T>(node: &Node, req: &Request<T>, adopt: bool) -> Result<(), Status> {
+    let protocol = crate::peer::protocol_of(req.metadata());
+    if protocol != crate::peer::PEER_PROTOCOL {
+        let from = req.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+        crate::peer::warn_protocol_mismatch(&from, protocol);
+        return Err(Status::failed_precondition(crate::peer::protocol_mismatch(protocol)));
+    }
     let theirs = req
         .metadata()
         .get(crate::peer::CLUSTER_HEADER)
@@ -93,7 +98,7 @@ fn bad_request(e: codec::DecodeError) -> Status {
 
 /// A reply carrying either the value or the error, both encoded.
 fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Response<RaftReply> {
-    Response::new(match result {
+    let mut response = Response::new(match result {
         Ok(v) => RaftReply {
             data: codec::encode(&v),
             error: Vec::new(),
@@ -102,7 +107,9 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Response<RaftReply
             data: Vec::new(),
             error: codec::encode(&e),
         },
-    })
+    });
+    crate::peer::tag_protocol(response.metadata_mut());
+    response
 }
 
 #[tonic::async_trait]
@@ -110,13 +117,46 @@ impl RaftRpc for PeerService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
         let rpc: AppendEntriesRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
-        Ok(reply(self.node.raft.append_entries(rpc).await))
+        // On a task of its own: the leader gives up on a heartbeat after one heartbeat interval,
+        // which cancels this handler, but a heartbeat that arrived must still count (it keeps
+        // this member from campaigning), however late it is answered.
+        let node = self.node.clone();
+        let handled = tokio::spawn(async move {
+            let result = node.raft.append_entries(rpc).await;
+            if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                node.heard_from_leader();
+            }
+            result
+        });
+        let result = handled
+            .await
+            .map_err(|e| Status::internal(format!("append_entries task failed: {e}")))?;
+        Ok(reply(result))
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, false)?;
-        let rpc: VoteRequest<u64> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let rpc: VoteRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
         Ok(reply(self.node.raft.vote(rpc).await))
+    }
+
+    async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        check_cluster(&self.node, &req, false)?;
+        let rpc: VoteRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        Ok(reply(self.node.raft.pre_vote(rpc).await))
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        check_cluster(&self.node, &req, false)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        if self.node.is_removed() {
+            // A removed member must not campaign, whoever asks.
+            return Err(Status::failed_precondition(format!(
+                "member {} was removed from the cluster and does not campaign",
+                self.node.id
+            )));
+        }
+        Ok(reply(self.node.raft.handle_transfer_leader(rpc).await))
     }
 
     /// Write the streamed file straight to disk, then hand it to Raft, which verifies and installs
@@ -130,6 +170,14 @@ impl RaftRpc for PeerService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta).map_err(bad_request)?;
+        // openraft panics on a snapshot whose last log id is of a later leader than the vote that
+        // sends it: no leader can send one, so a peer that does is confused or forged.
+        if meta.last_log_id.is_some_and(|l| l.leader_id > vote.leader_id) {
+            return Err(Status::invalid_argument(format!(
+                "snapshot at {:?} is newer than the vote {vote} that sends it",
+                meta.last_log_id
+            )));
+        }
         let (number, mut superseded) = self.transfers.begin();
         let _registered = TransferGuard {
             transfers: &self.transfers,
@@ -142,10 +190,11 @@ impl RaftRpc for PeerService {
         };
         let mut file = self
             .node
-            .raft
-            .begin_receiving_snapshot()
-            .await
+            .inbox
+            .create_file()
             .map_err(|e| Status::unavailable(format!("cannot receive snapshot: {e}")))?;
+        // t23 follows transfers by this line.
+        tracing::info!(snapshot = %keel_storage::sm::snapshot_file_stem(&meta), "begin_receiving_snapshot");
         let mut received = 0u64;
         loop {
             let chunk = tokio::select! {
@@ -161,7 +210,7 @@ impl RaftRpc for PeerService {
         file.flush()
             .await
             .map_err(|e| Status::internal(format!("writing received snapshot: {e}")))?;
-        tracing::info!(bytes = received, snapshot = %meta.snapshot_id, "received snapshot");
+        tracing::info!(bytes = received, snapshot = %keel_storage::sm::snapshot_file_stem(&meta), "received snapshot");
         let snapshot = Snapshot { meta, snapshot: file };
         Ok(reply(self.node.raft.install_full_snapshot(vote, snapshot).await))
     }

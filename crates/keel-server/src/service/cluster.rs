@@ -168,6 +168,7 @@ impl Cluster for ClusterService {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 replication,
                 pid: u64::from(std::process::id()),
+                purged_index: m.purged.map_or(0, |l| l.index),
             },
         ))
     }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use keel_storage::testing::torture_entry;
 use keel_storage::{CommandResult, Entry, StoreConfig};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, LogId, RaftSnapshotBuilder};
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
 
 /// xorshift64*: enough randomness for batch sizes, without a dependency.
 struct Rng(u64);
@@ -136,7 +136,7 @@ async fn log_mode(dir: PathBuf, seed: u64, wait_go: bool) -> i32 {
         if rng.below(4) == 0 && acked_floor > 0 {
             // Announced first: the purge may reach the disk even if we are killed before it returns.
             say(format!("PURGING {acked_floor}"));
-            let id = LogId::new(CommittedLeaderId::new(1, 1), acked_floor);
+            let id = keel_storage::log_id_at(1, 1, acked_floor);
             match store.log.purge(id).await {
                 Ok(()) => say(format!("PURGE {acked_floor}")),
                 Err(e) => say(format!("ERR purge: {e}")),
@@ -164,7 +164,7 @@ async fn sm_mode(dir: PathBuf, seed: u64) -> i32 {
     loop {
         let n = 1 + rng.below(50);
         let entries: Vec<Entry> = (next..next + n).map(torture_entry).collect();
-        match store.sm.apply(entries).await {
+        match store.sm.apply_entries(entries) {
             Ok(responses) => {
                 assert!(responses.iter().all(|r| r.result != CommandResult::None));
                 next += n;

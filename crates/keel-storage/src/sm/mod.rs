@@ -45,8 +45,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 pub use apply::{decode_history, HistoryEvent, RevisionEvents};
@@ -57,12 +58,17 @@ pub use snapshot::{file_stem as snapshot_file_stem, SnapshotBuilder};
 use crate::codec;
 use crate::durability::{sled_to_io, Durability};
 use crate::types::{
-    Command, CommandResult, Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Command, CommandResult, Entry, LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
+
+/// The snapshot of openraft's [`openraft::Snapshot`] type for keel: the file itself.
+pub type Snapshot = openraft::Snapshot<crate::types::LeaderId, crate::NodeId, crate::Member, tokio::fs::File>;
 
 const ROOT_CURRENT: &[u8] = b"current";
 const META_KEY: &[u8] = b"m:meta";
 const MEMBERSHIP_KEY: &[u8] = b"m:membership";
+/// Entries larger than this are applied off the async runtime's own threads.
+const LARGE_ENTRY_BYTES: usize = 64 * 1024;
 /// At most this many revisions are compacted per apply call, to bound apply latency.
 const COMPACT_PER_APPLY: u64 = 256;
 
@@ -322,7 +328,7 @@ impl StateMachine {
     }
 
     /// Record that the state machine failed: whoever waits for it to advance must stop waiting.
-    fn failed<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+    fn failed<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if result.is_err() {
             self.shared.progress.send_modify(|p| p.failed = true);
         }
@@ -334,15 +340,78 @@ impl StateMachine {
         KvReader::new(self.shared.clone())
     }
 
+    /// A handle that makes files to receive snapshots into, for the peer service: it must exist
+    /// before the state machine moves into openraft.
+    pub fn snapshot_inbox(&self) -> SnapshotInbox {
+        SnapshotInbox(self.shared.clone())
+    }
+
+    /// Apply `entries` in order and return their responses: what openraft's `apply` does, without
+    /// the responders (for tests and tools that drive the state machine alone).
+    pub fn apply_entries<I: IntoIterator<Item = Entry>>(&mut self, entries: I) -> io::Result<Vec<Response>> {
+        let result = (|| {
+            let mut round = self.begin_apply();
+            let mut responses = Vec::new();
+            for entry in entries {
+                responses.push(self.apply_entry(&round.tree, &entry, round.max_pin)?);
+            }
+            round.entries = responses.len();
+            self.end_apply(round)?;
+            Ok(responses)
+        })();
+        self.failed(result)
+    }
+
+    fn begin_apply(&mut self) -> ApplyRound {
+        let (tree, _, _) = self.shared.tree();
+        let max_pin = self.shared.max_pinned_index();
+        self.preserved |= max_pin.is_some();
+        ApplyRound {
+            tree,
+            max_pin,
+            started: std::time::Instant::now(),
+            entries: 0,
+        }
+    }
+
+    /// Node-local housekeeping after a round of applies.
+    fn end_apply(&mut self, round: ApplyRound) -> io::Result<()> {
+        self.compact_step(&round.tree)?;
+        self.clean_preserved(&round.tree)?;
+        self.shared.observer().applied(round.entries, round.started.elapsed());
+        Ok(())
+    }
+
+    /// openraft's apply: each response goes to its waiting client as soon as its entry is applied
+    /// and published (so a client that has its answer also reads the write on this node).
+    async fn apply_stream<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin,
+    {
+        let mut round = self.begin_apply();
+        let threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = if threaded && codec::encoded_len(&entry) > LARGE_ENTRY_BYTES {
+                // Writing a MiB into sled takes milliseconds: let the runtime move its other
+                // tasks (the peer service answering the leader's heartbeats among them) to
+                // another thread meanwhile.
+                tokio::task::block_in_place(|| self.apply_entry(&round.tree, &entry, round.max_pin))?
+            } else {
+                self.apply_entry(&round.tree, &entry, round.max_pin)?
+            };
+            round.entries += 1;
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        self.end_apply(round)
+    }
+
     /// Apply one entry in one atomic batch.
-    fn apply_entry(
-        &mut self,
-        tree: &sled::Tree,
-        entry: &Entry,
-        max_pin: Option<u64>,
-    ) -> Result<Response, StorageError> {
+    fn apply_entry(&mut self, tree: &sled::Tree, entry: &Entry, max_pin: Option<u64>) -> io::Result<Response> {
         let log_id = entry.log_id;
-        let fail = |e: io::Error| StorageError::from(StorageIOError::apply(log_id, &e));
+        let fail = |e: io::Error| io::Error::new(e.kind(), format!("applying {log_id}: {e}"));
         let mut meta = self.meta.clone();
         let mut ctx = EntryApply {
             tree,
@@ -392,18 +461,17 @@ impl StateMachine {
     }
 
     /// Delete preserved session records once no snapshot build needs them (node-local).
-    fn clean_preserved(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
+    fn clean_preserved(&mut self, tree: &sled::Tree) -> io::Result<()> {
         if !self.preserved || !self.shared.pins().is_empty() {
             return Ok(());
         }
-        let fail = |e: io::Error| StorageError::from(StorageIOError::write_state_machine(&e));
-        self.preserved = sessions::clean_preserved(tree).map_err(|e| fail(io_err(e)))?;
+        self.preserved = sessions::clean_preserved(tree).map_err(io_err)?;
         Ok(())
     }
 
     /// Compact history older than `history_revisions`, whole records and a bounded number of
     /// revisions at a time.
-    fn compact_step(&mut self, tree: &sled::Tree) -> Result<(), StorageError> {
+    fn compact_step(&mut self, tree: &sled::Tree) -> io::Result<()> {
         let keep = self.shared.config.history_revisions;
         let mut target = self.meta.revision.saturating_sub(keep);
         if let Some((&(pinned, _), _)) = self.shared.pins().first_key_value() {
@@ -412,7 +480,7 @@ impl StateMachine {
         if target <= self.meta.compacted {
             return Ok(());
         }
-        let fail = |e: io::Error| StorageError::from(StorageIOError::write_state_machine(&e));
+        let fail = |e: io::Error| io::Error::new(e.kind(), format!("compacting history: {e}"));
         let mut batch = sled::Batch::default();
         let mut compacted = self.meta.compacted;
         let records = tree.range(codec::history_key(compacted + 1)..=codec::history_key(target));
@@ -506,19 +574,38 @@ impl EntryApply<'_> {
     }
 }
 
+/// One call of apply: the tree it writes and what it must preserve for snapshot builds.
+struct ApplyRound {
+    tree: sled::Tree,
+    max_pin: Option<u64>,
+    started: std::time::Instant,
+    entries: usize,
+}
+
+/// Makes files to receive snapshots into (see [`StateMachine::snapshot_inbox`]).
+#[derive(Clone)]
+pub struct SnapshotInbox(Arc<SmShared>);
+
+impl SnapshotInbox {
+    /// A new, already unlinked file in the snapshot directory (see `SnapshotStore`).
+    pub fn create_file(&self) -> io::Result<tokio::fs::File> {
+        Ok(tokio::fs::File::from_std(self.0.snapshots.create_receive_file()?))
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         Ok((self.meta.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<S>(&mut self, entries: S) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let result = self.apply_entries(entries);
+        let result = self.apply_stream(entries).await;
         self.failed(result)
     }
 
@@ -534,62 +621,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         )
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = self
-            .shared
-            .snapshots
-            .create_receive_file()
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> io::Result<()> {
         let result = self.install(meta, snapshot).await;
         self.failed(result)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
-        let current = self
-            .shared
-            .snapshots
-            .open_current()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(current.map(|(meta, file)| openraft::Snapshot {
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let current = self.shared.snapshots.open_current()?;
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         }))
     }
 }
 
 impl StateMachine {
-    fn apply_entries<I: IntoIterator<Item = Entry>>(&mut self, entries: I) -> Result<Vec<Response>, StorageError> {
-        let started = std::time::Instant::now();
-        let (tree, _, _) = self.shared.tree();
-        let max_pin = self.shared.max_pinned_index();
-        self.preserved |= max_pin.is_some();
-        let mut responses = Vec::new();
-        for entry in entries {
-            responses.push(self.apply_entry(&tree, &entry, max_pin)?);
-        }
-        self.compact_step(&tree)?;
-        self.clean_preserved(&tree)?;
-        self.shared.observer().applied(responses.len(), started.elapsed());
-        Ok(responses)
-    }
-
-    async fn install(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> io::Result<()> {
         let started = std::time::Instant::now();
         let file = snapshot.into_std().await;
         let shared = self.shared.clone();
         let expected = meta.clone();
+        let context = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("installing snapshot {}: {e}", snapshot::file_stem(meta)),
+            )
+        };
         let (new_meta, membership) = tokio::task::spawn_blocking(move || snapshot::install(&shared, &expected, file))
             .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            .map_err(|e| context(io_err(e)))?
+            .map_err(context)?;
         self.meta = new_meta;
         self.membership = membership;
         self.shared.publish(&self.meta);

@@ -5,7 +5,13 @@
 //! build then runs on a blocking thread while applies continue: it syncs the database (so the state
 //! machine is durable at least up to R before any log is purged), streams every live pair at R (an
 //! MVCC read, see `mvcc.rs`) and then every client session as of A (see `sessions.rs` for how
-//! records replaced meanwhile are found) into `<id>.snap.tmp`, fsyncs it and renames it into place.
+//! records replaced meanwhile are found) into a `.snap.tmp` file, fsyncs it and renames it into
+//! place.
+//!
+//! Files are named after the snapshot's last log id ([`file_stem`]), so every member names the
+//! snapshot of one log position alike. Two snapshots of one log position hold the same state, so
+//! a newer file of the same name may replace an older one. (Before the openraft 0.10 port, names
+//! came from openraft's snapshot ids; such files still open, whatever their names.)
 //!
 //! Install: the received file is read once, verified block by block, copied to a local `.snap.tmp`
 //! and loaded into a fresh generation tree in batches of bounded size, pairs and sessions alike. Only after the trailer has
@@ -22,14 +28,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::{RaftSnapshotBuilder, StorageIOError};
+use openraft::RaftSnapshotBuilder;
 
 use super::mvcc::LiveIter;
 use super::snapshot_file::{SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, Tee};
-use super::{io_err, sessions, PinGuard, SmMeta, SmShared, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
+use super::{io_err, sessions, PinGuard, SmMeta, SmShared, Snapshot, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
 use crate::codec::{self, StoredVersion};
 use crate::durability::{fsync_dir, sled_to_io};
-use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Records per sled batch during install.
 const INSTALL_BATCH: usize = 1024;
@@ -103,18 +109,22 @@ impl SnapshotStore {
         }
     }
 
-    fn file_stem(id: &str) -> String {
-        file_stem(id)
+    /// Where an install copies snapshot `meta` while it loads it. Installs run one at a time.
+    fn install_tmp_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.dir.join(format!("{}.snap.tmp", file_stem(meta)))
     }
 
-    fn tmp_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{}.snap.tmp", Self::file_stem(id)))
+    /// Where a build writes snapshot `meta`: unique, since a build may run while an install of
+    /// the same log position does.
+    fn build_tmp_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.dir
+            .join(format!("{}-build-{}.snap.tmp", file_stem(meta), unique_suffix()))
     }
 
     /// Make a finished temporary file the current snapshot (unless a newer one already is).
     /// Returns the current snapshot afterwards, meta and path together.
     fn commit(&self, meta: &SnapshotMeta, tmp: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
-        let path = self.dir.join(format!("{}.snap", Self::file_stem(&meta.snapshot_id)));
+        let path = self.dir.join(format!("{}.snap", file_stem(meta)));
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((cur_meta, cur_path)) = &*current {
             if cur_meta.last_log_id > meta.last_log_id {
@@ -144,19 +154,14 @@ impl SnapshotStore {
     }
 }
 
-/// The stem of the files of snapshot `id` in the snapshot directory (`<stem>.snap`, and
-/// `<stem>.snap.tmp` while it is built or installed). Snapshot ids come from the leader; only a
-/// safe subset of their characters names files.
-pub fn file_stem(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// The stem of the files of snapshot `meta` in the snapshot directory: `<stem>.snap`, and
+/// `<stem>.snap.tmp` while it is installed. It is `<term>-<leader node>-<index>` of the last log
+/// id the snapshot holds (`0-0-0` for none): numbers only, so a peer cannot name a path.
+pub fn file_stem(meta: &SnapshotMeta) -> String {
+    match meta.last_log_id {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "0-0-0".to_string(),
+    }
 }
 
 fn unique_suffix() -> String {
@@ -189,15 +194,10 @@ impl SnapshotBuilder {
         applied: Option<LogId>,
         membership: StoredMembership,
     ) -> Self {
-        let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}-{}", l.leader_id.term, l.index, revision, unique_suffix()),
-            None => format!("0-0-{revision}-{}", unique_suffix()),
-        };
         let header = SnapshotHeader {
             meta: SnapshotMeta {
                 last_log_id: applied,
                 last_membership: membership,
-                snapshot_id,
             },
             revision,
             created_unix_ms: now_ms(),
@@ -223,8 +223,7 @@ impl SnapshotBuilder {
         // The state machine must be durable at least up to this snapshot before openraft purges
         // the log entries it covers.
         shared.dur.sync()?;
-        let id = &self.header.meta.snapshot_id;
-        let tmp = shared.snapshots.tmp_path(id);
+        let tmp = shared.snapshots.build_tmp_path(&self.header.meta);
         let written = (|| -> io::Result<(u64, u64)> {
             let file = File::create(&tmp)?;
             let mut writer = SnapshotWriter::new(BufWriter::with_capacity(256 * 1024, file), &self.header)?;
@@ -253,13 +252,15 @@ impl SnapshotBuilder {
         }
         let (keys, sessions) = written?;
         let (meta, path) = shared.snapshots.commit(&self.header.meta, &tmp)?;
-        tracing::info!(id = %id, revision = self.header.revision, keys, sessions, "built snapshot");
+        tracing::info!(snapshot = %file_stem(&meta), revision = self.header.revision, keys, sessions, "built snapshot");
         Ok((meta, File::open(path)?))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let this = SnapshotBuilder {
             shared: self.shared.clone(),
             tree: self.tree.clone(),
@@ -267,17 +268,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             header: self.header.clone(),
             _pin: self.shared.pin(self.header.revision, self.applied_index()),
         };
-        let signature = self.header.meta.signature();
+        let stem = file_stem(&self.header.meta);
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("building snapshot {stem}: {e}"));
         let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || this.build_blocking())
             .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &io_err(e)))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+            .map_err(|e| context(io_err(e)))?
+            .map_err(context)?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.shared.observer().snapshot_built(bytes, started.elapsed());
-        Ok(openraft::Snapshot {
+        Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         })
     }
 }
@@ -290,7 +292,7 @@ pub(crate) fn install(
 ) -> io::Result<(SmMeta, StoredMembership)> {
     let _installing = shared.snapshots.installing.lock().unwrap_or_else(|e| e.into_inner());
     file.seek(SeekFrom::Start(0))?;
-    let tmp = shared.snapshots.tmp_path(&expected.snapshot_id);
+    let tmp = shared.snapshots.install_tmp_path(expected);
     let copy = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
     let tee = Tee {
         input: BufReader::with_capacity(256 * 1024, file),
@@ -451,12 +453,16 @@ fn load_generation<R: Read>(
 
 #[cfg(test)]
 mod tests {
-    use super::SnapshotStore;
+    use super::file_stem;
+    use crate::types::{log_id_at, SnapshotMeta};
 
     #[test]
-    fn snapshot_ids_cannot_escape_the_directory() {
-        assert_eq!(SnapshotStore::file_stem("1-42-7-123_4"), "1-42-7-123_4");
-        assert_eq!(SnapshotStore::file_stem("../../etc/passwd"), "______etc_passwd");
-        assert!(!SnapshotStore::file_stem("a/b\\c\0d").contains(['/', '\\', '\0']));
+    fn snapshot_files_are_named_by_log_position() {
+        let meta = |l| SnapshotMeta {
+            last_log_id: l,
+            last_membership: Default::default(),
+        };
+        assert_eq!(file_stem(&meta(Some(log_id_at(7, 2, 1042)))), "7-2-1042");
+        assert_eq!(file_stem(&meta(None)), "0-0-0");
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_storage::codec::{self, StoredSession, SESSION_EXPIRY_PREFIX, SESSION_PREFIX};
+use keel_storage::EntryPayload;
 use keel_storage::*;
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use openraft::RaftSnapshotBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
@@ -19,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 // Harness
 
 pub fn log_id(index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(1, 1), index)
+    keel_storage::log_id_at(1, 1, index)
 }
 
 pub fn config(ttl: u64, max: u64) -> StoreConfig {
@@ -84,7 +85,7 @@ impl Node {
     }
 
     /// Apply `payloads` as consecutive entries in one apply call.
-    pub async fn apply(&mut self, payloads: Vec<EntryPayload<TypeConfig>>) -> Vec<Response> {
+    pub async fn apply(&mut self, payloads: Vec<EntryPayload>) -> Vec<Response> {
         let entries: Vec<Entry> = payloads
             .into_iter()
             .map(|payload| {
@@ -96,7 +97,7 @@ impl Node {
             })
             .collect();
         let n = entries.len();
-        let responses = self.store.sm.apply(entries).await.expect("apply");
+        let responses = self.store.sm.apply_entries(entries).expect("apply");
         assert_eq!(responses.len(), n);
         responses
     }
@@ -236,7 +237,7 @@ pub async fn build(store: &mut Store) -> (SnapshotMeta, Vec<u8>) {
     (snapshot.meta, read_file(snapshot.snapshot).await)
 }
 
-pub async fn read_file(mut file: Box<tokio::fs::File>) -> Vec<u8> {
+pub async fn read_file(mut file: tokio::fs::File) -> Vec<u8> {
     file.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).await.expect("read snapshot");
@@ -244,7 +245,7 @@ pub async fn read_file(mut file: Box<tokio::fs::File>) -> Vec<u8> {
 }
 
 pub async fn install(store: &mut Store, meta: &SnapshotMeta, bytes: &[u8]) {
-    let mut rx = store.sm.begin_receiving_snapshot().await.expect("receive");
+    let mut rx = store.sm.snapshot_inbox().create_file().expect("receive");
     rx.write_all(bytes).await.expect("write");
     rx.flush().await.expect("flush");
     store.sm.install_snapshot(meta, rx).await.expect("install snapshot");
@@ -289,7 +290,7 @@ impl Workload {
         Workload { rng, clients, active }
     }
 
-    pub fn payload(&mut self) -> EntryPayload<TypeConfig> {
+    pub fn payload(&mut self) -> EntryPayload {
         let rng = &mut self.rng;
         let roll = rng.random_range(0..100);
         if roll < 5 {
@@ -357,7 +358,7 @@ impl Workload {
             }
             .min(n - entries.len());
             let batch = self.entries(first_index + entries.len() as u64, size);
-            let got = store.sm.apply(batch.clone()).await.expect("apply");
+            let got = store.sm.apply_entries(batch.clone()).expect("apply");
             got.iter().for_each(|r| self.observe(r));
             entries.extend(batch);
             responses.extend(got);
@@ -373,7 +374,7 @@ pub async fn apply_in_chunks(store: &mut Store, entries: &[Entry], chunk: usize,
     while !rest.is_empty() {
         let n = if chunk == 0 { rng.random_range(1..=100) } else { chunk }.min(rest.len());
         let (now, later) = rest.split_at(n);
-        out.extend(store.sm.apply(now.to_vec()).await.expect("apply"));
+        out.extend(store.sm.apply_entries(now.to_vec()).expect("apply"));
         rest = later;
     }
     out

@@ -65,7 +65,7 @@ pub async fn client(
     let keys = key_names(load.keys);
     // Odd clients write without sessions and give up sooner: their timeouts leave writes whose
     // outcome is unknown, which the checker must place (or not) somewhere after invocation.
-    let config = if process % 2 == 0 {
+    let config = if process.is_multiple_of(2) {
         ClientConfig::with_timeout(load.timeout)
     } else {
         ClientConfig {
