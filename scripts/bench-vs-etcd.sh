@@ -7,6 +7,7 @@
 #                                      failover x5; 10 s per point, 3 repetitions (about 12 min)
 #   scripts/bench-vs-etcd.sh --quick   put C=1 and C=256, linearizable get C=64, failover x3;
 #                                      4 s per point, 3 repetitions (about 3 min)
+#   KEEL_NODE_BIN_DIR=DIR ...          run the keel members from DIR (keel, keelctl of another build)
 #
 # Prints one table (medians of the repetitions, keel/etcd ratios) and, as its last line, one
 # JSON object (keel_put_c1, etcd_put_c1, keel_put_c256, ..., keel_failover_ms_median, ...).
@@ -39,11 +40,14 @@ echo "bench-vs-etcd: building release binaries" >&2
 cargo build --release -q -p keel-server -p keel-cli
 cargo build --release -q -p keel-bench --features etcd
 bin="$repo/target/release"
+# KEEL_NODE_BIN_DIR: run the keel members from another build (e.g. the release before a change,
+# for a before/after table); keel-bench and keelctl still come from this checkout.
+nodes="${KEEL_NODE_BIN_DIR:-$bin}"
 
 work="$(mktemp -d /tmp/keel-bench.XXXXXX)"
 etcd_pids=()
 cleanup() {
-  KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh down >/dev/null 2>&1 || true
+  KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >/dev/null 2>&1 || true
   for p in "${etcd_pids[@]}" $(cat "$work"/etcd*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$work"
@@ -90,12 +94,12 @@ bench() {
 }
 
 echo "== keel" >&2
-KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh up >&2
+KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh up >&2
 for point in "${matrix[@]}"; do bench keel "$keel_endpoints" $point; done
 "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
-  --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$bin $repo/scripts/cluster.sh start {id} >/dev/null" |
+  --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
   tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
-KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$bin" scripts/cluster.sh down >&2
+KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >&2
 
 echo "== etcd $(etcd --version | head -n 1)" >&2
 for n in 1 2 3; do "$work/start-etcd.sh" "$n"; done

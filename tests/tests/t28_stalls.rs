@@ -32,6 +32,23 @@ async fn terms(cluster: &Cluster) -> anyhow::Result<Vec<(NodeId, u64, u64)>> {
     Ok(out)
 }
 
+/// Print what each member said about elections and slow storage.
+fn diagnose(cluster: &Cluster) {
+    for id in cluster.nodes.keys().copied() {
+        let log = cluster.log(id);
+        let words = [
+            "slow log",
+            "pre-vote",
+            "vote is changing",
+            "becomes",
+            "timeout",
+            "Elapsed",
+        ];
+        let lines: Vec<&str> = log.lines().filter(|l| words.iter().any(|w| l.contains(w))).collect();
+        eprintln!("member {id}:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
+}
+
 /// Assert that every member is still in `term` under `leader`.
 async fn assert_unchanged(cluster: &Cluster, term: u64, leader: NodeId) -> anyhow::Result<()> {
     // A resumed member may take a moment to hear from the leader again.
@@ -41,10 +58,10 @@ async fn assert_unchanged(cluster: &Cluster, term: u64, leader: NodeId) -> anyho
         if now.iter().all(|&(_, t, l)| t == term && l == leader) {
             return Ok(());
         }
-        assert!(
-            now.iter().all(|&(_, t, _)| t == term),
-            "the term changed (was {term}, leader {leader}): {now:?} (id, term, leader)"
-        );
+        if now.iter().any(|&(_, t, _)| t != term) {
+            diagnose(cluster);
+            panic!("the term changed (was {term}, leader {leader}): {now:?} (id, term, leader)");
+        }
         assert!(Instant::now() < deadline, "members do not all follow {leader}: {now:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -166,9 +183,9 @@ async fn put_and_read(kv: &mut KvClient<Channel>, key: String) -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "issue 12 item 4, not met yet: beside two busy loops, 1 MiB writes still cost the leader \
-            its place within seconds (followers hear nothing for a few hundred ms and win pre-votes); \
-            run with --ignored"]
+#[ignore = "issue 12 item 4, not met yet: beside two busy loops no request fails any more (release \
+            build), but an election still happens now and then (a follower hears nothing for ~200 ms \
+            and wins a pre-vote); run with --ignored"]
 async fn a_saturated_machine_keeps_its_leader_with_large_values() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let _busy = BusyLoops::start(cores)?;
@@ -195,10 +212,8 @@ async fn a_saturated_machine_keeps_its_leader_with_large_values() -> anyhow::Res
         match done? {
             Ok(n) => total += n,
             Err(e) => {
-                let log = cluster.log(leader);
-                let tail: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
-                let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-                anyhow::bail!("{e:#}\nthe leader's log, last lines:\n{tail}");
+                diagnose(&cluster);
+                return Err(e);
             }
         }
     }

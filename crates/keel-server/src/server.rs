@@ -194,6 +194,8 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let peer_server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(crate::peer::client::PEER_STREAM_WINDOW)
+            .initial_connection_window_size(crate::peer::client::PEER_CONNECTION_WINDOW)
             .add_service(
                 RaftServer::new(PeerService::new(node.clone()))
                     .max_decoding_message_size(usize::MAX)

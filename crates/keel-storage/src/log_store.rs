@@ -22,11 +22,21 @@
 //! miss heartbeats and start an election. Entries left behind by a crash are deleted after the
 //! next open.
 //!
-//! ## Group commit
-//! `append` inserts the entries into sled (after which readers see them, as openraft requires)
-//! and hands the completion callback to the flusher thread. openraft 0.10 does not wait for that
-//! callback before it replicates, so a leader sends entries to its followers while its own sync
-//! runs, and counts itself toward the quorum only once the callback has fired. The flusher takes every callback that
+//! ## Group commit, and the unwritten tail
+//! `append` puts the encoded entries into an in-memory tail ([`Tail`]; from then on readers see
+//! them, as openraft requires) and hands them, with the completion callback, to the flusher
+//! thread. The flusher writes them into sled, takes every other append waiting, runs one
+//! [`Durability::sync`] for all of them, and only then completes them. openraft awaits `append`
+//! in its core loop, which also handles heartbeats and election timers: inserting a MiB into sled
+//! took hundreds of milliseconds on a saturated machine, long enough for a follower to campaign.
+//! Now `append` costs a map insert. openraft 0.10 does not wait for the callback before it
+//! replicates, so a leader sends entries to its followers while its own write and sync run, and
+//! counts itself toward the quorum only once the callback has fired.
+//!
+//! Readers take the tail's entries first and then read sled: the flusher inserts an entry into
+//! sled before it drops it from the tail, so every appended entry is in one or the other
+//! throughout. `truncate_after` drops the truncated entries from the tail at once and has the
+//! flusher delete them from sled after any earlier appends are written, then syncs. The flusher takes every callback that
 //! is waiting, runs one [`Durability::sync`] for all of them, and only then completes them. While
 //! one fdatasync runs, further appends queue up and share the next one, so throughput rises with
 //! load instead of being capped by the disk's sync rate. The fsync runs on its own OS thread, never
@@ -78,10 +88,28 @@ fn entry_key(index: u64) -> [u8; 9] {
     k
 }
 
-/// Work for the flusher thread: complete these once a sync has covered them.
+/// Work for the flusher thread, in the order it was sent: complete each once a sync has covered it.
 enum Flush {
-    Log(IOFlushed<TypeConfig>),
+    /// Write these entries (index, tail number, encoded entry), then report.
+    Append(Vec<(u64, u64, sled::IVec)>, IOFlushed<TypeConfig>),
+    /// Delete every entry from this index on.
+    Truncate(u64, oneshot::Sender<io::Result<()>>),
     Notify(oneshot::Sender<io::Result<()>>),
+}
+
+/// Appended entries the flusher has not written into sled yet, by index: each with the number
+/// of its append (so that the flusher, done writing an entry, does not drop a newer one at the
+/// same index) and its log id.
+#[derive(Default)]
+pub(crate) struct Tail {
+    entries: std::collections::BTreeMap<u64, (u64, LogId, sled::IVec)>,
+    next: u64,
+}
+
+type SharedTail = Arc<std::sync::Mutex<Tail>>;
+
+fn lock(tail: &SharedTail) -> std::sync::MutexGuard<'_, Tail> {
+    tail.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Counters for benchmarks and metrics.
@@ -114,13 +142,11 @@ pub struct LogStore {
     readable_from: Arc<AtomicU64>,
     /// The state machine's progress: a purge waits for it (see "Purging").
     sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
+    tail: SharedTail,
 }
 
 /// Log appends and syncs slower than this are logged.
 const SLOW: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Appends larger than this are written on a blocking thread.
-const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
 /// Entries deleted per sled batch by the purger.
 const PURGE_CHUNK: u64 = 256;
@@ -157,6 +183,7 @@ impl Drop for Flusher {
 pub struct LogReader {
     tree: sled::Tree,
     readable_from: Arc<AtomicU64>,
+    tail: SharedTail,
 }
 
 impl LogStore {
@@ -169,10 +196,16 @@ impl LogStore {
         let committed = committed.flatten().map_or(0, |l| l.index);
         stats.committed.store(committed, Ordering::Relaxed);
         stats.committed_at_open.store(committed, Ordering::Relaxed);
-        let (d, s) = (dur.clone(), stats.clone());
+        let tail = SharedTail::default();
+        let flush = Flushing {
+            dur: dur.clone(),
+            stats: stats.clone(),
+            tree: tree.clone(),
+            tail: tail.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("keel-log-flush".into())
-            .spawn(move || flusher(d, s, flush_rx))?;
+            .spawn(move || flusher(flush, flush_rx))?;
         let purged: Option<LogId> = read_meta_from(&tree, PURGED_KEY)?;
         let (purge_tx, purge_rx) = mpsc::channel();
         if let Some(p) = purged {
@@ -195,6 +228,7 @@ impl LogStore {
             stats,
             readable_from: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1))),
             sm_progress: None,
+            tail,
         })
     }
 
@@ -284,13 +318,74 @@ fn purger(dur: Arc<Durability>, tree: sled::Tree, rx: mpsc::Receiver<u64>) {
     drop(dur);
 }
 
-/// The flusher: one sync per batch of waiting requests.
-fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>) {
+/// What the flusher works on.
+struct Flushing {
+    dur: Arc<Durability>,
+    stats: Arc<LogStats>,
+    tree: sled::Tree,
+    tail: SharedTail,
+}
+
+impl Flushing {
+    /// Write appended entries into sled, then drop them from the tail (in this order: see
+    /// "Group commit, and the unwritten tail").
+    fn write(&self, items: &[(u64, u64, sled::IVec)]) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let mut batch = sled::Batch::default();
+        for (index, _, bytes) in items {
+            batch.insert(&entry_key(*index), bytes.clone());
+        }
+        self.tree.apply_batch(batch).map_err(sled_to_io)?;
+        let mut tail = lock(&self.tail);
+        for (index, number, _) in items {
+            if tail.entries.get(index).is_some_and(|(n, _, _)| n == number) {
+                tail.entries.remove(index);
+            }
+        }
+        drop(tail);
+        if started.elapsed() > SLOW {
+            let took_ms = started.elapsed().as_millis() as u64;
+            let bytes: usize = items.iter().map(|(_, _, b)| b.len()).sum();
+            tracing::warn!(took_ms, entries = items.len(), bytes, "slow log write");
+        }
+        Ok(())
+    }
+
+    /// Delete every entry from index `from` on.
+    fn truncate(&self, from: u64) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.range(entry_key(from)..[ENTRY_PREFIX + 1; 9]) {
+            let (k, _) = item.map_err(sled_to_io)?;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch).map_err(sled_to_io)
+    }
+}
+
+/// The flusher: writes and truncations in order, then one sync per batch of waiting requests.
+fn flusher(f: Flushing, rx: mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        // After a failed write nothing later is written: its callers, and every later one, are
+        // told (openraft then stops), and no later entry lands after a hole.
+        let mut failed: Option<io::Error> = None;
+        for req in &batch {
+            let done = match req {
+                _ if failed.is_some() => Ok(()),
+                Flush::Append(items, _) => f.write(items),
+                Flush::Truncate(from, _) => f.truncate(*from),
+                Flush::Notify(_) => Ok(()),
+            };
+            if let Err(e) = done {
+                failed = Some(e);
+            }
+        }
         let started = std::time::Instant::now();
-        let result = dur.sync();
+        let result = match failed {
+            Some(e) => Err(e),
+            None => f.dur.sync(),
+        };
         let took = started.elapsed();
         if took > SLOW {
             // As etcd's "slow fdatasync": followers answer only after this, so a slow disk shows
@@ -301,6 +396,7 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
                 "slow log sync"
             );
         }
+        let stats = &f.stats;
         stats.sync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         stats.group_commits.fetch_add(1, Ordering::Relaxed);
         stats.synced_requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -311,8 +407,8 @@ fn flusher(dur: Arc<Durability>, stats: Arc<LogStats>, rx: mpsc::Receiver<Flush>
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             match req {
-                Flush::Log(cb) => cb.io_completed(res),
-                Flush::Notify(tx) => {
+                Flush::Append(_, cb) => cb.io_completed(res),
+                Flush::Truncate(_, tx) | Flush::Notify(tx) => {
                     let _ = tx.send(res);
                 }
             }
@@ -336,30 +432,76 @@ fn key_range<RB: RangeBounds<u64>>(from: u64, range: &RB) -> (Bound<[u8; 9]>, Bo
     (start, end)
 }
 
-/// The entries in `range` that are not purged, stopping before the first entry that would take
-/// their encoded size past `budget` bytes (but always with the first one).
+/// The entries in `range` that are not purged, from the tail and from sled, stopping before the
+/// first entry that would take their encoded size past `budget` bytes (but always with the first
+/// one).
 fn read_entries<RB: RangeBounds<u64>>(
     tree: &sled::Tree,
+    tail: &SharedTail,
     from: u64,
     range: RB,
     budget: usize,
 ) -> io::Result<Vec<Entry>> {
+    let (start, end) = key_range(from, &range);
+    let index = |k: &[u8]| u64::from_be_bytes(k[1..9].try_into().expect("9-byte entry key"));
+    let as_index = |b: Bound<[u8; 9]>| match b {
+        Bound::Included(k) => Bound::Included(index(&k)),
+        Bound::Excluded(k) => Bound::Excluded(index(&k)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let (first, last) = (as_index(start), as_index(end));
+    let empty = match (first, last) {
+        (Bound::Included(a), Bound::Excluded(b)) => a >= b,
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        _ => false,
+    };
+    if empty {
+        // BTreeMap::range panics on a reversed range (sled's returns nothing).
+        return Ok(Vec::new());
+    }
+    // The tail first (see "Group commit, and the unwritten tail").
+    let unwritten: Vec<(u64, sled::IVec)> = lock(tail)
+        .entries
+        .range((first, last))
+        .map(|(i, (_, _, bytes))| (*i, bytes.clone()))
+        .collect();
+    let mut unwritten = unwritten.into_iter().peekable();
+    let mut written = tree.range::<[u8; 9], _>((start, end)).map(|item| {
+        let (k, v) = item.map_err(sled_to_io)?;
+        Ok::<_, io::Error>((index(&k), v))
+    });
+    let mut next_written = written.next().transpose()?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for item in tree.range::<[u8; 9], _>(key_range(from, &range)) {
-        let (_, v) = item.map_err(sled_to_io)?;
-        bytes = bytes.saturating_add(v.len());
+    loop {
+        // In index order; where both hold an index, the tail's entry is the newer one.
+        let next = match (next_written.as_ref(), unwritten.peek()) {
+            (None, None) => break,
+            (Some((w, _)), Some((u, _))) if w < u => next_written.take(),
+            (Some((w, _)), Some((u, _))) if w == u => {
+                next_written = None;
+                unwritten.next()
+            }
+            (Some(_), None) => next_written.take(),
+            _ => unwritten.next(),
+        };
+        if next_written.is_none() {
+            next_written = written.next().transpose()?;
+        }
+        let (_, value) = next.expect("one side had an entry");
+        bytes = bytes.saturating_add(value.len());
         if bytes > budget && !out.is_empty() {
             break;
         }
-        out.push(codec::decode::<Entry>(&v).map_err(io::Error::other)?);
+        out.push(codec::decode::<Entry>(&value).map_err(io::Error::other)?);
     }
     Ok(out)
 }
 
 impl LogReader {
     fn entries<RB: RangeBounds<u64>>(&self, range: RB, budget: usize) -> io::Result<Vec<Entry>> {
-        read_entries(&self.tree, self.readable_from.load(Ordering::Acquire), range, budget)
+        let from = self.readable_from.load(Ordering::Acquire);
+        read_entries(&self.tree, &self.tail, from, range, budget)
     }
 }
 
@@ -385,12 +527,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> io::Result<Vec<Entry>> {
-        read_entries(
-            &self.tree,
-            self.readable_from.load(Ordering::Acquire),
-            range,
-            usize::MAX,
-        )
+        let from = self.readable_from.load(Ordering::Acquire);
+        read_entries(&self.tree, &self.tail, from, range, usize::MAX)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -409,14 +547,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .next_back()
             .transpose()
             .map_err(sled_to_io)?;
-        let last_log_id = match last {
-            Some((_, v)) => {
-                let entry: Entry = codec::decode(&v).map_err(io::Error::other)?;
-                // Purged entries may still await deletion.
-                Some(entry.log_id).max(last_purged)
-            }
-            None => last_purged,
+        let written = match last {
+            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(io::Error::other)?.log_id),
+            None => None,
         };
+        let unwritten = lock(&self.tail).entries.last_key_value().map(|(_, (_, id, _))| *id);
+        // Purged entries may still await deletion.
+        let last_log_id = written.max(unwritten).max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -427,6 +564,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         LogReader {
             tree: self.tree.clone(),
             readable_from: self.readable_from.clone(),
+            tail: self.tail.clone(),
         }
     }
 
@@ -457,44 +595,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         self.dur.check()?;
-        let mut batch = sled::Batch::default();
-        let (mut n, mut bytes) = (0, 0);
-        for entry in entries {
-            let value = codec::encode(&entry);
-            bytes += value.len();
-            batch.insert(&entry_key(entry.log_id.index), value);
-            n += 1;
+        let encoded: Vec<(LogId, sled::IVec)> = entries
+            .into_iter()
+            .map(|e| (e.log_id, sled::IVec::from(codec::encode(&e))))
+            .collect();
+        let mut items = Vec::with_capacity(encoded.len());
+        {
+            let mut tail = lock(&self.tail);
+            for (id, bytes) in encoded {
+                tail.next += 1;
+                let number = tail.next;
+                tail.entries.insert(id.index, (number, id, bytes.clone()));
+                items.push((id.index, number, bytes));
+            }
         }
-        let started = std::time::Instant::now();
-        if bytes > INLINE_APPEND_BYTES {
-            // Copying a MiB into sled takes milliseconds: not on the thread that runs Raft's core
-            // (and, on a follower, answers the leader's heartbeats).
-            let tree = self.tree.clone();
-            tokio::task::spawn_blocking(move || tree.apply_batch(batch))
-                .await
-                .map_err(io::Error::other)?
-                .map_err(sled_to_io)?;
-        } else {
-            self.tree.apply_batch(batch).map_err(sled_to_io)?;
-        }
-        if started.elapsed() > SLOW {
-            // Raft's core waits for this (not for the sync).
-            let took_ms = started.elapsed().as_millis() as u64;
-            tracing::warn!(took_ms, entries = n, bytes, "slow log append");
-        }
-        self.stats.entries.fetch_add(n, Ordering::Relaxed);
-        self.flusher.send(Flush::Log(callback))
+        self.stats.entries.fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.flusher.send(Flush::Append(items, callback))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        let mut batch = sled::Batch::default();
-        for item in self.tree.range(entry_key(from)..[ENTRY_PREFIX + 1; 9]) {
-            let (k, _) = item.map_err(sled_to_io)?;
-            batch.remove(k);
-        }
-        self.tree.apply_batch(batch).map_err(sled_to_io)?;
-        self.sync().await
+        // Readers stop seeing them now; sled's copies go once earlier appends are written.
+        drop(lock(&self.tail).entries.split_off(&from));
+        let (tx, rx) = oneshot::channel();
+        self.flusher.send(Flush::Truncate(from, tx))?;
+        rx.await.map_err(|_| io::Error::other("log flusher has stopped"))?
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
@@ -508,5 +633,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let _ = tx.send(log_id.index);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{log_id_at, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id_at(term, 1, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Readers merge the unwritten tail with sled in index order, the tail's entry winning where
+    /// both hold one (an entry rewritten after a truncation, its old copy not yet deleted).
+    #[test]
+    fn readers_see_the_tail_over_sled() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("raft").unwrap();
+        for i in 1..=5 {
+            tree.insert(entry_key(i), codec::encode(&entry(1, i))).unwrap();
+        }
+        let tail = SharedTail::default();
+        for i in 4..=7 {
+            let e = entry(2, i);
+            let bytes = sled::IVec::from(codec::encode(&e));
+            lock(&tail).entries.insert(i, (i, e.log_id, bytes));
+        }
+        let ids = |v: Vec<Entry>| {
+            v.into_iter()
+                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+                .collect::<Vec<_>>()
+        };
+        let all = read_entries(&tree, &tail, 0, .., usize::MAX).unwrap();
+        assert_eq!(ids(all), vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6), (2, 7)]);
+        let from_three = read_entries(&tree, &tail, 3, 2..6, usize::MAX).unwrap();
+        assert_eq!(ids(from_three), vec![(1, 3), (2, 4), (2, 5)]);
+        let one = read_entries(&tree, &tail, 0, 1.., 1).unwrap();
+        assert_eq!(ids(one), vec![(1, 1)], "a budget below one entry still returns one");
+        assert!(read_entries(&tree, &tail, 9, 2..5, usize::MAX).unwrap().is_empty());
+        assert!(read_entries(&tree, &tail, 0, 5..5, usize::MAX).unwrap().is_empty());
     }
 }

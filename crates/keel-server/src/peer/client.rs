@@ -54,6 +54,13 @@ fn append_timeout(bytes: usize, ttl: Duration) -> Duration {
     ttl.max(APPEND_TIMEOUT_MIN) + Duration::from_secs_f64(bytes as f64 * per_byte)
 }
 
+/// HTTP/2 flow-control windows of peer connections, both ways. Every RPC to a peer shares one
+/// connection; with HTTP/2's default 64 KiB window, a MiB of entries needs sixteen window updates
+/// from the receiver, and a heartbeat behind it waits for them: on a saturated machine, long
+/// enough for a follower to miss its leader and campaign.
+pub const PEER_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const PEER_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Cached channels to peers, by address.
 #[derive(Default)]
 pub struct PeerChannels {
@@ -112,6 +119,8 @@ impl PeerChannels {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
+            .initial_stream_window_size(PEER_STREAM_WINDOW)
+            .initial_connection_window_size(PEER_CONNECTION_WINDOW)
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .local_address(self.local_ip)
