@@ -1,50 +1,22 @@
 //! Values at the size limit (1 MiB) replicate, commit and read back linearizably, one after
 //! another and concurrently.
 //!
-//! Regression test for two stalls: openraft 0.9 gives every AppendEntries and every leadership
-//! confirmation only one heartbeat interval (50 ms) to be answered. A follower behind by several
-//! large entries used to be sent all of them at once, time out, and be sent them again forever
+//! Regression test for two stalls of the openraft 0.9 days, when every AppendEntries and every
+//! leadership confirmation had one heartbeat interval (50 ms) to be answered: a follower behind by
+//! several large entries was sent all of them at once, timed out, and was sent them again forever
 //! (writes stopped committing after a dozen 1 MiB puts); and a linearizable read right after a
-//! large write was refused with Unavailable when the busy followers missed the 50 ms.
+//! large write was refused with Unavailable when the busy followers missed the 50 ms. keel now
+//! sends at most 1 MiB of entries per AppendEntries and gives it time by its size.
 
 use std::time::{Duration, Instant};
 
-use keel_proto::v1::kv_client::KvClient;
-use keel_proto::v1::{PutRequest, RangeRequest};
+use keel_proto::v1::RangeRequest;
 use keel_testkit::{Backend, Cluster, Options};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
-const MIB: usize = 1024 * 1024;
+use common::{mib_value as value, put_and_read_mib as put_and_read};
 
-/// A 1 MiB value that names its key, so a mixed-up value is caught.
-fn value(key: &str) -> Vec<u8> {
-    let mut v = key.as_bytes().to_vec();
-    v.resize(MIB, b'.');
-    v
-}
-
-/// Put `key` and read it back linearizably (a few seconds of deadline for each).
-async fn put_and_read(kv: &mut KvClient<Channel>, key: String) -> anyhow::Result<()> {
-    let mut put = tonic::Request::new(PutRequest {
-        key: key.clone().into_bytes(),
-        value: value(&key),
-        prev_kv: false,
-        session: None,
-    });
-    put.set_timeout(Duration::from_secs(5));
-    kv.put(put).await.map_err(|e| anyhow::anyhow!("put {key}: {e:?}"))?;
-    let mut get = tonic::Request::new(RangeRequest {
-        key: key.clone().into_bytes(),
-        ..Default::default()
-    });
-    get.set_timeout(Duration::from_secs(5));
-    let got = kv.range(get).await.map_err(|e| anyhow::anyhow!("read {key}: {e:?}"))?;
-    let got = got.into_inner();
-    assert_eq!(got.kvs.len(), 1, "{key}");
-    assert!(got.kvs[0].value == value(&key), "{key}: wrong value");
-    Ok(())
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_mib_values_replicate_and_read_back() -> anyhow::Result<()> {

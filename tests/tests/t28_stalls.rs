@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_proto::v1::kv_client::KvClient;
-use keel_proto::v1::{PutRequest, RangeRequest};
+use keel_proto::v1::PutRequest;
 use keel_storage::NodeId;
 use keel_testkit::{Backend, Cluster, Options};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+
+mod common;
 
 /// Every member's term, or an error naming the member that did not answer.
 async fn terms(cluster: &Cluster) -> anyhow::Result<Vec<(NodeId, u64, u64)>> {
@@ -156,32 +156,6 @@ impl Drop for BusyLoops {
     }
 }
 
-const MIB: usize = 1024 * 1024;
-
-/// A 1 MiB value that names its key, so a mixed-up value is caught.
-fn value(key: &str) -> Vec<u8> {
-    let mut v = key.as_bytes().to_vec();
-    v.resize(MIB, b'.');
-    v
-}
-
-/// t09's workload: put a 1 MiB value and read it back linearizably.
-async fn put_and_read(kv: &mut KvClient<Channel>, key: String) -> anyhow::Result<()> {
-    kv.put(put(key.clone(), value(&key)))
-        .await
-        .map_err(|e| anyhow::anyhow!("put {key}: {e:?}"))?;
-    let mut get = tonic::Request::new(RangeRequest {
-        key: key.clone().into_bytes(),
-        ..Default::default()
-    });
-    get.set_timeout(Duration::from_secs(5));
-    let got = kv.range(get).await.map_err(|e| anyhow::anyhow!("read {key}: {e:?}"))?;
-    let got = got.into_inner();
-    anyhow::ensure!(got.kvs.len() == 1, "{key}: {} values", got.kvs.len());
-    anyhow::ensure!(got.kvs[0].value == value(&key), "{key}: wrong value");
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "issue 12 item 4, not met yet: beside two busy loops no request fails any more (release \
             build), but an election still happens now and then (a follower hears nothing for ~200 ms \
@@ -201,7 +175,7 @@ async fn a_saturated_machine_keeps_its_leader_with_large_values() -> anyhow::Res
             let mut n = 0u32;
             // Bounded in time and count.
             while started.elapsed() < run_for && n < 10_000 {
-                put_and_read(&mut kv, format!("busy{w}-{n:05}")).await?;
+                common::put_and_read_mib(&mut kv, format!("busy{w}-{n:05}")).await?;
                 n += 1;
             }
             anyhow::Ok(n)

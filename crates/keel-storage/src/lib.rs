@@ -7,9 +7,10 @@
 //!
 //! ## One write, top to bottom
 //! 1. The server validates a [`Request`] ([`validate_request`]) and proposes it to openraft.
-//! 2. openraft calls [`LogStore`]'s `append`: the entry is inserted into the `raft` tree, and its
-//!    completion waits for the flusher thread's next group commit (sled flush, then fdatasync, see
-//!    [`durability`]). Only then does openraft count this node's copy toward a quorum.
+//! 2. openraft calls [`LogStore`]'s `append`: the entry joins the log's in-memory tail (readable
+//!    at once), and the flusher thread writes it into the `raft` tree and completes it at its next
+//!    group commit (sled flush, then fdatasync, see [`durability`]). Only then does openraft count
+//!    this node's copy toward a quorum; meanwhile the leader already replicates it.
 //! 3. Once a quorum has the entry, openraft hands it to [`StateMachine`]'s `apply`, which executes
 //!    the command against the MVCC tree and writes its new versions, the revision's history
 //!    record, the new revision and the applied log id in one sled batch.

@@ -23,7 +23,7 @@
 //! next open.
 //!
 //! ## Group commit, and the unwritten tail
-//! `append` puts the encoded entries into an in-memory tail ([`Tail`]; from then on readers see
+//! `append` puts the encoded entries into an in-memory tail (`Tail`; from then on readers see
 //! them, as openraft requires) and hands them, with the completion callback, to the flusher
 //! thread. The flusher writes them into sled, takes every other append waiting, runs one
 //! [`Durability::sync`] for all of them, and only then completes them. openraft awaits `append`
@@ -43,10 +43,13 @@
 //! on the async runtime.
 //!
 //! ## What must be durable when
-//! - `append`: its callback is completed only after a sync that began after the insert.
+//! - `append`: its callback is completed only after the flusher has written its entries into
+//!   sled and a sync that began after that write has finished. Entries still in the tail when the
+//!   process dies were never acknowledged.
 //! - `save_vote`: returns only after a sync, so a node never votes twice in one term.
-//! - `truncate_after`: returns only after a sync, so entries a leader overwrote cannot reappear after a
-//!   crash and make this node's log look longer than what it acknowledged.
+//! - `truncate_after`: returns only after the flusher has deleted the entries (after writing
+//!   every earlier append) and synced, so entries a leader overwrote cannot reappear after a crash
+//!   and make this node's log look longer than what it acknowledged.
 //! - `purge` and `save_committed`: not synced. Losing a purge leaves extra entries that are
 //!   purged again; losing the committed index only delays re-applying entries the leader will
 //!   report as committed anyway. The next sync of any kind persists both.

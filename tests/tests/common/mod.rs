@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 
 use keel_client::Client;
+use std::time::Duration;
+
+use keel_proto::v1::kv_client::KvClient;
 use keel_proto::v1::{PutRequest, RangeRequest};
+use tonic::transport::Channel;
 
 /// A put of `key` with the value `v`.
 pub fn put(key: &str) -> PutRequest {
@@ -48,4 +52,36 @@ pub async fn assert_acknowledged_present(
         );
     }
     Ok(stored)
+}
+
+pub const MIB: usize = 1024 * 1024;
+
+/// A 1 MiB value that names its key, so a mixed-up value is caught.
+pub fn mib_value(key: &str) -> Vec<u8> {
+    let mut v = key.as_bytes().to_vec();
+    v.resize(MIB, b'.');
+    v
+}
+
+/// t09's workload: put a 1 MiB value under `key` and read it back linearizably (five seconds of
+/// deadline each).
+pub async fn put_and_read_mib(kv: &mut KvClient<Channel>, key: String) -> anyhow::Result<()> {
+    let mut put = tonic::Request::new(PutRequest {
+        key: key.clone().into_bytes(),
+        value: mib_value(&key),
+        prev_kv: false,
+        session: None,
+    });
+    put.set_timeout(Duration::from_secs(5));
+    kv.put(put).await.map_err(|e| anyhow::anyhow!("put {key}: {e:?}"))?;
+    let mut get = tonic::Request::new(RangeRequest {
+        key: key.clone().into_bytes(),
+        ..Default::default()
+    });
+    get.set_timeout(Duration::from_secs(5));
+    let got = kv.range(get).await.map_err(|e| anyhow::anyhow!("read {key}: {e:?}"))?;
+    let got = got.into_inner();
+    anyhow::ensure!(got.kvs.len() == 1, "{key}: {} values", got.kvs.len());
+    anyhow::ensure!(got.kvs[0].value == mib_value(&key), "{key}: wrong value");
+    Ok(())
 }
