@@ -4,7 +4,7 @@
 # seed, the fault timeline, the ok/failed/unknown counts and the verdict; several runs end with
 # a summary table.
 #
-#   scripts/chaos.sh [--duration S] [--seed N] [--faults kill,pause,partition,delay,membership]
+#   scripts/chaos.sh [--duration S] [--seed N] [--faults kill,pause,partition,delay,membership,transfer]
 #                    [--backend process|in-process|docker] [--runs N] [--clients N] [--keys N]
 #
 # Examples:

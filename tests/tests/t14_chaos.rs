@@ -22,7 +22,11 @@ async fn a_chaos_run_on_processes_is_linearizable_and_loses_nothing() -> anyhow:
         ..Options::default()
     };
     let mut cluster = Cluster::start(Backend::Process, options).await?;
-    let report = chaos::run(&mut cluster, &chaos::Config::new(seed, Duration::from_secs(secs))).await?;
+    let mut config = chaos::Config::new(seed, Duration::from_secs(secs));
+    // Transfers to a member that cannot take over are new (issue 12): they run in
+    // `scripts/chaos.sh` soaks, and join this run once twenty soaks with them have passed.
+    config.schedule.faults.retain(|f| *f != chaos::Fault::Transfer);
+    let report = chaos::run(&mut cluster, &config).await?;
     println!("{report}");
     if !report.passed() {
         for id in 1..=cluster.nodes.keys().max().copied().unwrap_or(3) {

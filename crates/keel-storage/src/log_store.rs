@@ -469,13 +469,19 @@ fn read_entries<RB: RangeBounds<u64>>(
         .map(|(i, (_, _, bytes))| (*i, bytes.clone()))
         .collect();
     let mut unwritten = unwritten.into_iter().peekable();
-    let mut written = tree.range::<[u8; 9], _>((start, end)).map(|item| {
-        let (k, v) = item.map_err(sled_to_io)?;
-        Ok::<_, io::Error>((index(&k), v))
-    });
+    // Fused: a sled iterator asked again after its end may find entries the flusher wrote since,
+    // which the tail already gave.
+    let mut written = tree
+        .range::<[u8; 9], _>((start, end))
+        .map(|item| {
+            let (k, v) = item.map_err(sled_to_io)?;
+            Ok::<_, io::Error>((index(&k), v))
+        })
+        .fuse();
     let mut next_written = written.next().transpose()?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
+    let mut emitted: Option<u64> = None;
     loop {
         // In index order; where both hold an index, the tail's entry is the newer one.
         let next = match (next_written.as_ref(), unwritten.peek()) {
@@ -491,7 +497,12 @@ fn read_entries<RB: RangeBounds<u64>>(
         if next_written.is_none() {
             next_written = written.next().transpose()?;
         }
-        let (_, value) = next.expect("one side had an entry");
+        let (at, value) = next.expect("one side had an entry");
+        // Strictly ascending, whatever the two sources did meanwhile.
+        if emitted.is_some_and(|l| at <= l) {
+            continue;
+        }
+        emitted = Some(at);
         bytes = bytes.saturating_add(value.len());
         if bytes > budget && !out.is_empty() {
             break;

@@ -190,7 +190,7 @@ impl Target for Compose {
     fn supports(&self, fault: Fault) -> bool {
         // No proxy sits between containers (no slow links, no one-way cuts), and the compose
         // file has exactly three services (no replacement).
-        matches!(fault, Fault::Kill | Fault::Pause | Fault::Partition)
+        matches!(fault, Fault::Kill | Fault::Pause | Fault::Partition | Fault::Transfer)
     }
 
     fn one_way(&self) -> bool {

@@ -27,8 +27,8 @@ struct Args {
     /// Seed of the first run (later runs add 1 each); random if not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Comma-separated faults: kill, pause, partition, delay, membership.
-    #[arg(long, default_value = "kill,pause,partition,delay,membership", value_delimiter = ',', value_parser = parse_faults)]
+    /// Comma-separated faults: kill, pause, partition, delay, membership, transfer.
+    #[arg(long, default_value = "kill,pause,partition,delay,membership,transfer", value_delimiter = ',', value_parser = parse_faults)]
     faults: Vec<Fault>,
     /// process: keel processes behind the proxy network; in-process: nodes inside this program
     /// (no pause); docker: the compose deployment, image built from the binaries next to this

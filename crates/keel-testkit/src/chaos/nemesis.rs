@@ -197,6 +197,7 @@ impl Nemesis {
                 target.degrade(fault).await?;
                 Ok(Some(Active::Network))
             }
+            Fault::Transfer => self.transfer_to_a_lost_member(target).await,
             Fault::Membership => {
                 self.log(format!("membership: replace node {id}{role}"));
                 let new = target.replace(id).await?;
@@ -205,6 +206,41 @@ impl Nemesis {
                 Ok(None)
             }
         }
+    }
+
+    /// Ask the leader to hand over to a member that cannot take it: one paused just as the
+    /// transfer starts, or one cut off beforehand. The leader must give up, or another member
+    /// must take over, and writes must go on either way (openraft issue 2088).
+    async fn transfer_to_a_lost_member<T: Target>(&mut self, target: &mut T) -> anyhow::Result<Option<Active>> {
+        let Some(leader) = target.leader().await else {
+            self.log("transfer: no leader right now; skipped");
+            return Ok(None);
+        };
+        let rest: Vec<NodeId> = target.members().into_iter().filter(|m| *m != leader).collect();
+        let to = *rest.choose(&mut self.rng).expect("a cluster of several members");
+        let client = super::target::admin_with_timeout(target.endpoints(), Duration::from_secs(3)).await?;
+        let pause = target.supports(Fault::Pause) && (self.rng.random_bool(0.5) || !target.supports(Fault::Partition));
+        let active = if pause {
+            self.log(format!(
+                "transfer: leader {leader} hands over to node {to}, paused as it starts"
+            ));
+            let call = tokio::spawn(async move { client.leader_transfer(Some(to)).await });
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(0..20))).await;
+            target.pause(to, true).await?;
+            let outcome = call.await.map_err(|e| anyhow::anyhow!("transfer task: {e}"))?;
+            self.log(format!("  transfer: {}", describe(outcome)));
+            Active::Paused(to)
+        } else {
+            let others: Vec<NodeId> = target.members().into_iter().filter(|m| *m != to).collect();
+            self.log(format!(
+                "transfer: node {to} is cut off, then leader {leader} hands over to it"
+            ));
+            target.partition(&[vec![to], others]).await?;
+            let outcome = client.leader_transfer(Some(to)).await;
+            self.log(format!("  transfer: {}", describe(outcome)));
+            Active::Network
+        };
+        Ok(Some(active))
     }
 
     async fn undo<T: Target>(&mut self, target: &mut T, active: Active) {
@@ -225,5 +261,13 @@ impl Nemesis {
         if let Err(e) = result {
             self.log(format!("undo failed: {e:#}"));
         }
+    }
+}
+
+/// A transfer's outcome, for the log.
+fn describe(outcome: Result<keel_proto::v1::LeaderTransferResponse, keel_client::Error>) -> String {
+    match outcome {
+        Ok(r) => format!("leader is now node {}", r.leader_id),
+        Err(e) => format!("refused: {e}"),
     }
 }

@@ -23,15 +23,19 @@ pub enum Fault {
     Delay,
     /// Remove a voter and add a fresh node in its place.
     Membership,
+    /// Hand leadership to a member that cannot take it: paused just as the transfer starts, or
+    /// cut off beforehand.
+    Transfer,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
         Fault::Delay,
         Fault::Membership,
+        Fault::Transfer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Delay => "delay",
             Fault::Membership => "membership",
+            Fault::Transfer => "transfer",
         }
     }
 
@@ -89,13 +94,19 @@ pub trait Target {
 
 /// An administrative client for membership changes.
 async fn admin(endpoints: Vec<String>) -> anyhow::Result<Client> {
-    Ok(Client::connect(endpoints, ClientConfig::with_timeout(Duration::from_secs(10))).await?)
+    admin_with_timeout(endpoints, Duration::from_secs(10)).await
+}
+
+/// A client for administrative calls, retrying each for at most `timeout`.
+pub(crate) async fn admin_with_timeout(endpoints: Vec<String>, timeout: Duration) -> anyhow::Result<Client> {
+    Ok(Client::connect(endpoints, ClientConfig::with_timeout(timeout)).await?)
 }
 
 impl Target for Cluster {
     fn supports(&self, fault: Fault) -> bool {
         match fault {
             Fault::Pause => self.backend == Backend::Process,
+            Fault::Transfer => self.backend == Backend::Process || self.net.is_some(),
             Fault::Partition | Fault::Delay => self.net.is_some(),
             Fault::Kill | Fault::Membership => true,
         }
