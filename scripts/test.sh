@@ -15,4 +15,4 @@ for _ in $(seq "$(nproc)"); do
   busy+=("$!")
 done
 echo "== t09_large_values beside ${#busy[@]} busy loops"
-cargo test -p keel-tests --test t09_large_values
+cargo test --workspace --test t09_large_values
