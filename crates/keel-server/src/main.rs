@@ -57,13 +57,18 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(watch_for_stalls());
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -72,3 +77,33 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Runtime worker threads: at least [`MIN_WORKERS`], and one per core beyond that. sled 0.34
+/// does its IO in whichever thread touches a tree's node, readers included: a get can split a
+/// leaf and write it out, and with 1 MiB values that is a 6-14 MiB blob file (tens to hundreds
+/// of milliseconds on a busy disk). With tokio's default of one worker per core, two such calls
+/// on a 2-core machine stopped every task, Raft's core and heartbeats among them, for up to
+/// 290 ms (measured by [`watch_for_stalls`] in t28's busy-machine run); with eight, the longest
+/// stall seen was about 80 ms. Idle workers cost nothing but a parked thread.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(MIN_WORKERS, |n| n.get().max(MIN_WORKERS))
+}
+
+const MIN_WORKERS: usize = 8;
+
+/// Log when the async runtime falls behind: a task that asks to wake every 10 ms and wakes more
+/// than [`STALL_WARNING`] late means that every worker was busy or blocked that long, which
+/// delays heartbeats and answers as much (as etcd's "slow fdatasync" points at a slow disk).
+async fn watch_for_stalls() {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+    loop {
+        let started = std::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = started.elapsed().saturating_sub(TICK);
+        if late > STALL_WARNING {
+            tracing::warn!(late_ms = late.as_millis() as u64, "the async runtime stalled");
+        }
+    }
+}
+
+const STALL_WARNING: std::time::Duration = std::time::Duration::from_millis(100);

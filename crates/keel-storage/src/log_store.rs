@@ -1,7 +1,19 @@
-//! The Raft log store: vote, entries, committed index and purge point, in one sled tree.
+//! The Raft log store: entries in one sled tree; vote, committed index and purge point in another.
 //!
-//! Layout of the `raft` tree: `b'e' ‖ index (u64 BE)` → entry, so index order is byte order and a
-//! range of indexes is one range scan; `b"m:vote"`, `b"m:committed"`, `b"m:purged"` → metadata.
+//! Layout: the `raft` tree maps `b'e' ‖ index (u64 BE)` → entry, so index order is byte order and
+//! a range of indexes is one range scan; the `raft_meta` tree maps `b"m:vote"`, `b"m:committed"`,
+//! `b"m:purged"` → metadata. Data directories written before keel kept the three records in
+//! `raft`, after the entries; [`LogStore::open`] moves them.
+//!
+//! ## Why the records have a tree of their own
+//! sled 0.34 keeps values inline in a tree's leaves, splits a leaf once it holds more than 16
+//! items, and writes a node larger than its IO buffers as a blob file: whichever call walks to
+//! a leaf that needs splitting or consolidating does that write, reader or writer. With 1 MiB
+//! entries a leaf holds up to 16 MiB, and the records sat in the leaf after the newest
+//! entries. openraft runs `save_committed` on Raft's core task, after every commit: it split
+//! those leaves there, writing 6-14 MiB of blobs, 30-100 ms on a busy machine, while the core
+//! could neither send heartbeats nor answer votes (`tests/log_meta.rs`; the busy-machine test
+//! in t28 lost its leader this way). The records' tree holds three small values.
 //!
 //! ## Purging
 //! The log is never purged past the state machine's applied index. Had a purge to S landed before
@@ -54,6 +66,15 @@
 //!   purged again; losing the committed index only delays re-applying entries the leader will
 //!   report as committed anyway. The next sync of any kind persists both.
 //!
+//! ## No sled call on Raft's core
+//! openraft awaits every log call in its core loop. The vote, committed index and purge point
+//! are therefore queued to the flusher too (`Flush::Record`, `Flush::Purge`), which writes them
+//! in order with the appends: `save_committed` and `purge` return at once (their values are
+//! also kept in memory, for `get_log_state` and the metrics), and `save_vote` waits for the
+//! sync after its record. The flusher writes a purge point before it hands the deletion to the
+//! purger, so no deletion is durable without its record (the crash test catches the reverse
+//! order: an acknowledged entry went missing). Records alone start no sync.
+//!
 //! ## Replication batches
 //! Replication reads through [`RaftLogReader::limited_get_log_entries`], and keel's reader returns
 //! at most [`REPLICATION_BATCH_BYTES`] of entries (at least one), so that one AppendEntries stays a
@@ -95,6 +116,11 @@ fn entry_key(index: u64) -> [u8; 9] {
 enum Flush {
     /// Write these entries (index, tail number, encoded entry), then report.
     Append(Vec<(u64, u64, sled::IVec)>, IOFlushed<TypeConfig>),
+    /// Write this record (key, encoded value) into `raft_meta`; synced with whatever comes next.
+    Record(&'static [u8], Vec<u8>),
+    /// Record this purge point, then have the purger delete the entries up to it. In this
+    /// order: sled keeps it through a crash, so no deletion is ever durable without its record.
+    Purge(LogId),
     /// Delete every entry from this index on.
     Truncate(u64, oneshot::Sender<io::Result<()>>),
     Notify(oneshot::Sender<io::Result<()>>),
@@ -138,11 +164,15 @@ pub struct LogStats {
 #[derive(Clone)]
 pub struct LogStore {
     tree: sled::Tree,
+    /// The vote, committed index and purge point (see "Why the records have a tree of their own").
+    meta: sled::Tree,
     dur: Arc<Durability>,
     flusher: Arc<Flusher>,
     stats: Arc<LogStats>,
     /// The first index that is not purged (entries below it may still await deletion).
     readable_from: Arc<AtomicU64>,
+    /// The last purge point, which the flusher may not have recorded yet.
+    purged: Arc<std::sync::Mutex<Option<LogId>>>,
     /// The state machine's progress: a purge waits for it (see "Purging").
     sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
     tail: SharedTail,
@@ -157,7 +187,6 @@ const PURGE_CHUNK: u64 = 256;
 struct Flusher {
     tx: Option<mpsc::Sender<Flush>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    purge_tx: Option<mpsc::Sender<u64>>,
     purge_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -174,7 +203,6 @@ impl Drop for Flusher {
     /// Close the channels and wait for the threads, so the database is closed when the store is.
     fn drop(&mut self) {
         drop(self.tx.take());
-        drop(self.purge_tx.take());
         for t in [self.thread.take(), self.purge_thread.take()].into_iter().flatten() {
             let _ = t.join();
         }
@@ -185,6 +213,7 @@ impl Drop for Flusher {
 #[derive(Clone)]
 pub struct LogReader {
     tree: sled::Tree,
+    meta: sled::Tree,
     readable_from: Arc<AtomicU64>,
     tail: SharedTail,
 }
@@ -193,43 +222,48 @@ impl LogStore {
     /// Open the log store in `dur`'s database and start its flusher thread.
     pub fn open(dur: Arc<Durability>) -> io::Result<Self> {
         let tree = dur.db().open_tree("raft").map_err(crate::durability::sled_to_io)?;
+        let meta = dur.db().open_tree("raft_meta").map_err(crate::durability::sled_to_io)?;
+        move_records(&tree, &meta)?;
         let (flush_tx, flush_rx) = mpsc::channel();
         let stats = Arc::new(LogStats::default());
-        let committed: Option<Option<LogId>> = read_meta_from(&tree, COMMITTED_KEY)?;
+        let committed: Option<Option<LogId>> = read_meta_from(&meta, COMMITTED_KEY)?;
         let committed = committed.flatten().map_or(0, |l| l.index);
         stats.committed.store(committed, Ordering::Relaxed);
         stats.committed_at_open.store(committed, Ordering::Relaxed);
         let tail = SharedTail::default();
-        let flush = Flushing {
-            dur: dur.clone(),
-            stats: stats.clone(),
-            tree: tree.clone(),
-            tail: tail.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("keel-log-flush".into())
-            .spawn(move || flusher(flush, flush_rx))?;
-        let purged: Option<LogId> = read_meta_from(&tree, PURGED_KEY)?;
+        let purged: Option<LogId> = read_meta_from(&meta, PURGED_KEY)?;
         let (purge_tx, purge_rx) = mpsc::channel();
         if let Some(p) = purged {
             // Entries a crash left behind.
             let _ = purge_tx.send(p.index);
         }
+        let flush = Flushing {
+            dur: dur.clone(),
+            stats: stats.clone(),
+            tree: tree.clone(),
+            meta: meta.clone(),
+            tail: tail.clone(),
+            purger: purge_tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("keel-log-flush".into())
+            .spawn(move || flusher(flush, flush_rx))?;
         let (d, t) = (dur.clone(), tree.clone());
         let purge_thread = std::thread::Builder::new()
             .name("keel-log-purge".into())
             .spawn(move || purger(d, t, purge_rx))?;
         Ok(LogStore {
             tree,
+            meta,
             dur,
             flusher: Arc::new(Flusher {
                 tx: Some(flush_tx),
                 thread: Some(thread),
-                purge_tx: Some(purge_tx),
                 purge_thread: Some(purge_thread),
             }),
             stats,
             readable_from: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1))),
+            purged: Arc::new(std::sync::Mutex::new(purged)),
             sm_progress: None,
             tail,
         })
@@ -279,8 +313,25 @@ impl LogStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
-        read_meta_from(&self.tree, key)
+        read_meta_from(&self.meta, key)
     }
+}
+
+/// Move the records that builds before `raft_meta` kept in the entries' tree. Each is inserted
+/// into `meta` before it is removed from `tree` (sled keeps the order through a crash), and a
+/// record already in `meta` is newer than any left in `tree`, so a move cut short by a crash is
+/// finished at the next open. The next sync makes it durable; until then a crash only undoes it.
+fn move_records(tree: &sled::Tree, meta: &sled::Tree) -> io::Result<()> {
+    for key in [VOTE_KEY, COMMITTED_KEY, PURGED_KEY] {
+        let Some(old) = tree.get(key).map_err(sled_to_io)? else {
+            continue;
+        };
+        if meta.get(key).map_err(sled_to_io)?.is_none() {
+            meta.insert(key, old).map_err(sled_to_io)?;
+        }
+        tree.remove(key).map_err(sled_to_io)?;
+    }
+    Ok(())
 }
 
 fn read_meta_from<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, io::Error> {
@@ -326,7 +377,10 @@ struct Flushing {
     dur: Arc<Durability>,
     stats: Arc<LogStats>,
     tree: sled::Tree,
+    meta: sled::Tree,
     tail: SharedTail,
+    /// The purger's queue.
+    purger: mpsc::Sender<u64>,
 }
 
 impl Flushing {
@@ -354,6 +408,16 @@ impl Flushing {
         Ok(())
     }
 
+    /// Record a purge point, then queue the deletion of the entries up to it.
+    fn purge(&self, log_id: LogId) -> io::Result<()> {
+        self.meta
+            .insert(PURGED_KEY, codec::encode(&log_id))
+            .map_err(sled_to_io)?;
+        // A stopped purger only leaves entries on disk, to be deleted after the next open.
+        let _ = self.purger.send(log_id.index);
+        Ok(())
+    }
+
     /// Delete every entry from index `from` on.
     fn truncate(&self, from: u64) -> io::Result<()> {
         let mut batch = sled::Batch::default();
@@ -377,12 +441,23 @@ fn flusher(f: Flushing, rx: mpsc::Receiver<Flush>) {
             let done = match req {
                 _ if failed.is_some() => Ok(()),
                 Flush::Append(items, _) => f.write(items),
+                Flush::Record(key, value) => f.meta.insert(key, value.as_slice()).map(drop).map_err(sled_to_io),
+                Flush::Purge(log_id) => f.purge(*log_id),
                 Flush::Truncate(from, _) => f.truncate(*from),
                 Flush::Notify(_) => Ok(()),
             };
             if let Err(e) = done {
                 failed = Some(e);
             }
+        }
+        if batch.iter().all(|r| matches!(r, Flush::Record(..) | Flush::Purge(_))) {
+            // Records alone wait for nobody: the next sync persists them (see "What must be
+            // durable when"). A failed one leaves sled failing every later write, which the
+            // next append reports.
+            if let Some(e) = failed {
+                tracing::error!(error = %e, "writing a log record (commit index or purge point) failed");
+            }
+            continue;
         }
         let started = std::time::Instant::now();
         let result = match failed {
@@ -414,6 +489,7 @@ fn flusher(f: Flushing, rx: mpsc::Receiver<Flush>) {
                 Flush::Truncate(_, tx) | Flush::Notify(tx) => {
                     let _ = tx.send(res);
                 }
+                Flush::Record(..) | Flush::Purge(_) => {}
             }
         }
     }
@@ -528,7 +604,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        read_meta_from(&self.tree, VOTE_KEY)
+        read_meta_from(&self.meta, VOTE_KEY)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
@@ -554,7 +630,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged: Option<LogId> = self.read_meta(PURGED_KEY)?;
+        let last_purged = *self.purged.lock().unwrap_or_else(|e| e.into_inner());
         let last = self
             .tree
             .scan_prefix([ENTRY_PREFIX])
@@ -577,6 +653,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> Self::LogReader {
         LogReader {
             tree: self.tree.clone(),
+            meta: self.meta.clone(),
             readable_from: self.readable_from.clone(),
             tail: self.tail.clone(),
         }
@@ -584,14 +661,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.dur.check()?;
-        self.tree.insert(VOTE_KEY, codec::encode(vote)).map_err(sled_to_io)?;
+        self.flusher.send(Flush::Record(VOTE_KEY, codec::encode(vote)))?;
         self.sync().await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        self.tree
-            .insert(COMMITTED_KEY, codec::encode(&committed))
-            .map_err(sled_to_io)?;
+        self.flusher
+            .send(Flush::Record(COMMITTED_KEY, codec::encode(&committed)))?;
         if let Some(c) = committed {
             self.stats.committed.fetch_max(c.index, Ordering::Relaxed);
         }
@@ -638,14 +714,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.wait_applied(log_id.index).await?;
-        self.tree
-            .insert(PURGED_KEY, codec::encode(&log_id))
-            .map_err(sled_to_io)?;
+        self.flusher.send(Flush::Purge(log_id))?;
+        let mut purged = self.purged.lock().unwrap_or_else(|e| e.into_inner());
+        *purged = (*purged).max(Some(log_id));
+        drop(purged);
         self.readable_from.fetch_max(log_id.index + 1, Ordering::AcqRel);
-        if let Some(tx) = &self.flusher.purge_tx {
-            // A stopped purger only leaves entries on disk, to be deleted after the next open.
-            let _ = tx.send(log_id.index);
-        }
         Ok(())
     }
 }

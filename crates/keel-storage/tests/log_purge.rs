@@ -70,7 +70,7 @@ async fn entries_left_behind_are_deleted_after_reopening() {
     {
         let store = store_with_entries(dir.path(), 300).await;
         // As if a crash came between the purge point and the deletion: record it by hand.
-        let tree = store.durability.db().open_tree("raft").expect("raft tree");
+        let tree = store.durability.db().open_tree("raft_meta").expect("raft_meta tree");
         tree.insert(b"m:purged", codec::encode(&torture_entry(200).log_id))
             .expect("insert");
         store.durability.sync().expect("sync");

@@ -117,12 +117,19 @@ impl RaftRpc for PeerService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
         let rpc: AppendEntriesRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let (entries, arrived) = (rpc.entries.len(), std::time::Instant::now());
+        tracing::debug!(entries, "append_entries arrived");
         // On a task of its own: the leader gives up on a heartbeat after one heartbeat interval,
         // which cancels this handler, but a heartbeat that arrived must still count (it keeps
         // this member from campaigning), however late it is answered.
         let node = self.node.clone();
         let handled = tokio::spawn(async move {
             let result = node.raft.append_entries(rpc).await;
+            tracing::debug!(
+                entries,
+                took_ms = arrived.elapsed().as_millis() as u64,
+                "append_entries answered"
+            );
             if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
                 node.heard_from_leader();
             }
