@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command of the README: installs test tools, then runs every test of the workspace, then
-# t09's 1 MiB workload once more beside one busy loop per core: a cluster must keep serving on a
-# saturated machine (issue 12).
+# The test command of the README: installs test tools, then runs every test of the workspace (t30
+# among them: 30 s of 1 MiB writes beside its own busy loop per core), then t09's 1 MiB workload
+# once more beside one busy loop per core: a cluster must keep serving on a saturated machine
+# (issue 12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh

@@ -57,17 +57,24 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(worker_threads()).enable_all();
+    // See `worker_threads`: a task woken into a worker's LIFO slot cannot be stolen, so it waits
+    // for whatever that worker is blocked in.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(not(tokio_unstable))]
+    tracing::warn!(
+        "built without --cfg tokio_unstable (a RUSTFLAGS variable replaced .cargo/config.toml): \
+         tokio's LIFO slot stays on, and Raft's core can wait behind a worker blocked in sled"
+    );
     runtime.spawn(watch_for_stalls());
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,10 +88,18 @@ fn main() -> ExitCode {
 /// Runtime worker threads: at least [`MIN_WORKERS`], and one per core beyond that. sled 0.34
 /// does its IO in whichever thread touches a tree's node, readers included: a get can split a
 /// leaf and write it out, and with 1 MiB values that is a 6-14 MiB blob file (tens to hundreds
-/// of milliseconds on a busy disk). With tokio's default of one worker per core, two such calls
-/// on a 2-core machine stopped every task, Raft's core and heartbeats among them, for up to
-/// 290 ms (measured by [`watch_for_stalls`] in t28's busy-machine run); with eight, the longest
-/// stall seen was about 80 ms. Idle workers cost nothing but a parked thread.
+/// of milliseconds on a busy disk). openraft's own tasks read the log and apply entries that
+/// way. With tokio's default of one worker per core, two such calls on a 2-core machine
+/// stopped every task, Raft's core and heartbeats among them, for up to 290 ms (measured by
+/// [`watch_for_stalls`] in t28's busy-machine run); with eight, the longest stall seen was
+/// about 80 ms. Idle workers cost nothing but a parked thread.
+///
+/// More workers were not enough: the core still stopped for 200-300 ms now and then while the
+/// runtime ran on, because a task woken into a worker's LIFO slot (tokio's "run the task just
+/// woken next" heuristic) cannot be stolen by the other workers, and the state machine worker
+/// or a replication task that woke the core then blocked that worker in sled. With the slot
+/// disabled, t28's busy-machine run (release build) kept its leader in 6 of 6 runs, against
+/// about 1 in 2 before.
 fn worker_threads() -> usize {
     std::thread::available_parallelism().map_or(MIN_WORKERS, |n| n.get().max(MIN_WORKERS))
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests. Each test crate uses only some of them.
 #![allow(dead_code)]
 
+pub mod stalls;
+
 use std::collections::BTreeMap;
 
 use keel_client::Client;

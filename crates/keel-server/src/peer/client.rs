@@ -162,6 +162,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 /// openraft's view of one peer.
+#[derive(Clone)]
 pub struct PeerConn {
     id: NodeId,
     cluster: Arc<ClusterId>,
@@ -293,16 +294,34 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let first = rpc.prev_log_id.is_none();
+        let heartbeat = rpc.entries.is_empty();
         let data = codec::encode(&rpc);
         let ttl = append_timeout(data.len(), option.hard_ttl());
-        let reply = self
-            .raft_rpc(RPCTypes::AppendEntries, data, ttl, |mut c, r| async move {
-                c.append_entries(r).await
-            })
-            .await?;
-        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-            self.channels.record_answer(self.target);
-        }
+        let conn = self.clone();
+        let send = async move {
+            let reply = conn
+                .raft_rpc(RPCTypes::AppendEntries, data, ttl, |mut c, r| async move {
+                    c.append_entries(r).await
+                })
+                .await?;
+            if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+                conn.channels.record_answer(conn.target);
+            }
+            Ok::<_, RPCError<TypeConfig>>(reply)
+        };
+        let reply = if heartbeat {
+            // openraft gives up on a heartbeat after one heartbeat interval (50 ms), and dropping
+            // the request then cancelled it on the wire: a follower whose runtime had not read
+            // it in time never saw it, and after a few such misses it campaigned although the
+            // leader was sending (t28's busy machine, debug build). Sent from a task of its own,
+            // the heartbeat still arrives and renews the follower's lease; its late answer still
+            // counts in `since_answer`, and only openraft stops waiting for it.
+            tokio::spawn(send)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))??
+        } else {
+            send.await?
+        };
         check_append_reply(first, reply)
     }
 
