@@ -91,14 +91,14 @@ fn main() -> ExitCode {
 /// of milliseconds on a busy disk). openraft's own tasks read the log and apply entries that
 /// way. With tokio's default of one worker per core, two such calls on a 2-core machine
 /// stopped every task, Raft's core and heartbeats among them, for up to 290 ms (measured by
-/// [`watch_for_stalls`] in t28's busy-machine run); with eight, the longest stall seen was
+/// [`watch_for_stalls`] in t30's busy-machine run); with eight, the longest stall seen was
 /// about 80 ms. Idle workers cost nothing but a parked thread.
 ///
 /// More workers were not enough: the core still stopped for 200-300 ms now and then while the
 /// runtime ran on, because a task woken into a worker's LIFO slot (tokio's "run the task just
 /// woken next" heuristic) cannot be stolen by the other workers, and the state machine worker
 /// or a replication task that woke the core then blocked that worker in sled. With the slot
-/// disabled, t28's busy-machine run (release build) kept its leader in 6 of 6 runs, against
+/// disabled, t30's busy-machine run (release build) kept its leader in 6 of 6 runs, against
 /// about 1 in 2 before.
 fn worker_threads() -> usize {
     std::thread::available_parallelism().map_or(MIN_WORKERS, |n| n.get().max(MIN_WORKERS))

@@ -12,8 +12,8 @@
 //! entries a leaf holds up to 16 MiB, and the records sat in the leaf after the newest
 //! entries. openraft runs `save_committed` on Raft's core task, after every commit: it split
 //! those leaves there, writing 6-14 MiB of blobs, 30-100 ms on a busy machine, while the core
-//! could neither send heartbeats nor answer votes (`tests/log_meta.rs`; the busy-machine test
-//! in t28 lost its leader this way). The records' tree holds three small values.
+//! could neither send heartbeats nor answer votes (`tests/log_meta.rs`; the busy-machine test,
+//! now t30, lost its leader this way). The records' tree holds three small values.
 //!
 //! ## Purging
 //! The log is never purged past the state machine's applied index. Had a purge to S landed before
@@ -137,8 +137,9 @@ pub(crate) struct Tail {
 
 type SharedTail = Arc<std::sync::Mutex<Tail>>;
 
-fn lock(tail: &SharedTail) -> std::sync::MutexGuard<'_, Tail> {
-    tail.lock().unwrap_or_else(|e| e.into_inner())
+/// A mutex of this store; a panic while it was held leaves nothing half-done that matters here.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Counters for benchmarks and metrics.
@@ -630,7 +631,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged = *self.purged.lock().unwrap_or_else(|e| e.into_inner());
+        let last_purged = *lock(&self.purged);
         let last = self
             .tree
             .scan_prefix([ENTRY_PREFIX])
@@ -715,7 +716,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.wait_applied(log_id.index).await?;
         self.flusher.send(Flush::Purge(log_id))?;
-        let mut purged = self.purged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut purged = lock(&self.purged);
         *purged = (*purged).max(Some(log_id));
         drop(purged);
         self.readable_from.fetch_max(log_id.index + 1, Ordering::AcqRel);

@@ -234,6 +234,20 @@ impl PeerConn {
         decode_reply(reply.into_inner())
     }
 
+    /// Send an encoded AppendEntries and note when the peer answered (see
+    /// [`PeerChannels::since_answer`]).
+    async fn send_append(&self, data: Vec<u8>, ttl: Duration) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        let reply = self
+            .raft_rpc(RPCTypes::AppendEntries, data, ttl, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.channels.record_answer(self.target);
+        }
+        Ok(reply)
+    }
+
     /// A Raft RPC whose only error is the peer's fatal one: a stopped peer is unreachable.
     async fn raft_rpc<Resp, F, Fut>(&self, action: RPCTypes, data: Vec<u8>, ttl: Duration, call: F) -> RpcResult<Resp>
     where
@@ -297,30 +311,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let heartbeat = rpc.entries.is_empty();
         let data = codec::encode(&rpc);
         let ttl = append_timeout(data.len(), option.hard_ttl());
-        let conn = self.clone();
-        let send = async move {
-            let reply = conn
-                .raft_rpc(RPCTypes::AppendEntries, data, ttl, |mut c, r| async move {
-                    c.append_entries(r).await
-                })
-                .await?;
-            if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-                conn.channels.record_answer(conn.target);
-            }
-            Ok::<_, RPCError<TypeConfig>>(reply)
-        };
         let reply = if heartbeat {
             // openraft gives up on a heartbeat after one heartbeat interval (50 ms), and dropping
             // the request then cancelled it on the wire: a follower whose runtime had not read
             // it in time never saw it, and after a few such misses it campaigned although the
-            // leader was sending (t28's busy machine, debug build). Sent from a task of its own,
+            // leader was sending (t30's busy machine, debug build). Sent from a task of its own,
             // the heartbeat still arrives and renews the follower's lease; its late answer still
             // counts in `since_answer`, and only openraft stops waiting for it.
-            tokio::spawn(send)
+            let conn = self.clone();
+            tokio::spawn(async move { conn.send_append(data, ttl).await })
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))??
         } else {
-            send.await?
+            self.send_append(data, ttl).await?
         };
         check_append_reply(first, reply)
     }
