@@ -68,6 +68,7 @@ async fn a_write_overwritten_in_the_old_leaders_log_is_unknown_and_not_retried()
         nodes: 5,
         flags: vec!["--election-timeout-ms".into(), "500-1000".into()],
         network: Some(22),
+        ..Options::default()
     };
     let cluster = Cluster::start(Backend::InProcess, options).await?;
     let old = cluster.wait_for_leader(Duration::from_secs(20)).await?;

@@ -70,6 +70,7 @@ async fn a_full_proposal_queue_refuses_writes_with_unavailable() -> anyhow::Resu
             LIMIT.to_string(),
         ],
         network: Some(23),
+        ..Options::default()
     };
     let cluster = Cluster::start(Backend::InProcess, options).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;

@@ -17,6 +17,7 @@
 pub mod chaos;
 pub mod compose;
 pub mod history;
+pub mod lazyfs;
 pub mod net;
 mod process;
 
@@ -69,6 +70,10 @@ pub struct Options {
     pub flags: Vec<String>,
     /// Put every peer link behind the fault-injecting proxy (see [`net`]), seeded with this.
     pub network: Option<u64>,
+    /// Give every node a disk of its own that forgets unsynced writes (a [`lazyfs::LazyFs`]
+    /// mount), so that [`Cluster::power_cut`] can cut its power. Needs FUSE: check
+    /// [`lazyfs::unavailable`] first.
+    pub lazy_disks: bool,
 }
 
 impl Default for Options {
@@ -77,6 +82,7 @@ impl Default for Options {
             nodes: 3,
             flags: Vec::new(),
             network: None,
+            lazy_disks: false,
         }
     }
 }
@@ -114,6 +120,9 @@ pub struct Cluster {
     next_id: NodeId,
     /// In-process listeners bound by [`Cluster::prepare`], not yet launched.
     pending: BTreeMap<NodeId, Listeners>,
+    /// Lazy disks by node ([`Options::lazy_disks`]). Declared after `nodes`, before `dir`: the
+    /// processes die (dropped), then the disks are unmounted, then the directory goes.
+    disks: BTreeMap<NodeId, lazyfs::LazyFs>,
     dir: tempfile::TempDir,
 }
 
@@ -245,9 +254,18 @@ impl Cluster {
         let net = options.network.map(net::Net::new);
         let mut nodes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
+        let mut disks = BTreeMap::new();
         for i in 1..=options.nodes as NodeId {
             let addrs = Addresses::new(backend, net.as_ref(), i).await?;
-            let (node, l) = addrs.node(i, false, dir.path().join(format!("node{i}")));
+            let data_dir = if options.lazy_disks {
+                let mountpoint = dir.path().join(format!("disk{i}"));
+                std::fs::create_dir(&mountpoint)?;
+                disks.insert(i, lazyfs::LazyFs::mount(&mountpoint)?);
+                mountpoint.join("data")
+            } else {
+                dir.path().join(format!("node{i}"))
+            };
+            let (node, l) = addrs.node(i, false, data_dir);
             nodes.insert(i, node);
             if let Some(l) = l {
                 listeners.insert(i, l);
@@ -266,6 +284,7 @@ impl Cluster {
             net,
             next_id: options.nodes as NodeId + 1,
             pending: listeners,
+            disks,
             dir,
         };
         Ok(cluster)
@@ -374,6 +393,27 @@ impl Cluster {
             Some(Running::InProcess(handle)) => handle.shutdown().await,
             None => Ok(()),
         }
+    }
+
+    /// Cut node `id`'s power: SIGKILL it, then drop every write its disk had not made durable
+    /// (with `torn`, a random prefix of each file's last such write survives). Needs
+    /// [`Options::lazy_disks`]; [`Cluster::restart`] brings the node back on what survived.
+    pub async fn power_cut(&mut self, id: NodeId, torn: Option<&mut rand::rngs::StdRng>) -> anyhow::Result<()> {
+        if !self.disks.contains_key(&id) {
+            bail!("node {id} has no lazy disk (Options::lazy_disks)");
+        }
+        self.kill(id).await?;
+        let disk = &self.disks[&id];
+        match torn {
+            Some(rng) => disk.power_cut_torn(rng),
+            None => disk.power_cut(),
+        }
+        Ok(())
+    }
+
+    /// What node `id`'s lazy disk has seen: writes, syncs, cuts and the bytes they dropped.
+    pub fn disk_counters(&self, id: NodeId) -> Option<lazyfs::Counters> {
+        self.disks.get(&id).map(|d| d.counters())
     }
 
     /// Stop a node gracefully: SIGTERM and wait, or an in-process shutdown.

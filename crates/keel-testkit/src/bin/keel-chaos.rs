@@ -100,6 +100,7 @@ async fn one_run(args: &Args, seed: u64) -> anyhow::Result<Report> {
         // snapshot installation, not only by the log.
         flags: vec!["--snapshot-logs".into(), "500".into()],
         network: Some(seed),
+        ..Options::default()
     };
     let mut cluster = Cluster::start(backend, options).await?;
     let report = chaos::run(&mut cluster, &config).await?;
