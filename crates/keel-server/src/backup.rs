@@ -19,7 +19,7 @@ use crate::node::Node;
 
 /// Take backups until `stop` fires.
 pub async fn run(node: Arc<Node>, config: BackupConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
-    if let Err(e) = fs::create_dir_all(&config.dir) {
+    if let Err(e) = keel_storage::durability::create_dir_durable(&config.dir) {
         tracing::error!(dir = %config.dir.display(), error = %e, "cannot create the backup directory; no scheduled backups");
         return;
     }

@@ -130,7 +130,7 @@ pub fn check_or_create(
         dir: dir.to_path_buf(),
         source,
     };
-    fs::create_dir_all(dir).map_err(io)?;
+    keel_storage::durability::create_dir_durable(dir).map_err(io)?;
     let path = dir.join(FILE);
     match fs::read(&path) {
         Ok(bytes) => {

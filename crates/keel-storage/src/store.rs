@@ -47,7 +47,7 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, OpenError> {
         source,
     };
     let db_dir = dir.join("db");
-    std::fs::create_dir_all(&db_dir).map_err(err)?;
+    crate::durability::create_dir_durable(&db_dir).map_err(err)?;
     let sled_config = sled::Config::new()
         .path(&db_dir)
         .cache_capacity(config.cache_capacity)

@@ -58,7 +58,7 @@ fn now_ms() -> u64 {
 impl SnapshotStore {
     /// Open `dir`: keep the newest valid snapshot, remove temporary and older files.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        crate::durability::create_dir_durable(dir)?;
         let mut best: Option<(SnapshotMeta, PathBuf)> = None;
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
