@@ -85,10 +85,11 @@ async fn acknowledged_writes_survive_power_cuts() -> anyhow::Result<()> {
                 ids.clone()
             }
         };
-        let torn = rng.random_bool(0.5);
+        let torn = rng.random_bool(0.5) && std::env::var("KEEL_POWERLOSS_TORN").map_or(true, |v| v != "0");
         let load_ms = rng.random_range(300..1500);
         let writers = Writers::start(&cluster, round, acked.clone()).await?;
         tokio::time::sleep(Duration::from_millis(load_ms)).await;
+        let before = leader_and_term(&cluster).await;
         for &v in &victims {
             cluster.power_cut(v, torn.then_some(&mut tear)).await?;
         }
@@ -108,6 +109,15 @@ async fn acknowledged_writes_survive_power_cuts() -> anyhow::Result<()> {
                 .with_context(|| format!("round {round}: node {v} did not start after a power cut"))?;
         }
         if let Err(e) = verify(&cluster, &acked, round).await {
+            // Whole logs, for the post-mortem; the tails go to stderr.
+            let keep =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/powerloss/seed-{seed}"));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for &id in &ids {
+                    let _ = std::fs::write(keep.join(format!("node{id}.log")), cluster.log(id));
+                }
+                eprintln!("node logs kept in {}", keep.display());
+            }
             for &id in &ids {
                 let log = cluster.log(id);
                 let lines: Vec<&str> = log.lines().collect();
@@ -117,6 +127,15 @@ async fn acknowledged_writes_survive_power_cuts() -> anyhow::Result<()> {
                 }
             }
             return Err(e.context(format!("round {round} (seed {seed}, cut {victims:?}, torn {torn})")));
+        }
+        // A leader that lost its power must not come back as leader of the same term: its log
+        // lost what it had not synced, and it would write new entries under log ids that its
+        // followers already hold for other entries (openraft's leader restore; see server.rs).
+        if let (Some((old_leader, old_term)), Some((_, term))) = (before, leader_and_term(&cluster).await) {
+            ensure!(
+                !victims.contains(&old_leader) || term > old_term,
+                "round {round}: leader {old_leader} of term {old_term} lost power, and the term is still {term}"
+            );
         }
         summary.rounds += 1;
     }
@@ -223,6 +242,7 @@ async fn verify(cluster: &Cluster, acked: &Acked, round: u64) -> anyhow::Result<
     let applied = cluster.status(leader).await.context("leader status")?.applied_index;
     let expected = acked.lock().unwrap().clone();
     let mut replicas = Vec::new();
+    let mut problems = Vec::new();
     for (&id, _) in cluster.nodes.iter() {
         cluster.wait_applied(id, applied, Duration::from_secs(60)).await?;
         let got = cluster.kv(id).range(all(true)).await?.into_inner();
@@ -236,19 +256,36 @@ async fn verify(cluster: &Cluster, acked: &Acked, round: u64) -> anyhow::Result<
                 )
             })
             .collect();
+        let mut lost = Vec::new();
         for (key, (value, rev)) in &expected {
             match held.get(key) {
-                None => bail!("node {id} lost the acknowledged write of {key} (revision {rev})"),
-                Some((v, r)) if v != value || r != rev => {
-                    bail!(
-                        "node {id} holds {key} at revision {r}, but revision {rev} was acknowledged (value equal: {})",
-                        v == value
-                    )
-                }
+                None => lost.push((*rev, key.clone())),
+                Some((v, r)) if v != value || r != rev => problems.push(format!(
+                    "node {id} holds {key} at revision {r}, but revision {rev} was acknowledged (value equal: {})",
+                    v == value
+                )),
                 Some(_) => {}
             }
         }
+        if !lost.is_empty() {
+            lost.sort_unstable();
+            let status = cluster.status(id).await;
+            problems.push(format!(
+                "node {id} lost {} acknowledged writes (first ones: {:?}); it holds {} keys; the cluster is at \
+                 revision {revision}, applied index {applied}; its status: {status:?}",
+                lost.len(),
+                &lost[..lost.len().min(8)],
+                held.len()
+            ));
+        }
         replicas.push((id, held));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} problems, the first per node:\n{}",
+            problems.len(),
+            first_per_node(&problems)
+        );
     }
     for pair in replicas.windows(2) {
         let ((a, ha), (b, hb)) = (&pair[0], &pair[1]);
@@ -278,4 +315,27 @@ async fn verify(cluster: &Cluster, acked: &Acked, round: u64) -> anyhow::Result<
         .unwrap()
         .insert(format!("r{round:03}-next"), (b"next".to_vec(), next_rev));
     Ok(())
+}
+
+/// The first problem reported for each node, one per line.
+fn first_per_node(problems: &[String]) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    problems
+        .iter()
+        .filter(|p| seen.insert(p.split_whitespace().nth(1).unwrap_or("").to_string()))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The leader and its term, as the leader reports them (None while there is none).
+async fn leader_and_term(cluster: &Cluster) -> Option<(NodeId, u64)> {
+    for &id in cluster.nodes.keys() {
+        if let Some(s) = cluster.status(id).await {
+            if s.role == "leader" {
+                return Some((id, s.term));
+            }
+        }
+    }
+    None
 }

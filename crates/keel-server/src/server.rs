@@ -128,6 +128,14 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         // could win; members that still hear from the leader say no, so it does not disrupt the
         // leader with a higher term. Peers carry the PreVote RPC (peer/client.rs).
         enable_pre_vote: Some(true),
+        // A restarted leader campaigns like everyone else. openraft 0.10 lets it resume in the
+        // same term by default, but its log lost whatever it had not synced when the power went
+        // (the pipelined leader commits on its followers' acknowledgements before its own flush),
+        // and as leader of the same term it wrote new entries under those lost entries' log ids:
+        // followers kept the old ones, which matched by term and index, and applied different
+        // writes (t31_power_loss: an acknowledged write missing on one member, a different one
+        // in its place). A new term gives every new entry a log id no one has seen.
+        enable_leader_restore: Some(false),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000,
         ..Default::default()

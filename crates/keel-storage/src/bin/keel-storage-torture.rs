@@ -10,12 +10,14 @@
 //!     PURGING <index>                               about to purge up to index
 //!     PURGE <index>                                 purge up to index returned (not synced)
 //!     ERR <message>                                 the store refused a write
-//! keel-storage-torture sm DIR SEED                  apply entries to the state machine
+//! keel-storage-torture sm DIR SEED [--sync-thread]  apply entries to the state machine
 //!     OPEN <applied_index>
 //!     APPLIED <index>                               apply returned (not necessarily durable)
 //!     SNAP <index>                                  snapshot built: state durable up to index
 //! ```
-//! With `--wait-go` the log writer waits for a line on stdin before writing (the parent attaches
+//! With `--sync-thread` another thread syncs the database over and over meanwhile, as a node's
+//! log flusher does while its state machine applies (so that a power cut finds syncs that ran
+//! beside applies). With `--wait-go` the log writer waits for a line on stdin before writing (the parent attaches
 //! a fault injector first). Entry contents are a pure function of the index, see
 //! `keel_storage::testing::torture_entry`.
 
@@ -61,6 +63,7 @@ fn main() {
     let dir = PathBuf::from(&args[2]);
     let seed: u64 = args[3].parse().unwrap_or_else(|_| usage());
     let wait_go = args.iter().any(|a| a == "--wait-go");
+    let sync_thread = args.iter().any(|a| a == "--sync-thread");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -68,7 +71,7 @@ fn main() {
         .expect("tokio runtime");
     let code = match args[1].as_str() {
         "log" => rt.block_on(log_mode(dir, seed | 1, wait_go)),
-        "sm" => rt.block_on(sm_mode(dir, seed | 1)),
+        "sm" => rt.block_on(sm_mode(dir, seed | 1, sync_thread)),
         _ => usage(),
     };
     std::process::exit(code);
@@ -149,7 +152,7 @@ async fn log_mode(dir: PathBuf, seed: u64, wait_go: bool) -> i32 {
     3
 }
 
-async fn sm_mode(dir: PathBuf, seed: u64) -> i32 {
+async fn sm_mode(dir: PathBuf, seed: u64, sync_thread: bool) -> i32 {
     let mut store = match keel_storage::open(&dir, &StoreConfig::default()) {
         Ok(s) => s,
         Err(e) => {
@@ -160,6 +163,16 @@ async fn sm_mode(dir: PathBuf, seed: u64) -> i32 {
     let (applied, _) = store.sm.applied_state().await.expect("applied state");
     let mut next = applied.map_or(1, |l| l.index + 1);
     say(format!("OPEN {}", next - 1));
+    if sync_thread {
+        let dur = store.durability.clone();
+        std::thread::spawn(move || loop {
+            if let Err(e) = dur.sync() {
+                say(format!("ERR sync: {e}"));
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        });
+    }
     let mut rng = Rng(seed);
     loop {
         let n = 1 + rng.below(50);
