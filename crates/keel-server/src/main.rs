@@ -36,9 +36,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let listeners = Listeners::bind(&config).await?;
     let handle = start(config, listeners).await?;
-    let signal = signal.await;
-    tracing::info!(signal, "shutting down");
-    handle.shutdown().await
+    tokio::select! {
+        signal = signal => {
+            tracing::info!(signal, "shutting down");
+            handle.shutdown().await
+        }
+        why = handle.failed() => {
+            // Best effort: the rest of the cluster carries on either way.
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), handle.shutdown()).await {
+                tracing::warn!(error = %e, "shutdown after a failure did not finish in 10 s");
+            }
+            Err(anyhow::anyhow!("stopped: {why}"))
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -71,6 +71,8 @@ pub struct Node {
     read_indexes: Coalescer<Result<u64, NodeError>>,
     /// This node, for the rounds of work that run on tasks of their own (`coalesce.rs`).
     this: std::sync::Weak<Node>,
+    /// Why this node must stop (see [`Node::fail`]); the binary exits non-zero on it.
+    failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -114,11 +116,48 @@ impl Node {
             read_barriers: Coalescer::default(),
             read_indexes: Coalescer::default(),
             this: this.clone(),
+            failed: tokio::sync::watch::Sender::new(None),
         })
     }
 
+    /// This node cannot go on (its storage failed a read, Raft stopped on an error): say why in
+    /// one line and have the process stop, so that a supervisor sees a dead member and restarts
+    /// it, rather than a process that answers health checks with nothing working inside. The
+    /// first reason is kept.
+    pub fn fail(&self, why: String) {
+        self.failed.send_if_modified(|f| {
+            if f.is_some() {
+                return false;
+            }
+            tracing::error!(member = self.id, "stopping: {why}");
+            *f = Some(why);
+            true
+        });
+    }
+
+    /// Resolves with the reason once [`Node::fail`] was called.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.failed.subscribe();
+        async move {
+            let why = rx
+                .wait_for(|f| f.is_some())
+                .await
+                .map(|f| f.clone().unwrap_or_default());
+            match why {
+                Ok(why) => why,
+                // The node is gone, and with it whoever could fail it.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Where the store's database lives, for messages about it.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.data_dir.join("db")
+    }
+
     /// This node as a shared handle (for work that outlives the caller's future).
-    fn shared(&self) -> Result<Arc<Node>, NodeError> {
+    pub(crate) fn shared(&self) -> Result<Arc<Node>, NodeError> {
         self.this
             .upgrade()
             .ok_or_else(|| NodeError::Unavailable("node is shutting down".into()))

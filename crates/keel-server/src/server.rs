@@ -12,6 +12,7 @@ use keel_proto::raft::raft_server::RaftServer;
 use keel_proto::v1::cluster_server::ClusterServer;
 use keel_proto::v1::kv_server::KvServer;
 use keel_storage::{Member, SmConfig, StoreConfig};
+use openraft::async_runtime::WatchReceiver;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -248,6 +249,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         tokio::spawn(node.clone().watch_removal()),
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
         tokio::spawn(crate::metrics::count_leader_changes(node.clone(), metrics.clone())),
+        tokio::spawn(fail_when_raft_stops(node.clone())),
     ];
     if let Some(backup) = config.backup.clone() {
         tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));
@@ -278,7 +280,31 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     })
 }
 
+/// Raft's core stopped on an error (a storage failure, most likely): nothing works any more, so
+/// the node stops (see [`Node::fail`]) instead of staying up with a dead core inside.
+async fn fail_when_raft_stops(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let fatal = metrics.borrow_watched().running_state.clone().err();
+        if let Some(fatal) = fatal {
+            if !node.is_shutting_down() {
+                node.fail(format!("Raft stopped: {fatal} (data in {})", node.db_path().display()));
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl NodeHandle {
+    /// Resolves with the reason if the node has to stop (see [`Node::fail`]): the caller should
+    /// shut it down and exit non-zero.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        self.node.failed()
+    }
+
     /// Stop gracefully: finish in-flight requests, stop Raft, flush. Bounded in time.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let node = &self.node;

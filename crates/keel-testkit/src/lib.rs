@@ -384,6 +384,15 @@ impl Cluster {
         self.nodes.get(&id).is_some_and(|n| n.running.is_some())
     }
 
+    /// How process node `id` ended, if it exited by itself (None while it runs, and for
+    /// in-process nodes).
+    pub fn exit_status(&mut self, id: NodeId) -> Option<std::process::ExitStatus> {
+        match self.nodes.get_mut(&id)?.running.as_mut()? {
+            Running::Process(child) => child.exited(),
+            Running::InProcess(_) => None,
+        }
+    }
+
     /// Stop a node abruptly: SIGKILL for processes; for in-process nodes, Raft and servers are
     /// stopped without waiting for in-flight requests.
     pub async fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {

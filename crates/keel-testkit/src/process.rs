@@ -66,6 +66,11 @@ impl Child {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn signal(&mut self, sig: libc::c_int) -> anyhow::Result<()> {
         let pid = self.pid() as libc::pid_t;
         // SAFETY: kill(2) on our own child's pid; no memory is involved.

@@ -50,13 +50,18 @@ static SCAN_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(scan_sl
 /// other waits (until `deadline`) for one of the [`scan_slots`] and runs on a blocking thread,
 /// which keeps the slot until the read is done, even when the client has gone.
 async fn read_range(node: &Node, op: RangeOp, deadline: Instant) -> Result<(RangeResult, u64), NodeError> {
-    let read = |reader: &keel_storage::KvReader, op: &RangeOp| {
-        reader
-            .range_bounded(op, MAX_RANGE_RESPONSE_BYTES)
-            .map_err(|e| NodeError::Unavailable(format!("read failed: {e}")))
+    let read = |node: &Node, op: &RangeOp| {
+        node.reader.range_bounded(op, MAX_RANGE_RESPONSE_BYTES).map_err(|e| {
+            if let keel_storage::ReadError::Storage(e) = &e {
+                // The disk failed a read (or returned what its checksums reject): stop rather
+                // than serve from a store that may be missing data. The cluster carries on.
+                node.fail(format!("reading the store in {} failed: {e}", node.db_path().display()));
+            }
+            NodeError::Unavailable(format!("read failed on member {}: {e}", node.id))
+        })
     };
     if matches!(op.range, KeyRange::Key(_)) {
-        return read(&node.reader, &op);
+        return read(node, &op);
     }
     let slot = tokio::time::timeout_at(deadline.into(), SCAN_SLOTS.acquire())
         .await
@@ -68,10 +73,10 @@ async fn read_range(node: &Node, op: RangeOp, deadline: Instant) -> Result<(Rang
             ))
         })?
         .map_err(|_| NodeError::Internal("the range-read slots were closed".into()))?;
-    let reader = node.reader.clone();
+    let node = node.shared()?;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        read(&reader, &op)
+        read(&node, &op)
     })
     .await
     .map_err(|e| NodeError::Internal(format!("range read failed: {e}")))?
