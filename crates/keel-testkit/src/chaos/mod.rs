@@ -38,7 +38,8 @@ pub use workload::Load;
 pub struct Config {
     pub seed: u64,
     pub duration: Duration,
-    /// Faults stop this long before the end, so that recovery is part of the run.
+    /// Faults stop this long before the end, so that recovery is part of the run; the clients
+    /// run at least this long after the heal, even when the heal finishes late.
     pub settle: Duration,
     pub schedule: Schedule,
     pub load: Load,
@@ -159,7 +160,12 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         nemesis.log(format!("heal failed: {e:#}"));
     }
     let healed_from = recorder.history().ops.len();
-    tokio::time::sleep_until((start + config.duration).into()).await;
+    // The clients get `settle` after the heal has finished, however late that is: the last fault
+    // may outlast `faults_end` by its own length, and healing through a loaded Docker engine took
+    // seconds (a CI run beside a release build healed 0.6 s before the end, and no write had
+    // time to succeed). Without the full window, "clients write again" would be a coin toss.
+    let end = (start + config.duration).max(Instant::now() + config.settle);
+    tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
     // Each client finishes its operation in flight, bounded by the request deadline.
     while clients.join_next().await.is_some() {}
