@@ -293,6 +293,14 @@ async fn fail_when_raft_stops(node: Arc<Node>) {
             return;
         }
         if metrics.changed().await.is_err() {
+            // The core is gone without saying why: it panicked (a graceful stop begins with
+            // `begin_shutdown`). Seen: openraft refused a state it found inconsistent at startup.
+            if !node.is_shutting_down() {
+                node.fail(format!(
+                    "Raft's core exited unexpectedly (data in {})",
+                    node.db_path().display()
+                ));
+            }
             return;
         }
     }

@@ -75,6 +75,17 @@
 //! purger, so no deletion is durable without its record (the crash test catches the reverse
 //! order: an acknowledged entry went missing). Records alone start no sync.
 //!
+//! ## Applies wait for the write
+//! The state machine lives in the same sled database, and sled recovers a prefix of what it was
+//! given, so state N must never reach sled before log entry N does. The flusher writes entries
+//! after `append` returns, while a leader commits on its followers' acknowledgements and may
+//! apply an entry before its own flusher has written it; a sync between the two, then a power
+//! cut, left a member whose state machine was ahead of its log, and openraft refused to start it
+//! (its purge point past its snapshot; t31, round 187 of 200). So the flusher publishes the
+//! highest index it has written ([`LogStore::written`]) and the state machine waits for it
+//! before applying an entry (`StateMachine::gate_applies_on`); followers never wait, since they
+//! learn of a commit only after their own write and sync.
+//!
 //! ## Replication batches
 //! Replication reads through [`RaftLogReader::limited_get_log_entries`], and keel's reader returns
 //! at most [`REPLICATION_BATCH_BYTES`] of entries (at least one), so that one AppendEntries stays a
@@ -177,6 +188,8 @@ pub struct LogStore {
     /// The state machine's progress: a purge waits for it (see "Purging").
     sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
     tail: SharedTail,
+    /// The highest index the flusher has written into sled (see "Applies wait for the write").
+    written: Arc<watch::Sender<u64>>,
 }
 
 /// Log appends and syncs slower than this are logged.
@@ -232,6 +245,13 @@ impl LogStore {
         stats.committed.store(committed, Ordering::Relaxed);
         stats.committed_at_open.store(committed, Ordering::Relaxed);
         let tail = SharedTail::default();
+        let last_written = match tree.last().map_err(sled_to_io)? {
+            Some((k, _)) if k.len() == 9 && k[0] == ENTRY_PREFIX => {
+                u64::from_be_bytes(k[1..].try_into().expect("9-byte entry key"))
+            }
+            _ => 0,
+        };
+        let written = Arc::new(watch::Sender::new(last_written));
         let purged: Option<LogId> = read_meta_from(&meta, PURGED_KEY)?;
         let (purge_tx, purge_rx) = mpsc::channel();
         if let Some(p) = purged {
@@ -245,6 +265,7 @@ impl LogStore {
             meta: meta.clone(),
             tail: tail.clone(),
             purger: purge_tx,
+            written: written.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("keel-log-flush".into())
@@ -267,7 +288,14 @@ impl LogStore {
             purged: Arc::new(std::sync::Mutex::new(purged)),
             sm_progress: None,
             tail,
+            written,
         })
+    }
+
+    /// The highest log index written into sled so far; the state machine applies no entry
+    /// above it (see "Applies wait for the write").
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// From now on, purge only what the state machine behind `progress` has applied (see
@@ -382,6 +410,7 @@ struct Flushing {
     tail: SharedTail,
     /// The purger's queue.
     purger: mpsc::Sender<u64>,
+    written: Arc<watch::Sender<u64>>,
 }
 
 impl Flushing {
@@ -401,6 +430,9 @@ impl Flushing {
             }
         }
         drop(tail);
+        if let Some((last, _, _)) = items.last() {
+            self.written.send_modify(|w| *w = (*w).max(*last));
+        }
         if started.elapsed() > SLOW {
             let took_ms = started.elapsed().as_millis() as u64;
             let bytes: usize = items.iter().map(|(_, _, b)| b.len()).sum();
@@ -421,6 +453,7 @@ impl Flushing {
 
     /// Delete every entry from index `from` on.
     fn truncate(&self, from: u64) -> io::Result<()> {
+        self.written.send_modify(|w| *w = (*w).min(from.saturating_sub(1)));
         let mut batch = sled::Batch::default();
         for item in self.tree.range(entry_key(from)..[ENTRY_PREFIX + 1; 9]) {
             let (k, _) = item.map_err(sled_to_io)?;

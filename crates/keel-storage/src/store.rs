@@ -57,8 +57,9 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, OpenError> {
     let db = open_locked(&sled_config, &db_dir).map_err(err)?;
     let durability = Arc::new(Durability::new(db, &db_dir).map_err(err)?);
     let mut log = LogStore::open(durability.clone()).map_err(err)?;
-    let sm = StateMachine::open(durability.clone(), &dir.join("snapshots"), config.sm.clone()).map_err(err)?;
+    let mut sm = StateMachine::open(durability.clone(), &dir.join("snapshots"), config.sm.clone()).map_err(err)?;
     log.gate_purges_on(sm.progress());
+    sm.gate_applies_on(log.written());
     Ok(Store { log, sm, durability })
 }
 

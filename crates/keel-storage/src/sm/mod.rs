@@ -231,6 +231,10 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Preserved session records may exist (see [`sessions`]).
     preserved: bool,
+    /// The highest index the log store has written into sled: no entry above it is applied (the
+    /// log store's "Applies wait for the write"). None: apply at once (tests of the state machine
+    /// alone).
+    log_written: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -296,6 +300,7 @@ impl StateMachine {
             membership,
             // Left over from a build that a restart interrupted.
             preserved: true,
+            log_written: None,
         })
     }
 
@@ -320,6 +325,12 @@ impl StateMachine {
         self.membership = membership;
         self.shared.publish(&self.meta);
         Ok(header)
+    }
+
+    /// Apply no entry before the log store has written it into sled (`written`: see
+    /// [`crate::LogStore::written`]). [`crate::open`] does this.
+    pub fn gate_applies_on(&mut self, written: tokio::sync::watch::Receiver<u64>) {
+        self.log_written = Some(written);
     }
 
     /// Follow the state machine's progress (the log store's purge waits on it).
@@ -392,6 +403,14 @@ impl StateMachine {
         let threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
+            if let Some(written) = &mut self.log_written {
+                if *written.borrow() < index {
+                    written.wait_for(|w| *w >= index).await.map_err(|_| {
+                        io::Error::other(format!("the log store stopped before entry {index} was written"))
+                    })?;
+                }
+            }
             let response = if threaded && codec::encoded_len(&entry) > LARGE_ENTRY_BYTES {
                 // Writing a MiB into sled takes milliseconds: let the runtime move its other
                 // tasks (the peer service answering the leader's heartbeats among them) to
