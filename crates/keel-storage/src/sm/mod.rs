@@ -333,6 +333,13 @@ impl StateMachine {
         self.log_written = Some(written);
     }
 
+    /// Apply at once, whatever the log store holds: for tests of the state machine alone
+    /// (openraft's storage suite applies entries it never appended).
+    pub fn without_apply_gate(mut self) -> Self {
+        self.log_written = None;
+        self
+    }
+
     /// Follow the state machine's progress (the log store's purge waits on it).
     pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
         self.shared.progress.subscribe()
