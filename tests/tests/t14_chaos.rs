@@ -28,14 +28,7 @@ async fn a_chaos_run_on_processes_is_linearizable_and_loses_nothing() -> anyhow:
     let report = chaos::run(&mut cluster, &config).await?;
     println!("{report}");
     if !report.passed() {
-        for id in 1..=cluster.nodes.keys().max().copied().unwrap_or(3) {
-            eprintln!("--- node {id} log (tail)");
-            let log = cluster.log(id);
-            let lines: Vec<&str> = log.lines().collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
-        }
+        cluster.print_log_tails(40);
     }
     assert!(
         report.passed(),

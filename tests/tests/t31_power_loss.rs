@@ -118,14 +118,7 @@ async fn acknowledged_writes_survive_power_cuts() -> anyhow::Result<()> {
                 }
                 eprintln!("node logs kept in {}", keep.display());
             }
-            for &id in &ids {
-                let log = cluster.log(id);
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- node {id} log (tail)");
-                for line in &lines[lines.len().saturating_sub(30)..] {
-                    eprintln!("{line}");
-                }
-            }
+            cluster.print_log_tails(30);
             return Err(e.context(format!("round {round} (seed {seed}, cut {victims:?}, torn {torn})")));
         }
         // A leader that lost its power must not come back as leader of the same term: its log

@@ -153,7 +153,7 @@ impl Node {
 
     /// Where the store's database lives, for messages about it.
     pub fn db_path(&self) -> std::path::PathBuf {
-        self.data_dir.join("db")
+        keel_storage::db_dir(&self.data_dir)
     }
 
     /// This node as a shared handle (for work that outlives the caller's future).

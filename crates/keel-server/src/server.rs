@@ -284,25 +284,19 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
 /// the node stops (see [`Node::fail`]) instead of staying up with a dead core inside.
 async fn fail_when_raft_stops(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
-    loop {
-        let fatal = metrics.borrow_watched().running_state.clone().err();
-        if let Some(fatal) = fatal {
-            if !node.is_shutting_down() {
-                node.fail(format!("Raft stopped: {fatal} (data in {})", node.db_path().display()));
-            }
-            return;
+    let why = loop {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
+            break format!("Raft stopped: {fatal}");
         }
         if metrics.changed().await.is_err() {
-            // The core is gone without saying why: it panicked (a graceful stop begins with
-            // `begin_shutdown`). Seen: openraft refused a state it found inconsistent at startup.
-            if !node.is_shutting_down() {
-                node.fail(format!(
-                    "Raft's core exited unexpectedly (data in {})",
-                    node.db_path().display()
-                ));
-            }
-            return;
+            // Gone without saying why: it panicked (seen: openraft refused a state it found
+            // inconsistent at startup).
+            break "Raft's core exited unexpectedly".to_string();
         }
+    };
+    // A graceful stop begins with `begin_shutdown`.
+    if !node.is_shutting_down() {
+        node.fail(format!("{why} (data in {})", node.db_path().display()));
     }
 }
 

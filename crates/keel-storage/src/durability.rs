@@ -194,41 +194,27 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// test, t31, found a restarted member with an empty data directory: its log and vote gone, it
 /// bootstrapped anew, and the leader it had acknowledged writes to panicked on the reverted log.)
 pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
-    let parent_of = |d: &Path| match d.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut missing = Vec::new();
-    let mut cur = dir.to_path_buf();
-    loop {
-        match std::fs::metadata(&cur) {
-            Ok(m) if m.is_dir() => break,
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a directory", cur.display()),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let parent = parent_of(&cur);
-                missing.push(cur);
-                if parent == Path::new(".") || parent == Path::new("/") {
-                    break;
-                }
-                cur = parent;
-            }
-            Err(e) => return Err(e),
-        }
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        ));
     }
-    for d in missing.iter().rev() {
-        match std::fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+    let parent_of = |d: &Path| {
+        d.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(PathBuf::from("."), Path::to_path_buf)
+    };
+    // The levels that do not exist yet, `dir` first; each needs its parent synced.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    let named = if missing.is_empty() { vec![dir] } else { missing };
+    for d in named.iter().rev() {
         fsync_dir(&parent_of(d))?;
     }
-    fsync_dir(&parent_of(dir))?;
     fsync_dir(dir)
 }
 

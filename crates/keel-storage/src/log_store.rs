@@ -116,6 +116,11 @@ const VOTE_KEY: &[u8] = b"m:vote";
 const COMMITTED_KEY: &[u8] = b"m:committed";
 const PURGED_KEY: &[u8] = b"m:purged";
 
+/// The index an entry key names.
+fn entry_index(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("9-byte entry key"))
+}
+
 fn entry_key(index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = ENTRY_PREFIX;
@@ -245,12 +250,13 @@ impl LogStore {
         stats.committed.store(committed, Ordering::Relaxed);
         stats.committed_at_open.store(committed, Ordering::Relaxed);
         let tail = SharedTail::default();
-        let last_written = match tree.last().map_err(sled_to_io)? {
-            Some((k, _)) if k.len() == 9 && k[0] == ENTRY_PREFIX => {
-                u64::from_be_bytes(k[1..].try_into().expect("9-byte entry key"))
-            }
-            _ => 0,
-        };
+        let last_written = tree
+            .scan_prefix([ENTRY_PREFIX])
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(sled_to_io)?
+            .map_or(0, |k| entry_index(&k));
         let written = Arc::new(watch::Sender::new(last_written));
         let purged: Option<LogId> = read_meta_from(&meta, PURGED_KEY)?;
         let (purge_tx, purge_rx) = mpsc::channel();
@@ -377,7 +383,7 @@ fn purger(dur: Arc<Durability>, tree: sled::Tree, rx: mpsc::Receiver<u64>) {
         let upto = rx.try_iter().fold(upto, u64::max);
         let first = match tree.range(entry_key(0)..=entry_key(upto)).keys().next() {
             None => continue,
-            Some(Ok(k)) => u64::from_be_bytes(k[1..].try_into().expect("9-byte entry key")),
+            Some(Ok(k)) => entry_index(&k),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the log to purge it; purged entries stay on disk");
                 continue;
@@ -556,10 +562,9 @@ fn read_entries<RB: RangeBounds<u64>>(
     budget: usize,
 ) -> io::Result<Vec<Entry>> {
     let (start, end) = key_range(from, &range);
-    let index = |k: &[u8]| u64::from_be_bytes(k[1..9].try_into().expect("9-byte entry key"));
     let as_index = |b: Bound<[u8; 9]>| match b {
-        Bound::Included(k) => Bound::Included(index(&k)),
-        Bound::Excluded(k) => Bound::Excluded(index(&k)),
+        Bound::Included(k) => Bound::Included(entry_index(&k)),
+        Bound::Excluded(k) => Bound::Excluded(entry_index(&k)),
         Bound::Unbounded => Bound::Unbounded,
     };
     let (first, last) = (as_index(start), as_index(end));
@@ -585,7 +590,7 @@ fn read_entries<RB: RangeBounds<u64>>(
         .range::<[u8; 9], _>((start, end))
         .map(|item| {
             let (k, v) = item.map_err(sled_to_io)?;
-            Ok::<_, io::Error>((index(&k), v))
+            Ok::<_, io::Error>((entry_index(&k), v))
         })
         .fuse();
     let mut next_written = written.next().transpose()?;

@@ -39,6 +39,11 @@ pub struct Store {
     pub durability: Arc<Durability>,
 }
 
+/// Where the sled database of the storage under `dir` lives.
+pub fn db_dir(dir: &Path) -> PathBuf {
+    dir.join("db")
+}
+
 /// Open (or create) the storage under `dir`: the sled database in `dir/db`, snapshots in
 /// `dir/snapshots`.
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, OpenError> {
@@ -46,7 +51,7 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, OpenError> {
         path: dir.to_path_buf(),
         source,
     };
-    let db_dir = dir.join("db");
+    let db_dir = db_dir(dir);
     crate::durability::create_dir_durable(&db_dir).map_err(err)?;
     let sled_config = sled::Config::new()
         .path(&db_dir)

@@ -586,6 +586,19 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
 
+    /// Print the last `lines` lines of every node's log, removed nodes' too, to stderr: the
+    /// post-mortem of a failed run.
+    pub fn print_log_tails(&self, lines: usize) {
+        for id in 1..self.next_id {
+            let log = self.log(id);
+            let all: Vec<&str> = log.lines().collect();
+            eprintln!("--- node {id} log (tail)");
+            for line in &all[all.len().saturating_sub(lines)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// Stop every node gracefully.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();

@@ -36,11 +36,17 @@ fn read(path: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Create `name` with `data`, synced, its name durable.
-fn durable_file(root: &Path, name: &str, data: &[u8]) -> File {
+/// Create `name` with `data`, synced; its name is not (the directory is not synced).
+fn synced_file(root: &Path, name: &str, data: &[u8]) -> File {
     let mut f = File::create(root.join(name)).expect("create");
     f.write_all(data).expect("write");
     f.sync_all().expect("fsync");
+    f
+}
+
+/// Create `name` with `data`, synced, its name durable.
+fn durable_file(root: &Path, name: &str, data: &[u8]) -> File {
+    let f = synced_file(root, name, data);
     sync_dir(root);
     f
 }
@@ -88,11 +94,7 @@ fn a_new_name_needs_its_directory_synced() {
     };
     let root = m.fs.path();
     fs::create_dir(root.join("d")).unwrap();
-    let mut f = File::create(root.join("d/f")).unwrap();
-    f.write_all(b"synced data, unsynced name").unwrap();
-    f.sync_all().unwrap();
-    sync_dir(&root.join("d"));
-    drop(f);
+    durable_file(&root.join("d"), "f", b"synced data, unsynced name");
     m.fs.power_cut();
     assert!(!root.join("d").exists(), "d's own name was never synced");
 
@@ -112,10 +114,7 @@ fn a_rename_or_unlink_without_a_directory_sync_is_undone() {
     };
     let root = m.fs.path();
     durable_file(root, "current", b"v1");
-    let mut tmp = File::create(root.join("tmp")).unwrap();
-    tmp.write_all(b"v2").unwrap();
-    tmp.sync_all().unwrap();
-    drop(tmp);
+    drop(synced_file(root, "tmp", b"v2"));
     fs::rename(root.join("tmp"), root.join("current")).unwrap();
     assert_eq!(read(&root.join("current")).unwrap(), b"v2");
     m.fs.power_cut();
@@ -126,10 +125,7 @@ fn a_rename_or_unlink_without_a_directory_sync_is_undone() {
     m.fs.power_cut();
     assert_eq!(read(&root.join("current")).unwrap(), b"v1", "the unlink was undone");
 
-    let mut tmp = File::create(root.join("tmp")).unwrap();
-    tmp.write_all(b"v3").unwrap();
-    tmp.sync_all().unwrap();
-    drop(tmp);
+    drop(synced_file(root, "tmp", b"v3"));
     fs::rename(root.join("tmp"), root.join("current")).unwrap();
     sync_dir(root);
     m.fs.power_cut();

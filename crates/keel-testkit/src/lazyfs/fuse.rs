@@ -35,6 +35,21 @@ fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
+/// Answer an operation that returns nothing.
+fn done(reply: ReplyEmpty, result: Result<(), i32>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    }
+}
+
 fn attr(s: &Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(s.ino),
@@ -44,10 +59,7 @@ fn attr(s: &Stat) -> FileAttr {
         mtime: s.meta.mtime,
         ctime: s.meta.ctime,
         crtime: s.meta.ctime,
-        kind: match s.kind {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-        },
+        kind: file_type(s.kind),
         perm: (s.meta.mode & 0o7777) as u16,
         nlink: if s.kind == Kind::Dir { 2 } else { 1 },
         uid: s.meta.uid,
@@ -139,17 +151,11 @@ impl fuser::Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, Kind::File) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(reply, self.model().remove(parent.0, name, Kind::File))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, Kind::Dir) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(reply, self.model().remove(parent.0, name, Kind::Dir))
     }
 
     fn rename(
@@ -166,10 +172,10 @@ impl fuser::Filesystem for Fs {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.model().rename(parent.0, name, newparent.0, newname, no_replace) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(
+            reply,
+            self.model().rename(parent.0, name, newparent.0, newname, no_replace),
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -221,10 +227,7 @@ impl fuser::Filesystem for Fs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.model().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(reply, self.model().sync(ino.0))
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -238,11 +241,7 @@ impl fuser::Filesystem for Fs {
         ];
         // Offsets are positions in this listing: the kernel asks again from the last it got.
         for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
-            let kind = match kind {
-                Kind::File => FileType::RegularFile,
-                Kind::Dir => FileType::Directory,
-            };
-            if reply.add(INodeNo(child), i as u64 + 1, kind, &name) {
+            if reply.add(INodeNo(child), i as u64 + 1, file_type(kind), &name) {
                 break;
             }
         }
@@ -250,10 +249,7 @@ impl fuser::Filesystem for Fs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.model().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(reply, self.model().sync(ino.0))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -315,9 +311,6 @@ impl fuser::Filesystem for Fs {
                 Ok(())
             }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        done(reply, result)
     }
 }

@@ -75,18 +75,36 @@ struct DirData {
 }
 
 #[derive(Debug)]
+enum Body {
+    File(FileData),
+    Dir(DirData),
+}
+
+#[derive(Debug)]
 struct Inode {
     meta: Meta,
-    file: Option<FileData>,
-    dir: Option<DirData>,
+    body: Body,
 }
 
 impl Inode {
     fn kind(&self) -> Kind {
-        if self.dir.is_some() {
-            Kind::Dir
-        } else {
-            Kind::File
+        match self.body {
+            Body::File(_) => Kind::File,
+            Body::Dir(_) => Kind::Dir,
+        }
+    }
+
+    fn file(&self) -> Option<&FileData> {
+        match &self.body {
+            Body::File(f) => Some(f),
+            Body::Dir(_) => None,
+        }
+    }
+
+    fn dir(&self) -> Option<&DirData> {
+        match &self.body {
+            Body::Dir(d) => Some(d),
+            Body::File(_) => None,
         }
     }
 }
@@ -116,6 +134,7 @@ pub struct Counters {
 /// The whole tree. See the module docs.
 #[derive(Debug)]
 pub struct Model {
+    /// By inode number, from [`ROOT`] (number `ROOT + i` at index `i`).
     inodes: Vec<Inode>,
     /// The most bytes of current file contents; writes beyond fail with ENOSPC.
     capacity: Option<u64>,
@@ -134,17 +153,10 @@ impl Model {
     pub fn new() -> Model {
         let root = Inode {
             meta: Meta::new(0o755, 0, 0),
-            file: None,
-            dir: Some(DirData::default()),
-        };
-        // Index 0 is a placeholder so that inode numbers are indexes.
-        let hole = Inode {
-            meta: Meta::new(0, 0, 0),
-            file: None,
-            dir: None,
+            body: Body::Dir(DirData::default()),
         };
         Model {
-            inodes: vec![hole, root],
+            inodes: vec![root],
             capacity: None,
             used: 0,
             counters: Counters::default(),
@@ -167,37 +179,38 @@ impl Model {
     }
 
     fn inode(&self, ino: u64) -> Result<&Inode, Errno> {
-        match self.inodes.get(ino as usize) {
-            Some(i) if ino != 0 => Ok(i),
-            _ => Err(libc::ENOENT),
-        }
+        let at = ino.checked_sub(ROOT).ok_or(libc::ENOENT)?;
+        self.inodes.get(at as usize).ok_or(libc::ENOENT)
     }
 
     fn inode_mut(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
-        match self.inodes.get_mut(ino as usize) {
-            Some(i) if ino != 0 => Ok(i),
-            _ => Err(libc::ENOENT),
-        }
+        let at = ino.checked_sub(ROOT).ok_or(libc::ENOENT)?;
+        self.inodes.get_mut(at as usize).ok_or(libc::ENOENT)
     }
 
     fn dir(&self, ino: u64) -> Result<&DirData, Errno> {
-        self.inode(ino)?.dir.as_ref().ok_or(libc::ENOTDIR)
+        self.inode(ino)?.dir().ok_or(libc::ENOTDIR)
     }
 
     fn dir_mut(&mut self, ino: u64) -> Result<&mut DirData, Errno> {
-        self.inode_mut(ino)?.dir.as_mut().ok_or(libc::ENOTDIR)
+        match &mut self.inode_mut(ino)?.body {
+            Body::Dir(d) => Ok(d),
+            Body::File(_) => Err(libc::ENOTDIR),
+        }
     }
 
     fn file_mut(&mut self, ino: u64) -> Result<&mut FileData, Errno> {
-        self.inode_mut(ino)?.file.as_mut().ok_or(libc::EISDIR)
+        match &mut self.inode_mut(ino)?.body {
+            Body::File(f) => Ok(f),
+            Body::Dir(_) => Err(libc::EISDIR),
+        }
     }
 
     pub fn stat(&self, ino: u64) -> Result<Stat, Errno> {
         let i = self.inode(ino)?;
-        let size = match (&i.file, &i.dir) {
-            (Some(f), _) => f.current.len() as u64,
-            (None, Some(d)) => d.current.len() as u64,
-            _ => 0,
+        let size = match &i.body {
+            Body::File(f) => f.current.len() as u64,
+            Body::Dir(d) => d.current.len() as u64,
         };
         Ok(Stat {
             ino,
@@ -217,7 +230,7 @@ impl Model {
         let d = self.dir(dir)?;
         Ok(d.current
             .iter()
-            .map(|(n, &ino)| (n.clone(), ino, self.inodes[ino as usize].kind()))
+            .filter_map(|(n, &ino)| Some((n.clone(), ino, self.inode(ino).ok()?.kind())))
             .collect())
     }
 
@@ -234,11 +247,13 @@ impl Model {
         if self.dir(parent)?.current.contains_key(name) {
             return Err(libc::EEXIST);
         }
-        let ino = self.inodes.len() as u64;
+        let ino = ROOT + self.inodes.len() as u64;
         self.inodes.push(Inode {
             meta: Meta::new(mode & 0o7777, uid, gid),
-            file: (kind == Kind::File).then(FileData::default),
-            dir: (kind == Kind::Dir).then(DirData::default),
+            body: match kind {
+                Kind::File => Body::File(FileData::default()),
+                Kind::Dir => Body::Dir(DirData::default()),
+            },
         });
         self.dir_mut(parent)?.current.insert(name.to_os_string(), ino);
         self.touch(parent);
@@ -263,7 +278,7 @@ impl Model {
     /// A file lost its (only) name: its bytes no longer count. (An open file written after its
     /// unlink is charged again for what it grows; good enough for a test's quota.)
     fn release_space(&mut self, ino: u64) {
-        if let Some(f) = &self.inodes[ino as usize].file {
+        if let Some(f) = self.inode(ino).ok().and_then(Inode::file) {
             self.used = self.used.saturating_sub(f.current.len() as u64);
         }
     }
@@ -318,7 +333,7 @@ impl Model {
                     data.current
                         .values()
                         .copied()
-                        .filter(|&i| self.inodes[i as usize].dir.is_some()),
+                        .filter(|&i| self.inode(i).is_ok_and(|i| i.kind() == Kind::Dir)),
                 );
             }
         }
@@ -334,7 +349,7 @@ impl Model {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
-        let f = self.inode(ino)?.file.as_ref().ok_or(libc::EISDIR)?;
+        let f = self.inode(ino)?.file().ok_or(libc::EISDIR)?;
         let start = (offset as usize).min(f.current.len());
         let end = start.saturating_add(size).min(f.current.len());
         Ok(f.current[start..end].to_vec())
@@ -395,13 +410,14 @@ impl Model {
     /// `fsync`/`fdatasync` of a file: its current contents become durable. Of a directory: its
     /// current entries become durable.
     pub fn sync(&mut self, ino: u64) -> Result<(), Errno> {
-        let i = self.inode_mut(ino)?;
-        if let Some(d) = &mut i.dir {
-            d.durable = d.current.clone();
-            self.counters.dir_syncs += 1;
-            return Ok(());
-        }
-        let f = i.file.as_mut().ok_or(libc::ENOENT)?;
+        let f = match &mut self.inode_mut(ino)?.body {
+            Body::Dir(d) => {
+                d.durable = d.current.clone();
+                self.counters.dir_syncs += 1;
+                return Ok(());
+            }
+            Body::File(f) => f,
+        };
         let len = f.current.len();
         f.durable.resize(len, 0);
         for (start, end) in std::mem::take(&mut f.dirty) {
@@ -419,42 +435,36 @@ impl Model {
         let mut dropped = 0u64;
         let mut used = 0u64;
         for i in self.inodes.iter_mut() {
-            if let Some(d) = &mut i.dir {
-                d.current = d.durable.clone();
-            }
-            if let Some(f) = &mut i.file {
-                dropped += f.dirty.iter().map(|(s, e)| e - s).sum::<u64>();
-                f.current = f.durable.clone();
-                if let (Some((offset, data)), Some(pick)) = (f.last_write.take(), torn.as_deref_mut()) {
-                    let keep = pick(data.len()).min(data.len());
-                    let end = offset as usize + keep;
-                    if keep > 0 {
-                        if end > f.current.len() {
-                            f.current.resize(end, 0);
+            match &mut i.body {
+                Body::Dir(d) => d.current = d.durable.clone(),
+                Body::File(f) => {
+                    dropped += f.dirty.drain(..).map(|(s, e)| e - s).sum::<u64>();
+                    // A torn write reached the disk in part: that part is durable from now on.
+                    if let (Some((offset, data)), Some(pick)) = (f.last_write.take(), torn.as_deref_mut()) {
+                        let keep = pick(data.len()).min(data.len());
+                        let end = offset as usize + keep;
+                        if keep > 0 {
+                            if end > f.durable.len() {
+                                f.durable.resize(end, 0);
+                            }
+                            f.durable[offset as usize..end].copy_from_slice(&data[..keep]);
                         }
-                        f.current[offset as usize..end].copy_from_slice(&data[..keep]);
                     }
-                    f.durable = f.current.clone();
+                    f.current = f.durable.clone();
                 }
-                f.dirty.clear();
-                f.last_write = None;
             }
         }
         // Only what is reachable from the root takes space.
         let mut stack = vec![ROOT];
         let mut seen = std::collections::HashSet::new();
         while let Some(d) = stack.pop() {
-            for &ino in self.inodes[d as usize]
-                .dir
-                .as_ref()
-                .map(|d| d.current.values())
-                .into_iter()
-                .flatten()
-            {
+            let Ok(dir) = self.dir(d) else { continue };
+            for &ino in dir.current.values() {
                 if seen.insert(ino) {
-                    match &self.inodes[ino as usize].file {
-                        Some(f) => used += f.current.len() as u64,
-                        None => stack.push(ino),
+                    match self.inode(ino).map(|i| &i.body) {
+                        Ok(Body::File(f)) => used += f.current.len() as u64,
+                        Ok(Body::Dir(_)) => stack.push(ino),
+                        Err(_) => {}
                     }
                 }
             }
