@@ -3,33 +3,14 @@
 //! /readyz is 503 on a member cut off from the majority and on a learner, 200 on healthy members.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::put;
+use common::{http_get, put};
 use keel_proto::v1::MemberAddRequest;
 use keel_storage::NodeId;
 use keel_testkit::{Backend, Cluster, Options};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path` over HTTP/1.0; returns the status code and body.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8(buf)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bad response: {head}"))?;
-    Ok((code, body.to_string()))
-}
 
 /// Every sample of a scrape, by metric name and labels rendered as `k=v,...`.
 async fn scrape(cluster: &Cluster, id: NodeId) -> anyhow::Result<BTreeMap<String, f64>> {

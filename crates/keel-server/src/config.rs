@@ -76,6 +76,11 @@ pub struct Flags {
     /// sled page cache in MiB. [default: 256]
     #[arg(long, env = "KEEL_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// Free space (MiB) kept on the data dir's filesystem: below it, this member takes no new
+    /// entries (writes get ResourceExhausted) until twice as much is free again; 0 turns the
+    /// check off. [default: 64]
+    #[arg(long, env = "KEEL_MIN_FREE_MB")]
+    pub min_free_mb: Option<u64>,
     /// Largest key in bytes. [default: 4096]
     #[arg(long, env = "KEEL_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
@@ -127,6 +132,7 @@ pub struct FileConfig {
     pub max_queued_writes: Option<usize>,
     pub history_revisions: Option<u64>,
     pub cache_mb: Option<u64>,
+    pub min_free_mb: Option<u64>,
     pub max_key_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
     pub max_request_bytes: Option<usize>,
@@ -164,6 +170,8 @@ pub struct Config {
     pub batch: crate::proposer::BatchLimits,
     pub history_revisions: u64,
     pub cache_bytes: u64,
+    /// Free bytes kept on the data dir's filesystem (see `disk.rs`); 0: not checked.
+    pub min_free_bytes: u64,
     pub limits: keel_storage::Limits,
     pub backup: Option<BackupConfig>,
     pub log_format: LogFormat,
@@ -399,6 +407,11 @@ impl Config {
                 .or(file.cache_mb)
                 .unwrap_or(256)
                 .saturating_mul(1024 * 1024),
+            min_free_bytes: flags
+                .min_free_mb
+                .or(file.min_free_mb)
+                .unwrap_or(64)
+                .saturating_mul(1024 * 1024),
             limits,
             backup,
             log_format,
@@ -569,6 +582,7 @@ mod tests {
             "max_queued_writes",
             "history_revisions",
             "cache_mb",
+            "min_free_mb",
             "max_key_bytes",
             "max_value_bytes",
             "max_request_bytes",

@@ -3,7 +3,8 @@
 //! The mapping carries the promise clients rely on: `Unavailable` means the request surely did
 //! not take effect (no leader, no quorum, shutting down, or the leader could not be reached
 //! before anything was sent), so it is safe to retry anywhere. When the outcome of a write is
-//! unknown, the code is `DeadlineExceeded` or `Unknown`. NotFound is never used: a missing key is
+//! unknown, the code is `DeadlineExceeded` or `Unknown`. `ResourceExhausted` means a member's disk
+//! is full: nothing was proposed, and a retry succeeds once space is freed. NotFound is never used: a missing key is
 //! an empty result.
 
 use keel_storage::NodeId;
@@ -27,6 +28,10 @@ pub enum NodeError {
     Unknown(String),
     #[error("{0}")]
     Internal(String),
+    /// A member's disk is full (see `disk.rs`); nothing was proposed, retry later. Last, so that
+    /// the variants before it keep their encoding between members.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl NodeError {
@@ -40,6 +45,7 @@ impl NodeError {
             NodeError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             NodeError::Unknown(m) => Status::unknown(m),
             NodeError::Internal(m) => Status::internal(m),
+            NodeError::ResourceExhausted(m) => Status::resource_exhausted(m),
         }
     }
 

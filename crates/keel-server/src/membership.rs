@@ -89,12 +89,12 @@ fn membership_result<T>(r: Result<T, ChangeError>) -> Result<(), NodeError> {
 }
 
 /// The leader's view of the membership and of each member's replication.
-struct View {
-    voters: BTreeSet<NodeId>,
+pub(crate) struct View {
+    pub(crate) voters: BTreeSet<NodeId>,
     nodes: BTreeMap<NodeId, Member>,
     last_log: u64,
     /// Last index each member acknowledged (0 if none).
-    matched: BTreeMap<NodeId, u64>,
+    pub(crate) matched: BTreeMap<NodeId, u64>,
     /// Members that acknowledged at least one entry.
     acked: BTreeMap<NodeId, u64>,
 }
@@ -109,7 +109,7 @@ impl Drop for TransferGuard<'_> {
 }
 
 impl Node {
-    fn view(&self) -> View {
+    pub(crate) fn view(&self) -> View {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let last_log = m.last_log_index.unwrap_or(0);

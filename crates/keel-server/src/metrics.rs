@@ -10,7 +10,8 @@
 //!   the proposer holds are counted as they come and go (`proposer.rs`).
 //! - Apply and snapshots: the state machine reports to [`keel_storage::Observer`].
 //! - gRPC: a tower layer on the client server ([`GrpcMetricsLayer`]), by service, method and code.
-//! - Database size and key count: read at scrape time.
+//! - Database size and key count: read at scrape time; free disk space and the disk alarm as the
+//!   disk watch last read them (`disk.rs`).
 //!
 //! Names follow Prometheus conventions: base units (seconds, bytes), `_total` for counters.
 
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub db_size_bytes: IntGauge,
     pub keys: IntGauge,
     pub ready: IntGauge,
+    pub disk_full: IntGauge,
+    pub disk_free_bytes: IntGauge,
     pub backup_last_success: IntGauge,
     pub backup_bytes: IntGauge,
     pub backup_interval: IntGauge,
@@ -172,6 +175,11 @@ impl Metrics {
             db_size_bytes: gauge("db_size_bytes", "Bytes on disk of the member's database."),
             keys: gauge("keys", "Live keys in the store."),
             ready: gauge("ready", "1 if the member is ready to serve (see /readyz)."),
+            disk_full: gauge(
+                "disk_full",
+                "1 while the data dir's free space is below --min-free-mb: the member takes no new entries.",
+            ),
+            disk_free_bytes: gauge("disk_free_bytes", "Free bytes on the data dir's filesystem."),
             backup_last_success: gauge(
                 "backup_last_success_timestamp_seconds",
                 "Unix time of the last successful scheduled backup (0: none yet).",
@@ -212,6 +220,10 @@ impl Metrics {
         self.db_size_bytes.set(node.reader.db_size() as i64);
         self.keys.set(node.reader.key_count() as i64);
         self.ready.set(i64::from(crate::health::readiness(node).is_ok()));
+        self.disk_full.set(i64::from(node.disk.is_full()));
+        if let Some(free) = node.disk.free_bytes() {
+            self.disk_free_bytes.set(free.try_into().unwrap_or(i64::MAX));
+        }
         let mut families = self.registry.gather();
         families.extend(prometheus::default_registry().gather());
         TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| {

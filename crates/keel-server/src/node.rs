@@ -50,6 +50,8 @@ pub struct Node {
     pub advertise: Member,
     pub election_timeout_max: Duration,
     pub data_dir: std::path::PathBuf,
+    /// The disk alarm (see `disk.rs`).
+    pub disk: Arc<crate::disk::DiskSpace>,
     shutting_down: AtomicBool,
     /// A leader transfer is under way: refuse new writes and read indexes.
     pub(crate) transferring: AtomicBool,
@@ -88,6 +90,7 @@ impl Node {
         advertise: Member,
         election_timeout_max: Duration,
         data_dir: std::path::PathBuf,
+        disk: Arc<crate::disk::DiskSpace>,
         metrics: Arc<crate::metrics::Metrics>,
         log_stats: Arc<keel_storage::LogStats>,
         batch: crate::proposer::BatchLimits,
@@ -104,6 +107,7 @@ impl Node {
             advertise,
             election_timeout_max,
             data_dir,
+            disk,
             shutting_down: AtomicBool::new(false),
             transferring: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -410,6 +414,7 @@ impl Node {
         let started = Instant::now();
         let result = loop {
             self.check_leader_with_quorum()?;
+            self.check_disk_space()?;
             match self.propose(req.clone(), deadline).await {
                 Err(NodeError::NotLeader { leader: None }) if Instant::now() + PAUSE < deadline => {
                     tokio::time::sleep(PAUSE).await;
@@ -419,6 +424,19 @@ impl Node {
         };
         self.metrics.proposal(result.is_ok(), started.elapsed());
         result
+    }
+
+    /// Refuse a write that could not commit for want of disk space (see `disk.rs`).
+    fn check_disk_space(&self) -> Result<(), NodeError> {
+        if !self.disk.any_alarm() {
+            return Ok(());
+        }
+        let voters = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        self.disk.check_write(&voters)
     }
 
     /// Hand the write to the proposer (which shares log entries among concurrent writes).

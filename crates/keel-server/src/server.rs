@@ -146,10 +146,12 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         listeners.peer.local_addr().unwrap_or(config.peer_addr),
     ));
     let cluster = Arc::new(identity::ClusterId::new(&config.data_dir, identity.clone()));
+    let disk = crate::disk::DiskSpace::new(config.id, &config.data_dir, config.min_free_bytes);
     let network = Network {
         id: config.id,
         channels: channels.clone(),
         cluster: cluster.clone(),
+        disk: disk.clone(),
     };
     let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.sm).await?;
 
@@ -191,6 +193,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         },
         config.election_timeout.1,
         config.data_dir.clone(),
+        disk,
         metrics.clone(),
         log_stats,
         config.batch,
@@ -250,6 +253,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
         tokio::spawn(crate::metrics::count_leader_changes(node.clone(), metrics.clone())),
         tokio::spawn(fail_when_raft_stops(node.clone())),
+        tokio::spawn(crate::disk::watch(node.clone())),
     ];
     if let Some(backup) = config.backup.clone() {
         tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));

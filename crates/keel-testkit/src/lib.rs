@@ -420,6 +420,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `id`'s lazy disk, to fill it up ([`lazyfs::LazyFs::set_capacity`]).
+    pub fn disk(&self, id: NodeId) -> Option<&lazyfs::LazyFs> {
+        self.disks.get(&id)
+    }
+
     /// What node `id`'s lazy disk has seen: writes, syncs, cuts and the bytes they dropped.
     pub fn disk_counters(&self, id: NodeId) -> Option<lazyfs::Counters> {
         self.disks.get(&id).map(|d| d.counters())

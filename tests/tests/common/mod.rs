@@ -4,12 +4,14 @@
 pub mod stalls;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use keel_client::Client;
 use std::time::Duration;
 
 use keel_proto::v1::kv_client::KvClient;
 use keel_proto::v1::{PutRequest, RangeRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 /// A put of `key` with the value `v`.
@@ -86,4 +88,21 @@ pub async fn put_and_read_mib(kv: &mut KvClient<Channel>, key: String) -> anyhow
     anyhow::ensure!(got.kvs.len() == 1, "{key}: {} values", got.kvs.len());
     anyhow::ensure!(got.kvs[0].value == mib_value(&key), "{key}: wrong value");
     Ok(())
+}
+
+/// GET `path` over HTTP/1.0; returns the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8(buf)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad response: {head}"))?;
+    Ok((code, body.to_string()))
 }

@@ -98,6 +98,8 @@ enum StatusRowJson<'a> {
         db_size: u64,
         key_count: u64,
         version: &'a str,
+        /// Raised alarms (a full disk), one line each.
+        alarms: &'a [String],
     },
     Unreachable {
         id: Option<u64>,
@@ -138,6 +140,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 db_size: s.db_size,
                 key_count: s.key_count,
                 version: &s.version,
+                alarms: &s.alarms,
             },
             Err(error) => StatusRowJson::Unreachable {
                 id: row.id,
@@ -153,6 +156,9 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
         Format::Simple => docs.iter().map(|d| simple_status(d) + "\n").collect(),
         Format::Table => {
             let any_unreachable = rows.iter().any(|r| r.result.is_err());
+            let any_alarm = rows
+                .iter()
+                .any(|r| r.result.as_ref().is_ok_and(|s| !s.alarms.is_empty()));
             let mut headers = vec![
                 "ID",
                 "CLIENT ADDR",
@@ -167,10 +173,10 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 "KEYS",
                 "VERSION",
             ];
-            if any_unreachable {
-                headers.push("ERROR");
+            if any_unreachable || any_alarm {
+                headers.push(if any_alarm { "ERROR / ALARMS" } else { "ERROR" });
             }
-            let cells: Vec<Vec<String>> = docs.iter().map(table_status).collect();
+            let cells: Vec<Vec<String>> = docs.iter().map(|d| table_status(d, any_alarm)).collect();
             table(&headers, &cells)
         }
     }
@@ -188,7 +194,7 @@ fn opt(n: Option<u64>) -> String {
     n.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
-fn table_status(doc: &StatusRowJson<'_>) -> Vec<String> {
+fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
     match doc {
         StatusRowJson::Reachable {
             id,
@@ -203,21 +209,32 @@ fn table_status(doc: &StatusRowJson<'_>) -> Vec<String> {
             db_size,
             key_count,
             version,
+            alarms,
             ..
-        } => vec![
-            id.to_string(),
-            client_addr.to_string(),
-            or_dash(peer_addr),
-            role.to_string(),
-            term.to_string(),
-            opt(Some(*leader_id).filter(|&l| l != 0)),
-            last_log_index.to_string(),
-            applied_index.to_string(),
-            opt(*lag),
-            human_bytes(*db_size),
-            key_count.to_string(),
-            version.to_string(),
-        ],
+        } => {
+            let mut cells = vec![
+                id.to_string(),
+                client_addr.to_string(),
+                or_dash(peer_addr),
+                role.to_string(),
+                term.to_string(),
+                opt(Some(*leader_id).filter(|&l| l != 0)),
+                last_log_index.to_string(),
+                applied_index.to_string(),
+                opt(*lag),
+                human_bytes(*db_size),
+                key_count.to_string(),
+                version.to_string(),
+            ];
+            if any_alarm {
+                cells.push(if alarms.is_empty() {
+                    "-".into()
+                } else {
+                    alarms.join("; ")
+                });
+            }
+            cells
+        }
         StatusRowJson::Unreachable {
             id,
             client_addr,
@@ -253,12 +270,20 @@ fn simple_status(doc: &StatusRowJson<'_>) -> String {
             db_size,
             key_count,
             version,
+            alarms,
             ..
-        } => format!(
+        } => {
+            let mut line = format!(
             "{id}, {client_addr}, {peer_addr}, {role}, {term}, {leader_id}, {last_log_index}, {applied_index}, {}, {db_size}, \
              {key_count}, {version}",
             opt(*lag)
-        ),
+        );
+            for alarm in alarms.iter() {
+                line.push_str(", ");
+                line.push_str(alarm);
+            }
+            line
+        }
         StatusRowJson::Unreachable {
             id,
             client_addr,
@@ -374,7 +399,7 @@ mod tests {
             json!({
                 "id": 2, "client_addr": "b:1", "peer_addr": "b:2", "reachable": true, "role": "follower", "term": 3, "leader_id": 1,
                 "last_log_index": 38, "applied_index": 35, "lag": 5, "db_size": 2048, "key_count": 5,
-                "version": "0.1.0"
+                "version": "0.1.0", "alarms": []
             })
         );
         assert_eq!(
@@ -386,6 +411,29 @@ mod tests {
         assert_eq!(
             out.lines().nth(1),
             Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0")
+        );
+    }
+
+    #[test]
+    fn alarms_show_in_every_format() {
+        let mut rows = rows();
+        let alarm = "disk full on member 2: 3.0 MiB free in /data, below the reserve of 64.0 MiB (--min-free-mb)";
+        if let Ok(s) = &mut rows[1].result {
+            s.alarms = vec![alarm.to_string()];
+        }
+        let out = status(&rows, Format::Table);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("VERSION  ERROR / ALARMS"), "{out}");
+        assert!(lines[1].ends_with(" -"), "member 1 has no alarm: {out}");
+        assert!(lines[2].ends_with(alarm), "{out}");
+        assert!(lines[3].ends_with("connection refused"), "{out}");
+        let doc: Value = serde_json::from_str(&status(&rows, Format::Json)).expect("json");
+        assert_eq!(doc["members"][1]["alarms"], json!([alarm]));
+        assert_eq!(doc["members"][0]["alarms"], json!([]));
+        let out = status(&rows, Format::Simple);
+        assert_eq!(
+            out.lines().nth(1),
+            Some(format!("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0, {alarm}").as_str())
         );
     }
 

@@ -239,6 +239,7 @@ impl Cluster for Store {
             replication: vec![],
             pid: 4242,
             purged_index: 0,
+            alarms: Vec::new(),
         }))
     }
 

@@ -144,6 +144,8 @@ pub struct Network {
     pub id: NodeId,
     pub channels: Arc<PeerChannels>,
     pub cluster: Arc<ClusterId>,
+    /// Where peers' disk alarms are noted (see `disk.rs`).
+    pub disk: Arc<crate::disk::DiskSpace>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -157,6 +159,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.peer_addr.clone(),
             client: self.channels.client(&node.peer_addr).map_err(|e| e.to_string()),
             channels: self.channels.clone(),
+            disk: self.disk.clone(),
         }
     }
 }
@@ -172,6 +175,7 @@ pub struct PeerConn {
     client: Result<RaftClient<Channel>, String>,
     /// Where answers are recorded (see [`PeerChannels::since_answer`]).
     channels: Arc<PeerChannels>,
+    disk: Arc<crate::disk::DiskSpace>,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -185,6 +189,11 @@ impl PeerConn {
 
     fn status_error(&self, status: tonic::Status, action: RPCTypes, ttl: Duration) -> RPCError<TypeConfig> {
         match status.code() {
+            // Its disk is full (see `disk.rs`): back off, as from a member that is down.
+            tonic::Code::ResourceExhausted => {
+                self.disk.record_peer(self.target, true);
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
                 action,
@@ -231,6 +240,9 @@ impl PeerConn {
             .await
             .map_err(|s| self.status_error(s, action, ttl))?;
         self.check_protocol(&reply).map_err(RPCError::Unreachable)?;
+        if let Some(full) = reply.metadata().get(crate::disk::ALARM_HEADER) {
+            self.disk.record_peer(self.target, full.as_bytes() == b"1");
+        }
         decode_reply(reply.into_inner())
     }
 

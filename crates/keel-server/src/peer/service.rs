@@ -96,20 +96,29 @@ fn bad_request(e: codec::DecodeError) -> Status {
     Status::invalid_argument(format!("undecodable peer message: {e}"))
 }
 
-/// A reply carrying either the value or the error, both encoded.
-fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Response<RaftReply> {
-    let mut response = Response::new(match result {
-        Ok(v) => RaftReply {
-            data: codec::encode(&v),
-            error: Vec::new(),
-        },
-        Err(e) => RaftReply {
-            data: Vec::new(),
-            error: codec::encode(&e),
-        },
-    });
-    crate::peer::tag_protocol(response.metadata_mut());
-    response
+impl PeerService {
+    /// A reply carrying either the value or the error, both encoded, and this member's disk alarm.
+    fn reply<T: Serialize, E: Serialize>(&self, result: Result<T, E>) -> Response<RaftReply> {
+        let mut response = Response::new(match result {
+            Ok(v) => RaftReply {
+                data: codec::encode(&v),
+                error: Vec::new(),
+            },
+            Err(e) => RaftReply {
+                data: Vec::new(),
+                error: codec::encode(&e),
+            },
+        });
+        crate::peer::tag_protocol(response.metadata_mut());
+        let full = tonic::metadata::MetadataValue::from_static(if self.node.disk.is_full() { "1" } else { "0" });
+        response.metadata_mut().insert(crate::disk::ALARM_HEADER, full);
+        response
+    }
+
+    /// Refuse what would write new entries or a snapshot here while the disk alarm is raised.
+    fn refuse_if_full(&self) -> Result<(), Status> {
+        self.node.disk.refuse_if_full().map_err(|e| e.to_status())
+    }
 }
 
 #[tonic::async_trait]
@@ -117,6 +126,9 @@ impl RaftRpc for PeerService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
         let rpc: AppendEntriesRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        if !rpc.entries.is_empty() {
+            self.refuse_if_full()?;
+        }
         let (entries, arrived) = (rpc.entries.len(), std::time::Instant::now());
         tracing::debug!(entries, "append_entries arrived");
         // On a task of its own: the leader gives up on a heartbeat after one heartbeat interval,
@@ -138,19 +150,19 @@ impl RaftRpc for PeerService {
         let result = handled
             .await
             .map_err(|e| Status::internal(format!("append_entries task failed: {e}")))?;
-        Ok(reply(result))
+        Ok(self.reply(result))
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, false)?;
         let rpc: VoteRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
-        Ok(reply(self.node.raft.vote(rpc).await))
+        Ok(self.reply(self.node.raft.vote(rpc).await))
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, false)?;
         let rpc: VoteRequest<TypeConfig> = codec::decode(&req.into_inner().data).map_err(bad_request)?;
-        Ok(reply(self.node.raft.pre_vote(rpc).await))
+        Ok(self.reply(self.node.raft.pre_vote(rpc).await))
     }
 
     async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -163,7 +175,7 @@ impl RaftRpc for PeerService {
                 self.node.id
             )));
         }
-        Ok(reply(self.node.raft.handle_transfer_leader(rpc).await))
+        Ok(self.reply(self.node.raft.handle_transfer_leader(rpc).await))
     }
 
     /// Write the streamed file straight to disk, then hand it to Raft, which verifies and installs
@@ -171,6 +183,7 @@ impl RaftRpc for PeerService {
     /// time; a newer one ends an older one that is still streaming (see `Transfers`).
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         check_cluster(&self.node, &req, true)?;
+        self.refuse_if_full()?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -219,7 +232,7 @@ impl RaftRpc for PeerService {
             .map_err(|e| Status::internal(format!("writing received snapshot: {e}")))?;
         tracing::info!(bytes = received, snapshot = %keel_storage::sm::snapshot_file_stem(&meta), "received snapshot");
         let snapshot = Snapshot { meta, snapshot: file };
-        Ok(reply(self.node.raft.install_full_snapshot(vote, snapshot).await))
+        Ok(self.reply(self.node.raft.install_full_snapshot(vote, snapshot).await))
     }
 
     async fn forward(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -236,11 +249,11 @@ impl RaftRpc for PeerService {
         // oversized value must never reach the log).
         if let ForwardRequest::Write { request, .. } = &fwd {
             if let Err(e) = keel_storage::validate_request(request, &self.node.limits) {
-                return Ok(reply::<ForwardReply, _>(Err(NodeError::from(e))));
+                return Ok(self.reply::<ForwardReply, _>(Err(NodeError::from(e))));
             }
         }
         let deadline = crate::service::deadline_in(Duration::from_millis(timeout_ms));
         let result: Result<ForwardReply, NodeError> = self.node.serve(fwd, deadline).await;
-        Ok(reply(result))
+        Ok(self.reply(result))
     }
 }

@@ -173,6 +173,7 @@ impl Cluster for ClusterService {
                 replication,
                 pid: u64::from(std::process::id()),
                 purged_index: m.purged.map_or(0, |l| l.index),
+                alarms: node.disk.alarm().into_iter().collect(),
             },
         ))
     }

@@ -118,6 +118,11 @@ impl LazyFs {
         self.model().set_capacity(bytes);
     }
 
+    /// Bytes of file contents now (what [`LazyFs::set_capacity`] limits).
+    pub fn used(&self) -> u64 {
+        self.model().space().1
+    }
+
     /// Writes, syncs, cuts and what they dropped so far.
     pub fn counters(&self) -> Counters {
         self.model().counters()
