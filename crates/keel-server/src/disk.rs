@@ -195,7 +195,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Read the free space every [`INTERVAL`] until `node` stops. When the alarm rises on the leader,
+/// Read the free space every 100 ms until `node` stops. When the alarm rises on the leader,
 /// hand leadership to a voter with space.
 pub async fn watch(node: Arc<crate::node::Node>) {
     /// A full leader whose hand-over failed (no voter with space had caught up) tries again.
