@@ -4,12 +4,15 @@
 # seed, the fault timeline, the ok/failed/unknown counts and the verdict; several runs end with
 # a summary table.
 #
-#   scripts/chaos.sh [--duration S] [--seed N] [--faults kill,pause,partition,delay,membership,transfer]
+#   scripts/chaos.sh [--duration S] [--seed N] [--faults kill,pause,partition,delay,membership,transfer,power]
+#                    [--overlap]
 #                    [--backend process|in-process|docker] [--runs N] [--clients N] [--keys N]
 #
 # Examples:
 #   scripts/chaos.sh --duration 60 --runs 20            twenty one-minute runs, random seeds
 #   scripts/chaos.sh --seed 424242 --faults partition   replay one scenario with one fault kind
+#   scripts/chaos.sh --overlap --duration 60 --runs 20  up to two faults at once (a kill during a
+#                                                       partition, a power cut beside a pause, ...)
 #   scripts/chaos.sh --backend docker --duration 60     against the compose deployment
 #
 # Builds release binaries (KEEL_BIN_DIR overrides); the docker backend builds its image from

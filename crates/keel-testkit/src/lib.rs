@@ -123,7 +123,21 @@ pub struct Cluster {
     /// Lazy disks by node ([`Options::lazy_disks`]). Declared after `nodes`, before `dir`: the
     /// processes die (dropped), then the disks are unmounted, then the directory goes.
     disks: BTreeMap<NodeId, lazyfs::LazyFs>,
+    /// Joiners get lazy disks too.
+    pub(crate) lazy_disks: bool,
     dir: tempfile::TempDir,
+}
+
+/// Node `id`'s data directory under `dir`: on a lazy disk of its own (mounted and added to
+/// `disks`) when `disks` is given.
+fn data_dir(dir: &Path, id: NodeId, disks: Option<&mut BTreeMap<NodeId, lazyfs::LazyFs>>) -> anyhow::Result<PathBuf> {
+    let Some(disks) = disks else {
+        return Ok(dir.join(format!("node{id}")));
+    };
+    let mountpoint = dir.join(format!("disk{id}"));
+    std::fs::create_dir(&mountpoint)?;
+    disks.insert(id, lazyfs::LazyFs::mount(&mountpoint)?);
+    Ok(mountpoint.join("data"))
 }
 
 /// A port on `ip` that is free now, for a process that binds it itself a moment later.
@@ -257,14 +271,7 @@ impl Cluster {
         let mut disks = BTreeMap::new();
         for i in 1..=options.nodes as NodeId {
             let addrs = Addresses::new(backend, net.as_ref(), i).await?;
-            let data_dir = if options.lazy_disks {
-                let mountpoint = dir.path().join(format!("disk{i}"));
-                std::fs::create_dir(&mountpoint)?;
-                disks.insert(i, lazyfs::LazyFs::mount(&mountpoint)?);
-                mountpoint.join("data")
-            } else {
-                dir.path().join(format!("node{i}"))
-            };
+            let data_dir = data_dir(dir.path(), i, options.lazy_disks.then_some(&mut disks))?;
             let (node, l) = addrs.node(i, false, data_dir);
             nodes.insert(i, node);
             if let Some(l) = l {
@@ -284,6 +291,7 @@ impl Cluster {
             net,
             next_id: options.nodes as NodeId + 1,
             pending: listeners,
+            lazy_disks: options.lazy_disks,
             disks,
             dir,
         };
@@ -368,7 +376,8 @@ impl Cluster {
         let id = self.next_id;
         self.next_id += 1;
         let addrs = Addresses::new(self.backend, self.net.as_ref(), id).await?;
-        let (node, listeners) = addrs.node(id, true, self.dir.path().join(format!("node{id}")));
+        let data_dir = data_dir(self.dir.path(), id, self.lazy_disks.then_some(&mut self.disks))?;
+        let (node, listeners) = addrs.node(id, true, data_dir);
         self.nodes.insert(id, node);
         self.launch(id, listeners).await?;
         Ok(id)

@@ -27,9 +27,14 @@ struct Args {
     /// Seed of the first run (later runs add 1 each); random if not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Comma-separated faults: kill, pause, partition, delay, membership, transfer.
-    #[arg(long, default_value = "kill,pause,partition,delay,membership,transfer", value_delimiter = ',', value_parser = parse_faults)]
+    /// Comma-separated faults: kill, pause, partition, delay, membership, transfer, power (power
+    /// cuts put every node on a lazy filesystem; skipped without FUSE).
+    #[arg(long, default_value = "kill,pause,partition,delay,membership,transfer,power", value_delimiter = ',', value_parser = parse_faults)]
     faults: Vec<Fault>,
+    /// Hold up to two faults at once (a kill during a partition, a power cut while another node
+    /// is paused, ...).
+    #[arg(long)]
+    overlap: bool,
     /// process: keel processes behind the proxy network; in-process: nodes inside this program
     /// (no pause); docker: the compose deployment, image built from the binaries next to this
     /// one (kill, pause and partition only).
@@ -50,7 +55,8 @@ struct Args {
 }
 
 fn parse_faults(s: &str) -> Result<Fault, String> {
-    Fault::parse(s.trim()).ok_or_else(|| format!("unknown fault {s:?} (kill, pause, partition, delay, membership)"))
+    let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    Fault::parse(s.trim()).ok_or_else(|| format!("unknown fault {s:?} ({})", names.join(", ")))
 }
 
 fn random_seed() -> u64 {
@@ -60,6 +66,7 @@ fn random_seed() -> u64 {
 fn config(args: &Args, seed: u64) -> chaos::Config {
     let mut config = chaos::Config::new(seed, Duration::from_secs(args.duration));
     config.schedule.faults = args.faults.clone();
+    config.schedule.overlap = args.overlap;
     config.load.clients = args.clients;
     config.load.keys = args.keys;
     config
@@ -100,6 +107,7 @@ async fn one_run(args: &Args, seed: u64) -> anyhow::Result<Report> {
         // snapshot installation, not only by the log.
         flags: vec!["--snapshot-logs".into(), "500".into()],
         network: Some(seed),
+        lazy_disks: backend == Backend::Process && args.faults.contains(&Fault::Power) && lazy_disks_here(),
         ..Options::default()
     };
     let mut cluster = Cluster::start(backend, options).await?;
@@ -116,6 +124,19 @@ async fn one_run(args: &Args, seed: u64) -> anyhow::Result<Report> {
         println!("shutdown after the run failed: {e:#}");
     }
     Ok(report)
+}
+
+/// Whether power cuts can run here (FUSE); says why not, once.
+fn lazy_disks_here() -> bool {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let why = WHY.get_or_init(|| {
+        let why = keel_testkit::lazyfs::unavailable();
+        if let Some(why) = &why {
+            println!("power cuts are skipped: no lazy filesystem here: {why}");
+        }
+        why
+    });
+    why.is_none()
 }
 
 /// Keep what a failed run leaves behind: every node's log and the report.

@@ -4,7 +4,8 @@
 //! 1. clients ([`workload`]) put, read (linearizably) and compare-and-swap unique values on a few
 //!    keys, and every operation's invocation, return and outcome (ok, failed, unknown) goes into a
 //!    [`Recorder`];
-//! 2. meanwhile the [`nemesis`] draws faults from the seed: kill -9 and restart, pause and resume,
+//! 2. meanwhile the [`nemesis`] draws faults from the seed (one at a time, or overlapping): kill -9
+//!    and restart, power cuts on lazy disks, pause and resume,
 //!    partitions (isolation and one-way), slow and lossy links, replacing a member;
 //! 3. some seconds before the end every fault is undone, and the clients must make progress again;
 //! 4. the clients stop, the run waits for every member to catch up, reads the final state, and
@@ -80,6 +81,8 @@ pub struct Report {
     pub seed: u64,
     pub duration: Duration,
     pub faults: Vec<Fault>,
+    /// Faults overlapped ([`Schedule::overlap`]).
+    pub overlap: bool,
     pub timeline: Vec<Event>,
     pub puts: Tally,
     pub gets: Tally,
@@ -197,6 +200,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         seed: config.seed,
         duration: config.duration,
         faults: config.schedule.faults.clone(),
+        overlap: config.schedule.overlap,
         timeline: nemesis.timeline,
         puts,
         gets,
@@ -261,10 +265,11 @@ impl fmt::Display for Report {
         let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
         writeln!(
             f,
-            "chaos run: seed {}, {} s, faults {}",
+            "chaos run: seed {}, {} s, faults {}{}",
             self.seed,
             self.duration.as_secs(),
-            faults.join(",")
+            faults.join(","),
+            if self.overlap { " (overlapping)" } else { "" }
         )?;
         writeln!(f, "timeline:")?;
         for e in &self.timeline {

@@ -1,4 +1,9 @@
-//! The nemesis: faults drawn from a seed, one at a time, each held for a while and then undone.
+//! The nemesis: faults drawn from a seed, each held for a while and then undone. One at a time,
+//! or with [`Schedule::overlap`] up to [`MAX_OVERLAP`] at once: a kill during a partition, a
+//! pause on a slow network, a power cut while another member is cut off. Faults that cannot
+//! stack are not drawn together: one network fault at a time (healing the network undoes them
+//! all), a node is hit by one fault at a time, and a membership change only when nothing else is
+//! in force (it needs the whole cluster).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +33,13 @@ pub struct Schedule {
     pub gap: (Duration, Duration),
     /// How long a fault is held.
     pub hold: (Duration, Duration),
+    /// Start new faults while others are held (up to [`MAX_OVERLAP`] at once).
+    pub overlap: bool,
 }
+
+/// Faults in force at once with [`Schedule::overlap`]. Two of three members down (or cut off)
+/// already stops the cluster; a third would only lengthen the outage.
+pub const MAX_OVERLAP: usize = 2;
 
 impl Default for Schedule {
     fn default() -> Self {
@@ -36,19 +47,31 @@ impl Default for Schedule {
             faults: Fault::ALL.to_vec(),
             gap: (Duration::from_millis(500), Duration::from_secs(2)),
             hold: (Duration::from_secs(1), Duration::from_secs(5)),
+            overlap: false,
         }
     }
 }
 
-/// The fault in force, to be undone.
+/// A fault in force, to be undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Active {
     Killed(NodeId),
     Paused(NodeId),
     Network,
 }
 
+/// A fault in force: what to undo, when, and what the workload had acknowledged when it began.
+struct Held {
+    active: Active,
+    until: Instant,
+    acked_before: u64,
+}
+
 pub struct Nemesis {
     rng: StdRng,
+    /// Torn writes of power cuts draw from their own generator: how many files a cut tears
+    /// depends on timing, and must not shift the faults drawn after it.
+    tear: StdRng,
     start: Instant,
     /// Writes acknowledged so far (kept by the workload), to report progress under each fault.
     acked: Arc<AtomicU64>,
@@ -66,6 +89,7 @@ impl Nemesis {
     pub fn new(seed: u64, start: Instant, acked: Arc<AtomicU64>) -> Nemesis {
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
+            tear: StdRng::seed_from_u64(seed.rotate_left(32)),
             start,
             acked,
             timeline: Vec::new(),
@@ -101,39 +125,71 @@ impl Nemesis {
                 self.log(format!("{} is not supported by this backend; skipped", f.name()));
             }
         }
+        let most = if schedule.overlap { MAX_OVERLAP } else { 1 };
+        let mut held: Vec<Held> = Vec::new();
         loop {
+            if !schedule.overlap {
+                // One at a time: the gap begins when the fault in force ends.
+                self.undo_due(target, &mut held, until).await;
+            }
             let gap = between(&mut self.rng, schedule.gap);
-            if Instant::now() + gap >= until {
+            let next = Instant::now() + gap;
+            if next >= until {
                 break;
             }
-            tokio::time::sleep(gap).await;
-            let Some(&fault) = faults.choose(&mut self.rng) else {
+            self.undo_due(target, &mut held, next).await;
+            tokio::time::sleep_until(next.into()).await;
+            if held.len() >= most {
+                continue;
+            }
+            let in_force: Vec<Active> = held.iter().map(|h| h.active).collect();
+            let choices: Vec<Fault> = faults.iter().copied().filter(|f| stacks(*f, &in_force)).collect();
+            let Some(&fault) = choices.choose(&mut self.rng) else {
                 continue;
             };
             let hold = between(&mut self.rng, schedule.hold).min(until.saturating_duration_since(Instant::now()));
             let acked_before = self.acked.load(Ordering::Relaxed);
-            match self.inject(target, fault, endpoints).await {
-                Ok(Some(active)) => {
-                    tokio::time::sleep(hold).await;
-                    let during = self.acked.load(Ordering::Relaxed) - acked_before;
-                    self.log(format!("  ({during} writes acknowledged during the fault)"));
-                    self.undo(target, active).await;
-                }
+            match self.inject(target, fault, &in_force, endpoints).await {
+                Ok(Some(active)) => held.push(Held {
+                    active,
+                    until: (Instant::now() + hold).min(until),
+                    acked_before,
+                }),
                 Ok(None) => {}
                 Err(e) => self.log(format!("{} failed: {e:#}", fault.name())),
             }
         }
+        self.undo_due(target, &mut held, until).await;
     }
 
-    /// A member to hit: the leader half the time (the interesting case), else anyone.
-    async fn victim<T: Target>(&mut self, target: &T) -> (NodeId, &'static str) {
+    /// Undo each held fault as its time comes, up to `deadline`; those held beyond it stay.
+    async fn undo_due<T: Target>(&mut self, target: &mut T, held: &mut Vec<Held>, deadline: Instant) {
+        loop {
+            let next = held
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.until <= deadline)
+                .min_by_key(|(_, h)| h.until)
+                .map(|(i, _)| i);
+            let Some(i) = next else { break };
+            tokio::time::sleep_until(held[i].until.into()).await;
+            let h = held.remove(i);
+            let during = self.acked.load(Ordering::Relaxed) - h.acked_before;
+            self.log(format!("  ({during} writes acknowledged during the fault)"));
+            self.undo(target, h.active).await;
+        }
+    }
+
+    /// A member to hit, other than those a fault in force already hits: the leader half the
+    /// time (the interesting case), else anyone. None if every member is hit already.
+    async fn victim<T: Target>(&mut self, target: &T, in_force: &[Active]) -> Option<(NodeId, &'static str)> {
         let leader = target.leader().await;
-        let members = target.members();
+        let members: Vec<NodeId> = target.members().into_iter().filter(|m| !hits(in_force, *m)).collect();
         match leader {
-            Some(l) if self.rng.random_bool(0.5) => (l, " (leader)"),
+            Some(l) if members.contains(&l) && self.rng.random_bool(0.5) => Some((l, " (leader)")),
             _ => {
-                let id = *members.choose(&mut self.rng).expect("a cluster has members");
-                (id, if Some(id) == leader { " (leader)" } else { "" })
+                let id = *members.choose(&mut self.rng)?;
+                Some((id, if Some(id) == leader { " (leader)" } else { "" }))
             }
         }
     }
@@ -142,14 +198,27 @@ impl Nemesis {
         &mut self,
         target: &mut T,
         fault: Fault,
+        in_force: &[Active],
         endpoints: &watch::Sender<Vec<String>>,
     ) -> anyhow::Result<Option<Active>> {
-        let (id, role) = self.victim(target).await;
+        let Some((id, role)) = self.victim(target, in_force).await else {
+            self.log(format!("{}: every member is hit already; skipped", fault.name()));
+            return Ok(None);
+        };
         let others: Vec<NodeId> = target.members().into_iter().filter(|m| *m != id).collect();
         match fault {
             Fault::Kill => {
                 self.log(format!("kill -9 node {id}{role}"));
                 target.kill(id).await?;
+                Ok(Some(Active::Killed(id)))
+            }
+            Fault::Power => {
+                let torn = self.rng.random_bool(0.5);
+                self.log(format!(
+                    "power cut of node {id}{role}{}",
+                    if torn { ", torn writes" } else { "" }
+                ));
+                target.power_cut(id, torn.then_some(&mut self.tear)).await?;
                 Ok(Some(Active::Killed(id)))
             }
             Fault::Pause => {
@@ -197,7 +266,7 @@ impl Nemesis {
                 target.degrade(fault).await?;
                 Ok(Some(Active::Network))
             }
-            Fault::Transfer => self.transfer_to_a_lost_member(target).await,
+            Fault::Transfer => self.transfer_to_a_lost_member(target, in_force).await,
             Fault::Membership => {
                 self.log(format!("membership: replace node {id}{role}"));
                 let new = target.replace(id).await?;
@@ -211,13 +280,24 @@ impl Nemesis {
     /// Ask the leader to hand over to a member that cannot take it: one paused just as the
     /// transfer starts, or one cut off beforehand. The leader must give up, or another member
     /// must take over, and writes must go on either way (openraft issue 2088).
-    async fn transfer_to_a_lost_member<T: Target>(&mut self, target: &mut T) -> anyhow::Result<Option<Active>> {
+    async fn transfer_to_a_lost_member<T: Target>(
+        &mut self,
+        target: &mut T,
+        in_force: &[Active],
+    ) -> anyhow::Result<Option<Active>> {
         let Some(leader) = target.leader().await else {
             self.log("transfer: no leader right now; skipped");
             return Ok(None);
         };
-        let rest: Vec<NodeId> = target.members().into_iter().filter(|m| *m != leader).collect();
-        let to = *rest.choose(&mut self.rng).expect("a cluster of several members");
+        let rest: Vec<NodeId> = target
+            .members()
+            .into_iter()
+            .filter(|m| *m != leader && !hits(in_force, *m))
+            .collect();
+        let Some(&to) = rest.choose(&mut self.rng) else {
+            self.log("transfer: no member left to hand over to; skipped");
+            return Ok(None);
+        };
         let client = super::target::admin_with_timeout(target.endpoints(), Duration::from_secs(3)).await?;
         let pause = target.supports(Fault::Pause) && (self.rng.random_bool(0.5) || !target.supports(Fault::Partition));
         let active = if pause {
@@ -261,6 +341,25 @@ impl Nemesis {
         if let Err(e) = result {
             self.log(format!("undo failed: {e:#}"));
         }
+    }
+}
+
+/// Whether a fault in force already hits member `id`.
+fn hits(in_force: &[Active], id: NodeId) -> bool {
+    in_force
+        .iter()
+        .any(|a| matches!(a, Active::Killed(n) | Active::Paused(n) if *n == id))
+}
+
+/// Can `fault` be drawn while `in_force` is held? Healing the network undoes every network fault,
+/// so there is one at a time (a transfer may cut its target off); a membership change needs the
+/// whole cluster.
+fn stacks(fault: Fault, in_force: &[Active]) -> bool {
+    let network = in_force.contains(&Active::Network);
+    match fault {
+        Fault::Membership => in_force.is_empty(),
+        Fault::Partition | Fault::Delay | Fault::Transfer => !network,
+        Fault::Kill | Fault::Pause | Fault::Power => true,
     }
 }
 

@@ -26,16 +26,20 @@ pub enum Fault {
     /// Hand leadership to a member that cannot take it: paused just as the transfer starts, or
     /// cut off beforehand.
     Transfer,
+    /// Cut a node's power: SIGKILL, and its disk forgets what was not synced (half the time
+    /// leaving a torn write); restart it later. Needs lazy disks (FUSE).
+    Power,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
         Fault::Delay,
         Fault::Membership,
         Fault::Transfer,
+        Fault::Power,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +50,7 @@ impl Fault {
             Fault::Delay => "delay",
             Fault::Membership => "membership",
             Fault::Transfer => "transfer",
+            Fault::Power => "power",
         }
     }
 
@@ -70,6 +75,12 @@ pub trait Target {
     /// Client endpoints (`host:port`) of every member.
     fn endpoints(&self) -> Vec<String>;
     async fn kill(&mut self, id: NodeId) -> anyhow::Result<()>;
+    /// Cut `id`'s power (see [`Fault::Power`]); `torn` leaves a random prefix of each file's
+    /// last unsynced write.
+    async fn power_cut(&mut self, id: NodeId, torn: Option<&mut rand::rngs::StdRng>) -> anyhow::Result<()> {
+        let _ = (id, torn);
+        bail!("power cuts are not supported by this backend")
+    }
     async fn restart(&mut self, id: NodeId) -> anyhow::Result<()>;
     async fn pause(&mut self, id: NodeId, paused: bool) -> anyhow::Result<()>;
     /// Black-hole every link between the groups.
@@ -109,6 +120,7 @@ impl Target for Cluster {
             Fault::Transfer => self.backend == Backend::Process || self.net.is_some(),
             Fault::Partition | Fault::Delay => self.net.is_some(),
             Fault::Kill | Fault::Membership => true,
+            Fault::Power => self.backend == Backend::Process && self.lazy_disks,
         }
     }
 
@@ -122,6 +134,10 @@ impl Target for Cluster {
 
     async fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
         Cluster::kill(self, id).await
+    }
+
+    async fn power_cut(&mut self, id: NodeId, torn: Option<&mut rand::rngs::StdRng>) -> anyhow::Result<()> {
+        Cluster::power_cut(self, id, torn).await
     }
 
     async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
