@@ -16,6 +16,7 @@
 //! to the machine, so a seed reproduces the scenario, not the exact history.
 
 pub mod nemesis;
+pub mod resources;
 pub mod target;
 pub mod workload;
 
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::history::{check_linearizable_with, check_no_lost_writes, CheckOptions, History, Op, Outcome, Recorder};
 pub use nemesis::{Event, Schedule};
+pub use resources::Resources;
 pub use target::{Fault, Target};
 pub use workload::Load;
 
@@ -98,6 +100,8 @@ pub struct Report {
     /// Every replica holds the final state.
     pub replicas_agree: Result<(), String>,
     pub check_time: Duration,
+    /// Each member's memory and open files over the run.
+    pub resources: Resources,
 }
 
 impl Report {
@@ -179,6 +183,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         Ok(()) => Ok(waited.elapsed()),
         Err(e) => Err(format!("{e:#}")),
     };
+    nemesis.resources.sample(target, start.elapsed());
     let history = recorder.history();
     let (puts, gets, cases) = tally(&history);
     let writes_after_heal = history.ops[healed_from..]
@@ -211,6 +216,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         no_lost_writes,
         replicas_agree,
         check_time: checked.elapsed(),
+        resources: nemesis.resources,
     })
 }
 
@@ -288,6 +294,10 @@ impl fmt::Display for Report {
         writeln!(f, "acknowledged writes lost: {}", verdict(&self.no_lost_writes, "0"))?;
         writeln!(f, "replicas agree: {}", verdict(&self.replicas_agree, "yes"))?;
         writeln!(f, "checked in {:.2} s", self.check_time.as_secs_f64())?;
+        if !self.resources.samples.is_empty() {
+            writeln!(f, "memory (RSS) and open files per member:")?;
+            write!(f, "{}", self.resources)?;
+        }
         write!(f, "verdict: {}", if self.passed() { "PASS" } else { "FAIL" })
     }
 }

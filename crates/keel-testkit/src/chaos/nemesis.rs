@@ -76,7 +76,12 @@ pub struct Nemesis {
     /// Writes acknowledged so far (kept by the workload), to report progress under each fault.
     acked: Arc<AtomicU64>,
     pub timeline: Vec<Event>,
+    /// Each member's memory and open files, read every [`SAMPLE_EVERY`].
+    pub resources: super::Resources,
 }
+
+/// How often the members' memory and open files are read.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
     if hi <= lo {
@@ -93,6 +98,7 @@ impl Nemesis {
             start,
             acked,
             timeline: Vec::new(),
+            resources: super::Resources::default(),
         }
     }
 
@@ -127,7 +133,13 @@ impl Nemesis {
         }
         let most = if schedule.overlap { MAX_OVERLAP } else { 1 };
         let mut held: Vec<Held> = Vec::new();
+        let mut sampled = Instant::now();
+        self.resources.sample(target, self.start.elapsed());
         loop {
+            if sampled.elapsed() >= SAMPLE_EVERY {
+                sampled = Instant::now();
+                self.resources.sample(target, self.start.elapsed());
+            }
             if !schedule.overlap {
                 // One at a time: the gap begins when the fault in force ends.
                 self.undo_due(target, &mut held, until).await;

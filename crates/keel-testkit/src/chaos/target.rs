@@ -74,6 +74,11 @@ pub trait Target {
     fn members(&self) -> Vec<NodeId>;
     /// Client endpoints (`host:port`) of every member.
     fn endpoints(&self) -> Vec<String>;
+    /// The operating-system process of member `id`, where the backend has one here.
+    fn pid(&self, id: NodeId) -> Option<u32> {
+        let _ = id;
+        None
+    }
     async fn kill(&mut self, id: NodeId) -> anyhow::Result<()>;
     /// Cut `id`'s power (see [`Fault::Power`]); `torn` leaves a random prefix of each file's
     /// last unsynced write.
@@ -130,6 +135,10 @@ impl Target for Cluster {
 
     fn endpoints(&self) -> Vec<String> {
         Cluster::endpoints(self)
+    }
+
+    fn pid(&self, id: NodeId) -> Option<u32> {
+        Cluster::pid(self, id)
     }
 
     async fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
