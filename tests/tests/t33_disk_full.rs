@@ -26,12 +26,16 @@ const RESERVE_MB: u64 = 4;
 const MIB: u64 = 1024 * 1024;
 
 async fn start(test: &str) -> anyhow::Result<Option<Cluster>> {
+    start_with_reserve(test, RESERVE_MB).await
+}
+
+async fn start_with_reserve(test: &str, reserve_mb: u64) -> anyhow::Result<Option<Cluster>> {
     if let Some(why) = lazyfs::unavailable() {
         eprintln!("SKIPPED {test}: no lazy filesystem here: {why}");
         return Ok(None);
     }
     let options = Options {
-        flags: vec!["--min-free-mb".into(), RESERVE_MB.to_string()],
+        flags: vec!["--min-free-mb".into(), reserve_mb.to_string()],
         lazy_disks: true,
         ..Options::default()
     };
@@ -173,7 +177,7 @@ async fn verify(cluster: &Cluster, acked: &BTreeMap<String, Vec<u8>>) -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_leader_hands_over_and_its_member_recovers_when_space_returns() -> anyhow::Result<()> {
-    let Some(cluster) = start("a_full_leader_hands_over_and_its_member_recovers_when_space_returns").await? else {
+    let Some(mut cluster) = start("a_full_leader_hands_over_and_its_member_recovers_when_space_returns").await? else {
         return Ok(());
     };
     let full = cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -220,7 +224,7 @@ async fn a_full_leader_hands_over_and_its_member_recovers_when_space_returns() -
         ahead >= behind + 40,
         "the full member took entries: its last log index is {behind}, the leader's {ahead}"
     );
-    ensure!(cluster.is_running(full), "the full member stopped");
+    ensure!(cluster.exit_status(full).is_none(), "the full member stopped");
 
     // Space comes back: the alarm clears by itself, and the member catches up.
     free(&cluster, full);
@@ -293,5 +297,47 @@ async fn writes_are_refused_while_a_majority_is_full_and_resume_when_space_retur
     let acked = writer.stop().await?;
     verify(&cluster, &acked).await?;
     println!("majority full: {} writes acknowledged", acked.len());
+    cluster.shutdown().await
+}
+
+/// Without the reserve (`--min-free-mb 0`), or when a burst outruns the alarm, sled's writes fail
+/// with ENOSPC: the member must stop with one line naming the error (not stay up with a dead
+/// core), its store must open again once there is space, and nothing acknowledged may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_runs_out_of_space_stops_and_starts_cleanly_once_space_returns() -> anyhow::Result<()> {
+    let test = "a_member_that_runs_out_of_space_stops_and_starts_cleanly_once_space_returns";
+    let Some(mut cluster) = start_with_reserve(test, 0).await? else {
+        return Ok(());
+    };
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let full = *cluster.nodes.keys().find(|&&id| id != leader).expect("three members");
+    let writer = Writer::start(cluster.kv(leader));
+    writer.wait_acked(20, Duration::from_secs(30)).await?;
+
+    fill(&cluster, full, 2);
+    let status = wait_for("the full member to stop", Duration::from_secs(60), || {
+        let status = cluster.exit_status(full);
+        async move { status }
+    })
+    .await?;
+    ensure!(!status.success(), "member {full} exited with {status} on a full disk");
+    let log = cluster.log(full);
+    ensure!(
+        log.contains("No space left on device"),
+        "member {full}'s log does not name the error; its end:\n{}",
+        log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+    // The others carry on.
+    writer.wait_acked(20, Duration::from_secs(30)).await?;
+
+    free(&cluster, full);
+    cluster.restart(full).await?;
+    writer.wait_acked(20, Duration::from_secs(30)).await?;
+    let acked = writer.stop().await?;
+    verify(&cluster, &acked).await?;
+    println!(
+        "ENOSPC: member {full} stopped ({status}) and came back; {} writes acknowledged",
+        acked.len()
+    );
     cluster.shutdown().await
 }

@@ -28,7 +28,8 @@
 //! - Space is read, not reserved: a burst of writes larger than the reserve within one reading
 //!   (100 ms) can still fill the disk. sled's error then stops the member (it exits with one line
 //!   naming the error, and a supervisor restarts it once there is space); nothing acknowledged is
-//!   lost, because an entry counts as written only after its sync succeeded.
+//!   lost, because an entry counts as written only after its sync succeeded. t33 runs this case
+//!   with the reserve off.
 //! - Snapshots the member builds itself, and applies of entries it already logged, still write:
 //!   that is what the reserve is for.
 

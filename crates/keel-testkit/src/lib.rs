@@ -389,6 +389,8 @@ impl Cluster {
     }
 
     /// Is the node running?
+    /// Whether node `id` was started and not stopped or killed since (a process that exited by
+    /// itself still counts: see [`Cluster::exit_status`]).
     pub fn is_running(&self, id: NodeId) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.running.is_some())
     }
@@ -457,7 +459,8 @@ impl Cluster {
 
     /// Start a stopped node again on its old addresses and data.
     pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
-        if self.is_running(id) {
+        // A process that exited by itself (a failed member) can be started again.
+        if self.is_running(id) && self.exit_status(id).is_none() {
             bail!("node {id} is running");
         }
         self.launch(id, None).await
