@@ -1,9 +1,9 @@
-//! keel's gRPC API: code generated from `proto/keel/v1`, and the conversions between those
-//! messages and keel-storage's types (in [`convert`]).
+//! keel's gRPC API: code generated from `proto/keel/v1`, nothing else (the conversions to
+//! keel-storage's types live in keel-server, beside the services that use them).
 //!
 //! - [`v1`]: the client API (KV, Cluster services).
 //! - [`raft`]: the peer service; its messages carry openraft's own types, encoded with
-//!   `keel_storage::codec` (a format byte, then postcard).
+//!   keel-storage's codec (a format byte, then postcard).
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -14,8 +14,6 @@ pub mod v1 {
 pub mod raft {
     tonic::include_proto!("keel.raft.v1");
 }
-
-pub mod convert;
 
 /// Encoded descriptors of every keel service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keel_descriptor");

@@ -64,8 +64,8 @@ impl From<keel_storage::InvalidRequest> for NodeError {
     }
 }
 
-impl From<keel_proto::convert::ConvertError> for NodeError {
-    fn from(e: keel_proto::convert::ConvertError) -> Self {
+impl From<crate::convert::ConvertError> for NodeError {
+    fn from(e: crate::convert::ConvertError) -> Self {
         NodeError::InvalidArgument(e.to_string())
     }
 }

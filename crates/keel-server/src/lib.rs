@@ -25,6 +25,7 @@
 pub mod backup;
 pub mod coalesce;
 pub mod config;
+pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod forward;

@@ -10,7 +10,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use keel_proto::convert;
+use crate::convert;
 use keel_proto::v1::kv_server::Kv;
 use keel_proto::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,

@@ -6,7 +6,7 @@
 
 use keel_storage as st;
 
-use crate::v1;
+use keel_proto::v1;
 
 /// Why a request message could not be turned into a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
