@@ -202,38 +202,9 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))
 }
 
-/// Parse `ID=ADDR,ID=ADDR`.
+/// Parse `ID=ADDR,ID=ADDR` (see [`keel_storage::datadir::parse_initial_cluster`]).
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    let mut members = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| err(format!("--initial-cluster: {part:?} is not ID=PEER_ADDR")))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| err(format!("--initial-cluster: {id:?} is not a node id")))?;
-        if id == 0 {
-            return Err(err("--initial-cluster: node ids start at 1"));
-        }
-        let addr = addr.trim();
-        if addr.is_empty() || !addr.contains(':') {
-            return Err(err(format!("--initial-cluster: {addr:?} is not HOST:PORT")));
-        }
-        if members.insert(id, addr.to_string()).is_some() {
-            return Err(err(format!("--initial-cluster: node {id} is listed twice")));
-        }
-    }
-    if members.is_empty() {
-        return Err(err("--initial-cluster is empty"));
-    }
-    let mut addrs: Vec<&String> = members.values().collect();
-    addrs.sort();
-    addrs.dedup();
-    if addrs.len() != members.len() {
-        return Err(err("--initial-cluster: two members share a peer address"));
-    }
-    Ok(members)
+    keel_storage::datadir::parse_initial_cluster(s).map_err(ConfigError)
 }
 
 /// Parse `MIN-MAX` milliseconds.

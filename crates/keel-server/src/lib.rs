@@ -31,7 +31,6 @@ pub mod error;
 pub mod forward;
 mod health;
 mod http;
-pub mod identity;
 pub mod membership;
 pub mod metrics;
 pub mod node;

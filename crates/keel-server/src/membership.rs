@@ -31,9 +31,6 @@ use crate::error::NodeError;
 use crate::forward::ForwardRequest;
 use crate::node::Node;
 
-/// File in the data directory of a member that was removed from its cluster.
-pub const REMOVED_MARKER: &str = "REMOVED";
-
 /// A learner more than this many entries behind the leader is not promoted.
 pub const PROMOTE_MAX_LAG: u64 = 100;
 
@@ -265,9 +262,8 @@ impl Node {
         *hold = None;
         self.raft.runtime_config().elect(false);
         drop(hold);
-        let marker = self.data_dir.join(REMOVED_MARKER);
-        if let Err(e) = std::fs::write(&marker, format!("member {} {why}\n", self.id)) {
-            tracing::warn!(error = %e, path = %marker.display(), "could not write the removal marker");
+        if let Err(e) = keel_storage::datadir::mark_removed(&self.data_dir, &format!("member {} {why}\n", self.id)) {
+            tracing::warn!(error = %e, dir = %self.data_dir.display(), "could not write the removal marker");
         }
     }
 

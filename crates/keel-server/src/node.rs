@@ -45,7 +45,7 @@ pub struct Node {
     pub inbox: keel_storage::SnapshotInbox,
     pub channels: Arc<PeerChannels>,
     pub limits: Limits,
-    pub cluster: Arc<crate::identity::ClusterId>,
+    pub cluster: Arc<keel_storage::datadir::ClusterId>,
     /// This node's addresses as it publishes them in the membership.
     pub advertise: Member,
     pub election_timeout_max: Duration,
@@ -86,7 +86,7 @@ impl Node {
         inbox: keel_storage::SnapshotInbox,
         channels: Arc<PeerChannels>,
         limits: Limits,
-        cluster: Arc<crate::identity::ClusterId>,
+        cluster: Arc<keel_storage::datadir::ClusterId>,
         advertise: Member,
         election_timeout_max: Duration,
         data_dir: std::path::PathBuf,

@@ -20,12 +20,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
-use crate::identity::{self, Startup};
 use crate::node::{Node, Raft};
 use crate::peer::client::{Network, PeerChannels};
 use crate::peer::service::PeerService;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
+use keel_storage::datadir::{self, Startup};
 
 /// The listeners of a node: two gRPC, and HTTP for metrics and probes (None: not served).
 pub struct Listeners {
@@ -80,8 +80,7 @@ pub struct NodeHandle {
 
 /// Open the data directory, start Raft and both gRPC servers.
 pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeHandle> {
-    let marker = config.data_dir.join(crate::membership::REMOVED_MARKER);
-    if let Ok(why) = std::fs::read_to_string(&marker) {
+    if let Some(why) = datadir::removed(&config.data_dir) {
         anyhow::bail!(
             "data dir {} belongs to a member that was removed ({}); to add this machine again, start it \
              with an empty data dir and --join",
@@ -89,7 +88,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             why.trim()
         );
     }
-    let (identity, startup) = identity::check_or_create(
+    let (identity, startup) = datadir::check_or_create(
         &config.data_dir,
         config.id,
         &config.cluster_token,
@@ -145,7 +144,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let channels = Arc::new(PeerChannels::from_listen_addr(
         listeners.peer.local_addr().unwrap_or(config.peer_addr),
     ));
-    let cluster = Arc::new(identity::ClusterId::new(&config.data_dir, identity.clone()));
+    let cluster = Arc::new(datadir::ClusterId::new(&config.data_dir, identity.clone()));
     let disk = crate::disk::DiskSpace::new(config.id, &config.data_dir, config.min_free_bytes);
     let network = Network {
         id: config.id,
@@ -168,7 +167,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             Err(e) => return Err(e.into()),
         }
         // Only now, with the initial membership and this node's vote on disk, does the identity
-        // stop saying "bootstrap pending" (identity.rs): a failure or a kill anywhere before this
+        // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere before this
         // leaves a node that initializes on its next start, not one that never does.
         durability.sync()?;
         cluster.bootstrapped().map_err(|e| {

@@ -51,6 +51,7 @@
 //!   remembered: a retry learns that the write was applied, not its result.
 
 pub mod codec;
+pub mod datadir;
 pub mod durability;
 pub mod log_store;
 pub mod observe;

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_client::Client;
-use keel_server::identity::{self, Identity};
+use keel_storage::datadir::{self, Identity};
 use keel_storage::restore::{self, Verified};
 use keel_storage::{Member, StoreConfig};
 use serde::Serialize;
@@ -163,8 +163,7 @@ pub fn inspect(file: &Path, format: Format) -> anyhow::Result<Outcome> {
 }
 
 pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outcome> {
-    let peers = keel_server::config::parse_initial_cluster(&args.initial_cluster)
-        .map_err(|e| anyhow!("--initial-cluster: {e}"))?;
+    let peers = datadir::parse_initial_cluster(&args.initial_cluster).map_err(|e| anyhow!("{e}"))?;
     if !peers.contains_key(&args.id) {
         bail!("--id {} is not among the --initial-cluster members", args.id);
     }
@@ -182,9 +181,9 @@ pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outco
     let members = Member::from_peers(&peers);
     let result = async {
         let verified = restore::restore(&staging, &args.file, args.id, members, &StoreConfig::default()).await?;
-        let cluster_id = identity::cluster_id(&args.cluster_token, &peers);
+        let cluster_id = datadir::cluster_id(&args.cluster_token, &peers);
         let identity = Identity::new(args.id, &args.cluster_token, cluster_id);
-        identity::write(&staging, &identity)?;
+        datadir::write(&staging, &identity)?;
         if dir.exists() {
             std::fs::remove_dir(dir)?;
         }

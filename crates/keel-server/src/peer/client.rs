@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::identity::ClusterId;
+use keel_storage::datadir::ClusterId;
 
 /// Snapshot files are streamed in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;

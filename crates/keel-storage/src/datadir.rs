@@ -1,4 +1,7 @@
-//! Which node and which cluster a data directory belongs to.
+//! The data directory's own files, owned here so that the node and `keelctl snapshot restore`
+//! write them one way: which node and cluster the directory belongs to (`keel.id`), the
+//! `--initial-cluster` it was bootstrapped from, and the `REMOVED` marker of a member that was
+//! removed from its cluster.
 //!
 //! `<data-dir>/keel.id` is written atomically (temp file, fsync, rename, fsync of the directory)
 //! when a node first starts, before anything else goes into the directory. A later start with
@@ -20,7 +23,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keel_storage::NodeId;
+use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -96,6 +99,54 @@ fn members_flag(members: &BTreeMap<NodeId, String>) -> String {
         .join(",")
 }
 
+/// Parse `--initial-cluster`: `ID=ADDR,ID=ADDR` (peer addresses, ids from 1, each once).
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut members = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: {part:?} is not ID=PEER_ADDR"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--initial-cluster: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("--initial-cluster: node ids start at 1".into());
+        }
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(format!("--initial-cluster: {addr:?} is not HOST:PORT"));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(format!("--initial-cluster: node {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    let mut addrs: Vec<&String> = members.values().collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.len() != members.len() {
+        return Err("--initial-cluster: two members share a peer address".into());
+    }
+    Ok(members)
+}
+
+/// The marker a member removed from its cluster leaves in its data directory; a start with such
+/// a directory is refused.
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+/// Leave the [`REMOVED_MARKER`] in `dir`, saying why.
+pub fn mark_removed(dir: &Path, text: &str) -> std::io::Result<()> {
+    fs::write(dir.join(REMOVED_MARKER), text)
+}
+
+/// The [`REMOVED_MARKER`]'s text, if `dir` has one.
+pub fn removed(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join(REMOVED_MARKER)).ok()
+}
+
 /// The id of a cluster created from `token` and its initial members.
 pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> String {
     let mut h = Sha256::new();
@@ -130,7 +181,7 @@ pub fn check_or_create(
         dir: dir.to_path_buf(),
         source,
     };
-    keel_storage::durability::create_dir_durable(dir).map_err(io)?;
+    crate::durability::create_dir_durable(dir).map_err(io)?;
     let path = dir.join(FILE);
     match fs::read(&path) {
         Ok(bytes) => {
@@ -255,7 +306,7 @@ pub fn write(dir: &Path, identity: &Identity) -> std::io::Result<()> {
     f.write_all(&serde_json::to_vec_pretty(identity).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(FILE))?;
-    keel_storage::durability::fsync_dir(dir)
+    crate::durability::fsync_dir(dir)
 }
 
 #[cfg(test)]
