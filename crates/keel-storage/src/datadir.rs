@@ -133,6 +133,52 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String
     Ok(members)
 }
 
+/// Make `dir` (absent or empty) the data directory of member `id` of a new cluster of `peers`
+/// (`--initial-cluster`, with `token`), from the snapshot file `snapshot` (see
+/// [`crate::restore`]). Everything is written into a sibling staging directory first, made
+/// durable, and renamed into place at the end, so a failure leaves no half-restored data
+/// directory behind.
+pub async fn restore_member(
+    dir: &Path,
+    snapshot: &Path,
+    id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    token: &str,
+    config: &crate::StoreConfig,
+) -> Result<crate::restore::Verified, crate::restore::RestoreError> {
+    use crate::restore::RestoreError;
+    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(RestoreError::NotEmpty(dir.to_path_buf()));
+    }
+    let staging = PathBuf::from(format!("{}.restoring-{}", dir.display(), std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let members = crate::Member::from_peers(peers);
+    let result = async {
+        let verified = crate::restore::restore(&staging, snapshot, id, members, config).await?;
+        let storage = |source| RestoreError::Storage {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let identity = Identity::new(id, token, cluster_id(token, peers));
+        write(&staging, &identity).map_err(storage)?;
+        if dir.exists() {
+            fs::remove_dir(dir).map_err(storage)?;
+        }
+        fs::rename(&staging, dir).map_err(storage)?;
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        crate::durability::fsync_dir(parent).map_err(storage)?;
+        Ok(verified)
+    }
+    .await;
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
 /// The marker a member removed from its cluster leaves in its data directory; a start with such
 /// a directory is refused.
 pub const REMOVED_MARKER: &str = "REMOVED";

@@ -7,9 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_client::Client;
-use keel_storage::datadir::{self, Identity};
+use keel_storage::datadir;
 use keel_storage::restore::{self, Verified};
-use keel_storage::{Member, StoreConfig};
+use keel_storage::StoreConfig;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -167,38 +167,16 @@ pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outco
     if !peers.contains_key(&args.id) {
         bail!("--id {} is not among the --initial-cluster members", args.id);
     }
-    let dir = &args.data_dir;
-    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-        bail!(
-            "{}: the data directory is not empty; restore only into a new, empty directory",
-            dir.display()
-        );
-    }
-    // Everything is written into a sibling directory first and renamed into place at the end,
-    // so a failure leaves no half-restored data directory behind.
-    let staging = PathBuf::from(format!("{}.restoring-{}", dir.display(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let members = Member::from_peers(&peers);
-    let result = async {
-        let verified = restore::restore(&staging, &args.file, args.id, members, &StoreConfig::default()).await?;
-        let cluster_id = datadir::cluster_id(&args.cluster_token, &peers);
-        let identity = Identity::new(args.id, &args.cluster_token, cluster_id);
-        datadir::write(&staging, &identity)?;
-        if dir.exists() {
-            std::fs::remove_dir(dir)?;
-        }
-        std::fs::rename(&staging, dir)?;
-        sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
-        anyhow::Ok(verified)
-    }
-    .await;
-    match result {
-        Ok(verified) => Ok(Outcome::Done(render(&doc(&args.file, &verified), format, "restored"))),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
-        }
-    }
+    let verified = datadir::restore_member(
+        &args.data_dir,
+        &args.file,
+        args.id,
+        &peers,
+        &args.cluster_token,
+        &StoreConfig::default(),
+    )
+    .await?;
+    Ok(Outcome::Done(render(&doc(&args.file, &verified), format, "restored")))
 }
 
 #[cfg(test)]
