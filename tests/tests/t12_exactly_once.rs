@@ -4,6 +4,7 @@
 //! The lost reply is simulated by sending the identical request twice (what keel-client does after
 //! an unknown outcome) and checking what each answer says and what the store holds.
 
+use keel_proto::wire::Outcome;
 use std::time::Duration;
 
 use keel_proto::v1::compare::{Op, Target};
@@ -100,6 +101,7 @@ async fn a_retried_write_applies_once_and_gets_the_same_answer() -> anyhow::Resu
         .expect_err("stale");
     assert_eq!(stale.code(), Code::FailedPrecondition, "{stale}");
     assert!(stale.message().starts_with("stale session"), "{stale}");
+    assert_eq!(Outcome::of(&stale), Some(Outcome::StaleSession), "{stale:?}");
     let unknown = cluster
         .kv(leader)
         .txn(increment(1, session(0x0dd, 5)))
@@ -107,6 +109,7 @@ async fn a_retried_write_applies_once_and_gets_the_same_answer() -> anyhow::Resu
         .expect_err("unknown");
     assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown}");
     assert!(unknown.message().starts_with("session expired"), "{unknown}");
+    assert_eq!(Outcome::of(&unknown), Some(Outcome::SessionExpired), "{unknown:?}");
     let counter = cluster
         .kv(leader)
         .range(RangeRequest {

@@ -77,12 +77,15 @@ async fn alarms(cluster: &Cluster, id: NodeId) -> Option<Vec<String>> {
     cluster.status(id).await.map(|s| s.alarms)
 }
 
+/// A failed write's code, message and named outcome.
+type Failure = (tonic::Code, String, Option<keel_proto::wire::Outcome>);
+
 /// One closed-loop writer of 32 KiB values through one member, until stopped.
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
-    /// The code and message of every failed write, in order.
-    failures: Arc<Mutex<Vec<(tonic::Code, String)>>>,
+    /// Every failed write, in order.
+    failures: Arc<Mutex<Vec<Failure>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,7 +115,10 @@ impl Writer {
                         a.lock().unwrap().insert(key, value);
                     }
                     Err(status) => {
-                        f.lock().unwrap().push((status.code(), status.message().to_string()));
+                        let outcome = keel_proto::wire::Outcome::of(&status);
+                        f.lock()
+                            .unwrap()
+                            .push((status.code(), status.message().to_string(), outcome));
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -271,7 +277,11 @@ async fn writes_are_refused_while_a_majority_is_full_and_resume_when_space_retur
         let failures = writer.failures.lock().unwrap();
         failures
             .iter()
-            .find(|(code, msg)| *code == tonic::Code::ResourceExhausted && msg.starts_with(&want))
+            .find(|(code, msg, outcome)| {
+                *code == tonic::Code::ResourceExhausted
+                    && msg.starts_with(&want)
+                    && *outcome == Some(keel_proto::wire::Outcome::DiskFull)
+            })
             .cloned()
     })
     .await?;
@@ -315,11 +325,18 @@ async fn a_member_that_runs_out_of_space_stops_and_starts_cleanly_once_space_ret
     writer.wait_acked(20, Duration::from_secs(30)).await?;
 
     fill(&cluster, full, 2);
-    let status = wait_for("the full member to stop", Duration::from_secs(60), || {
+    let stopped = wait_for("the full member to stop", Duration::from_secs(60), || {
         let status = cluster.exit_status(full);
         async move { status }
     })
-    .await?;
+    .await;
+    let status = match stopped {
+        Ok(status) => status,
+        Err(e) => {
+            cluster.print_log_tails(40);
+            return Err(e);
+        }
+    };
     ensure!(!status.success(), "member {full} exited with {status} on a full disk");
     let log = cluster.log(full);
     ensure!(

@@ -13,6 +13,7 @@ use keel_proto::v1::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
     TxnResponse, WriteSession,
 };
+use keel_proto::wire::Outcome;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -23,7 +24,7 @@ use crate::retry::{Attempts, Backoff, Failure, Kind};
 use crate::{ClientConfig, Error};
 
 /// Response metadata key in which a server names the leader's client address.
-pub const LEADER_METADATA_KEY: &str = "keel-leader";
+pub const LEADER_METADATA_KEY: &str = keel_proto::wire::LEADER_HEADER;
 
 /// A client for a keel cluster.
 ///
@@ -192,14 +193,14 @@ impl Client {
             // The cluster no longer knows this session (expired or evicted): nothing was applied.
             // Start a new one. (A retry whose first attempt applied just before the session was
             // evicted, among more than the cluster's max_sessions others, would apply again.)
-            Err(Error::FailedPrecondition(m)) if m.starts_with("session expired") => {
+            Err(Error::Session(Outcome::SessionExpired, _)) => {
                 let (client_id, seq) = new_session();
                 set(&mut req, Some(WriteSession { client_id, seq }));
                 let result = self.call(Kind::Idempotent, req, &send).await;
                 self.put_session(client_id, seq + 1);
                 result
             }
-            Err(Error::FailedPrecondition(m)) if m.starts_with("session result dropped") => {
+            Err(Error::Session(Outcome::SessionResultDropped, m)) => {
                 self.put_session(client_id, seq + 1);
                 Err(Error::OutcomeUnknown(m))
             }

@@ -33,6 +33,11 @@ pub enum Error {
     /// A read failed on the connection (not by a server answer) until the deadline.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The cluster's answer about the request's exactly-once session (FailedPrecondition):
+    /// expired, its result dropped, or a request older than the session's last. The client handles
+    /// the first two itself (a new session; an unknown outcome).
+    #[error("{1}")]
+    Session(keel_proto::wire::Outcome, String),
     /// Any other status the server answered with.
     #[error("{}: {}", .0.code(), .0.message())]
     Other(tonic::Status),
@@ -43,7 +48,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) | Error::NoEndpoints => Code::InvalidArgument,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::Session(..) => Code::FailedPrecondition,
             Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
             Error::OutcomeUnknown(_) => Code::Unknown,
             Error::DeadlineExceeded => Code::DeadlineExceeded,

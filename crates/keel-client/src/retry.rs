@@ -102,7 +102,10 @@ fn answered_error(status: Status, kind: Kind) -> Error {
     let message = status.message().to_string();
     match status.code() {
         Code::InvalidArgument => Error::InvalidArgument(message),
-        Code::FailedPrecondition => Error::FailedPrecondition(message),
+        Code::FailedPrecondition => match keel_proto::wire::Outcome::of(&status) {
+            Some(outcome) => Error::Session(outcome, message),
+            None => Error::FailedPrecondition(message),
+        },
         Code::Unavailable => Error::Unavailable(message),
         Code::DeadlineExceeded | Code::Unknown | Code::Cancelled if kind.writes() => {
             Error::OutcomeUnknown(format!("{}: {message}", status.code()))

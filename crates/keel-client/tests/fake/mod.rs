@@ -122,14 +122,14 @@ impl Fake {
                 };
                 let mut resp = Response::new(body(header));
                 if let Some(hint) = hint {
-                    resp.metadata_mut().insert("keel-leader", hint);
+                    resp.metadata_mut().insert(keel_proto::wire::LEADER_HEADER, hint);
                 }
                 Ok(resp)
             }
             Reply::Fail(code, message) => {
                 let mut status = Status::new(code, message);
                 if let Some(hint) = hint {
-                    status.metadata_mut().insert("keel-leader", hint);
+                    status.metadata_mut().insert(keel_proto::wire::LEADER_HEADER, hint);
                 }
                 Err(status)
             }

@@ -16,6 +16,7 @@ use keel_proto::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
 };
+use keel_proto::wire::Outcome;
 use keel_storage::{
     validate_range, validate_request, Command, CommandResult, KeyRange, RangeOp, RangeResult, Request, Response,
     SessionRef,
@@ -105,10 +106,23 @@ impl KvService {
     }
 }
 
-/// The answer to a write whose result is not the command's own: a session outcome, or a bug.
-/// The message prefixes ("session expired", "session result dropped", "stale session") are what
-/// keel-client tells apart.
-fn unexpected(r: &CommandResult) -> NodeError {
+/// The answer to a write whose result is not the command's own: a session outcome (named in the
+/// status's metadata, see `keel_proto::wire::Outcome`, which keel-client tells apart), or a bug.
+fn unexpected(node: &Node, r: &CommandResult) -> Status {
+    let outcome = match r {
+        CommandResult::SessionExpired { .. } => Some(Outcome::SessionExpired),
+        CommandResult::StaleSession { seq, last_seq, .. } if last_seq == seq => Some(Outcome::SessionResultDropped),
+        CommandResult::StaleSession { .. } => Some(Outcome::StaleSession),
+        _ => None,
+    };
+    let mut status = fail(node, unexpected_error(r));
+    if let Some(outcome) = outcome {
+        outcome.tag(&mut status);
+    }
+    status
+}
+
+fn unexpected_error(r: &CommandResult) -> NodeError {
     match r {
         CommandResult::SessionExpired { client_id, seq } => NodeError::FailedPrecondition(format!(
             "session expired: client {client_id} seq {seq} is unknown to the cluster (nothing was applied); \
@@ -158,7 +172,7 @@ impl Kv for KvService {
             .map_err(|e| fail(node, e))?;
         match resp.result {
             CommandResult::Put(p) => Ok(respond(node, convert::put_response(p, node.header(resp.revision)))),
-            other => Err(fail(node, unexpected(&other))),
+            other => Err(unexpected(node, &other)),
         }
     }
 
@@ -175,7 +189,7 @@ impl Kv for KvService {
             .map_err(|e| fail(node, e))?;
         match resp.result {
             CommandResult::Delete(d) => Ok(respond(node, convert::delete_response(d, node.header(resp.revision)))),
-            other => Err(fail(node, unexpected(&other))),
+            other => Err(unexpected(node, &other)),
         }
     }
 
@@ -190,7 +204,7 @@ impl Kv for KvService {
             .map_err(|e| fail(node, e))?;
         match resp.result {
             CommandResult::Txn(t) => Ok(respond(node, convert::txn_response(t, node.header(resp.revision)))),
-            other => Err(fail(node, unexpected(&other))),
+            other => Err(unexpected(node, &other)),
         }
     }
 }

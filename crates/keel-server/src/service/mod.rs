@@ -13,7 +13,7 @@ use crate::error::NodeError;
 use crate::node::Node;
 
 /// Response metadata naming the leader's client address, so clients can go there directly.
-pub const LEADER_HINT: &str = "keel-leader";
+pub const LEADER_HINT: &str = keel_proto::wire::LEADER_HEADER;
 
 /// Used when a client sends no deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +72,9 @@ pub fn respond<T>(node: &Node, msg: T) -> tonic::Response<T> {
 /// A failed response, with the leader hint.
 pub fn fail(node: &Node, e: NodeError) -> tonic::Status {
     let mut status = e.to_status();
+    if let NodeError::ResourceExhausted(_) = e {
+        keel_proto::wire::Outcome::DiskFull.tag(&mut status);
+    }
     add_hint(node, status.metadata_mut());
     status
 }
