@@ -86,7 +86,11 @@ fn main() -> ExitCode {
          tokio's LIFO slot stays on, and Raft's core can wait behind a worker blocked in sled"
     );
     runtime.spawn(watch_for_stalls());
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Dropping the runtime would wait for every blocking task, and one stuck in a failed disk
+    // (a flush on a full filesystem) would keep a failed member's process alive for good.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keel: {e:#}");

@@ -341,7 +341,19 @@ impl NodeHandle {
             tracing::warn!("raft did not stop within 10 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.peer_server).await;
-        self.durability.sync()?;
+        // On a thread of its own and bounded: after a storage failure (a full disk), sled's flush
+        // can block for good, and a member that failed must still exit (t33 saw it hang).
+        let durability = self.durability.clone();
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || durability.sync()),
+        )
+        .await
+        {
+            Ok(Ok(synced)) => synced?,
+            Ok(Err(e)) => anyhow::bail!("the final sync panicked: {e}"),
+            Err(_) => anyhow::bail!("the final sync did not finish within 10 s"),
+        }
         tracing::info!(id = node.id, "node stopped");
         Ok(())
     }
