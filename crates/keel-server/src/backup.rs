@@ -56,24 +56,35 @@ pub async fn run(node: Arc<Node>, config: BackupConfig, mut stop: tokio::sync::w
     }
 }
 
+/// Why a scheduled backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// No snapshot could be had (not the leader, no quorum, ...).
+    #[error("{0}")]
+    Snapshot(#[from] crate::error::NodeError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the backup does not verify: {0}")]
+    Verify(#[from] keel_storage::SnapshotError),
+    #[error("the backup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Write one verified backup into `dir`; returns its path and size.
-pub async fn backup_once(node: &Node, dir: &Path) -> anyhow::Result<(PathBuf, u64)> {
+pub async fn backup_once(node: &Node, dir: &Path) -> Result<(PathBuf, u64), BackupError> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    let (revision, mut file) = node
-        .fresh_snapshot(deadline)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (revision, mut file) = node.fresh_snapshot(deadline).await?;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let name = format!("keel-{secs}-rev{revision}.snap");
     let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(PathBuf, u64)> {
+    tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), BackupError> {
         let result = (|| {
             let mut out = fs::File::create(&tmp)?;
             let bytes = io::copy(&mut file, &mut out)?;
             out.sync_all()?;
             drop(out);
-            keel_storage::restore::verify(&tmp).map_err(|e| anyhow::anyhow!("the backup does not verify: {e}"))?;
+            keel_storage::restore::verify(&tmp)?;
             fs::rename(&tmp, &path)?;
             fs::File::open(&dir)?.sync_all()?;
             Ok((path, bytes))

@@ -40,4 +40,4 @@ pub mod server;
 pub mod service;
 
 pub use config::Config;
-pub use server::{start, Listeners, NodeHandle};
+pub use server::{start, Listeners, NodeHandle, ServerError};

@@ -39,7 +39,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         signal = signal => {
             tracing::info!(signal, "shutting down");
-            handle.shutdown().await
+            Ok(handle.shutdown().await?)
         }
         why = handle.failed() => {
             // Best effort: the rest of the cluster carries on either way.

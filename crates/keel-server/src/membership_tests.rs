@@ -99,7 +99,7 @@ async fn lone_candidate(dir: &std::path::Path) -> anyhow::Result<crate::NodeHand
         client,
         metrics: None,
     };
-    crate::start(config, listeners).await
+    Ok(crate::start(config, listeners).await?)
 }
 
 /// Waits (at most `within`) until `node`'s term reaches `term`; false if it did not.
@@ -157,5 +157,5 @@ async fn a_removed_member_never_campaigns_again() -> anyhow::Result<()> {
         node.metrics().current_term
     );
     assert!(dir.path().join(keel_storage::datadir::REMOVED_MARKER).exists());
-    handle.shutdown().await
+    Ok(handle.shutdown().await?)
 }

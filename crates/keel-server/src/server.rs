@@ -27,6 +27,38 @@ use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use keel_storage::datadir::{self, Startup};
 
+/// Why a node could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Listen {
+        flag: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "data dir {} belongs to a member that was removed ({why}); to add this machine again, start it \
+         with an empty data dir and --join",
+        dir.display()
+    )]
+    Removed { dir: std::path::PathBuf, why: String },
+    #[error(transparent)]
+    DataDir(#[from] keel_storage::datadir::IdentityError),
+    #[error(transparent)]
+    Storage(#[from] keel_storage::OpenError),
+    #[error("data dir {}: {source}", dir.display())]
+    Io {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("shutdown: {0}")]
+    Shutdown(String),
+}
+
 /// The listeners of a node: two gRPC, and HTTP for metrics and probes (None: not served).
 pub struct Listeners {
     pub peer: TcpListener,
@@ -36,16 +68,15 @@ pub struct Listeners {
 
 impl Listeners {
     /// Bind the addresses of `config`.
-    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let peer = TcpListener::bind(config.peer_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on --peer-addr {}: {e}", config.peer_addr))?;
-        let client = TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on --client-addr {}: {e}", config.client_addr))?;
-        let metrics = TcpListener::bind(config.metrics_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", config.metrics_addr))?;
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        async fn bind(flag: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { flag, addr, source })
+        }
+        let peer = bind("--peer-addr", config.peer_addr).await?;
+        let client = bind("--client-addr", config.client_addr).await?;
+        let metrics = bind("--metrics-addr", config.metrics_addr).await?;
         Ok(Listeners {
             peer,
             client,
@@ -79,15 +110,17 @@ pub struct NodeHandle {
 }
 
 /// Open the data directory, start Raft and both gRPC servers.
-pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeHandle> {
+pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, ServerError> {
     if let Some(why) = datadir::removed(&config.data_dir) {
-        anyhow::bail!(
-            "data dir {} belongs to a member that was removed ({}); to add this machine again, start it \
-             with an empty data dir and --join",
-            config.data_dir.display(),
-            why.trim()
-        );
+        return Err(ServerError::Removed {
+            dir: config.data_dir.clone(),
+            why: why.trim().to_string(),
+        });
     }
+    let data_dir_error = |source| ServerError::Io {
+        dir: config.data_dir.clone(),
+        source,
+    };
     let (identity, startup) = datadir::check_or_create(
         &config.data_dir,
         config.id,
@@ -140,7 +173,8 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         max_in_snapshot_log_to_keep: 1000,
         ..Default::default()
     }
-    .validate()?;
+    .validate()
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
     let channels = Arc::new(PeerChannels::from_listen_addr(
         listeners.peer.local_addr().unwrap_or(config.peer_addr),
     ));
@@ -152,7 +186,9 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         cluster: cluster.clone(),
         disk: disk.clone(),
     };
-    let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.sm).await?;
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.sm)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     if let Startup::Bootstrap(members) = &startup {
         // Every initial member proposes the same membership (peer addresses only). Their index-0
@@ -164,17 +200,17 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(e))) => {
                 tracing::info!(reason = %e, "cluster already initialized")
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(ServerError::Raft(e.to_string())),
         }
         // Only now, with the initial membership and this node's vote on disk, does the identity
         // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere before this
         // leaves a node that initializes on its next start, not one that never does.
-        durability.sync()?;
+        durability.sync().map_err(data_dir_error)?;
         cluster.bootstrapped().map_err(|e| {
-            anyhow::anyhow!(
-                "data dir {}: cannot record the bootstrap: {e}",
-                config.data_dir.display()
-            )
+            data_dir_error(std::io::Error::new(
+                e.kind(),
+                format!("cannot record the bootstrap: {e}"),
+            ))
         })?;
     }
 
@@ -311,7 +347,7 @@ impl NodeHandle {
     }
 
     /// Stop gracefully: finish in-flight requests, stop Raft, flush. Bounded in time.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), ServerError> {
         let node = &self.node;
         // A leader first hands over to the most up-to-date voter, so clients see a pause of a
         // round trip or two rather than an election timeout plus a lease.
@@ -350,9 +386,13 @@ impl NodeHandle {
         )
         .await
         {
-            Ok(Ok(synced)) => synced?,
-            Ok(Err(e)) => anyhow::bail!("the final sync panicked: {e}"),
-            Err(_) => anyhow::bail!("the final sync did not finish within 10 s"),
+            Ok(Ok(synced)) => synced.map_err(|e| ServerError::Shutdown(format!("the final sync failed: {e}")))?,
+            Ok(Err(e)) => return Err(ServerError::Shutdown(format!("the final sync panicked: {e}"))),
+            Err(_) => {
+                return Err(ServerError::Shutdown(
+                    "the final sync did not finish within 10 s".into(),
+                ))
+            }
         }
         tracing::info!(id = node.id, "node stopped");
         Ok(())

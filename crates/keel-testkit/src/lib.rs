@@ -410,7 +410,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).context("no such node")?;
         match node.running.take() {
             Some(Running::Process(mut child)) => child.kill(),
-            Some(Running::InProcess(handle)) => handle.shutdown().await,
+            Some(Running::InProcess(handle)) => Ok(handle.shutdown().await?),
             None => Ok(()),
         }
     }
@@ -452,7 +452,7 @@ impl Cluster {
                 }
                 Ok(())
             }
-            Some(Running::InProcess(handle)) => handle.shutdown().await,
+            Some(Running::InProcess(handle)) => Ok(handle.shutdown().await?),
             None => Ok(()),
         }
     }
