@@ -55,7 +55,12 @@ impl Config {
             duration,
             settle: Duration::from_secs(6).min(duration / 3),
             schedule: Schedule::default(),
-            load: Load::default(),
+            load: Load {
+                // Runs longer than two minutes move to fresh keys every minute (see
+                // `Load::rotate_keys`).
+                rotate_keys: (duration > Duration::from_secs(120)).then_some(Duration::from_secs(60)),
+                ..Load::default()
+            },
         }
     }
 }
@@ -193,8 +198,12 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
 
     let checked = Instant::now();
     let linearizable = check_linearizable_with(&history, &CheckOptions::default()).map_err(|v| v.to_string());
+    // Every key the clients used (with rotating keys, more than `load.keys`), and the first set
+    // even if no operation reached it.
+    let mut keys: std::collections::BTreeSet<String> = history.ops.iter().map(|o| o.key.clone()).collect();
+    keys.extend(workload::key_names(config.load.keys, 0));
     let (no_lost_writes, replicas_agree) =
-        match workload::final_state(target.endpoints(), config.load.keys, Duration::from_secs(30)).await {
+        match workload::final_state(target.endpoints(), keys, Duration::from_secs(30)).await {
             Ok(state) => (
                 check_no_lost_writes(&history, &state).map_err(|v| v.to_string()),
                 replicas_agree(target.endpoints(), &state).await,

@@ -23,6 +23,11 @@ pub struct Load {
     pub timeout: Duration,
     /// Most operations one client issues (a bound besides time).
     pub max_ops_per_client: u64,
+    /// Move to a fresh set of keys this often (None: the same keys throughout). The checker's
+    /// search grows with the length of each key's history; a long run on the same keys (a
+    /// 30-minute soak holds ~60,000 operations per key) exhausts it, while fresh keys every
+    /// minute keep each history as checkable as a one-minute run's.
+    pub rotate_keys: Option<Duration>,
 }
 
 impl Default for Load {
@@ -32,13 +37,17 @@ impl Default for Load {
             keys: 8,
             timeout: Duration::from_secs(3),
             max_ops_per_client: 100_000,
+            rotate_keys: None,
         }
     }
 }
 
-/// The key names of a run.
-pub fn key_names(keys: usize) -> Vec<String> {
-    (0..keys).map(|k| format!("chaos/k{k}")).collect()
+/// The key names of a run's `epoch`-th key set (see [`Load::rotate_keys`]).
+pub fn key_names(keys: usize, epoch: u64) -> Vec<String> {
+    match epoch {
+        0 => (0..keys).map(|k| format!("chaos/k{k}")).collect(),
+        e => (0..keys).map(|k| format!("chaos/e{e}/k{k}")).collect(),
+    }
 }
 
 /// How an error ends a write: surely not applied, or maybe.
@@ -62,7 +71,11 @@ pub async fn client(
     acked: Arc<AtomicU64>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let keys = key_names(load.keys);
+    let started = std::time::Instant::now();
+    let epoch_of = |at: Duration| {
+        load.rotate_keys
+            .map_or(0, |every| (at.as_millis() / every.as_millis().max(1)) as u64)
+    };
     // Odd clients write without sessions and give up sooner: their timeouts leave writes whose
     // outcome is unknown, which the checker must place (or not) somewhere after invocation.
     let config = if process.is_multiple_of(2) {
@@ -79,7 +92,7 @@ pub async fn client(
         return;
     };
     // The value this client last saw on each key, for its compare-and-swaps.
-    let mut seen: HashMap<usize, Option<String>> = HashMap::new();
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) && seq < load.max_ops_per_client {
         if endpoints.has_changed().unwrap_or(false) {
@@ -89,15 +102,16 @@ pub async fn client(
             }
         }
         seq += 1;
-        let k = rng.random_range(0..keys.len());
-        let key = &keys[k];
+        let keys = key_names(load.keys, epoch_of(started.elapsed()));
+        let k = keys[rng.random_range(0..keys.len())].clone();
+        let key = &k;
         let value = format!("c{process}-{seq}");
         match rng.random_range(0..10) {
             0..=3 => {
                 let id = recorder.invoke(process, key.clone(), Op::Put(value.clone()));
                 let outcome = match client.put(key.clone(), value.clone()).await {
                     Ok(_) => {
-                        seen.insert(k, Some(value));
+                        seen.insert(k.clone(), Some(value));
                         Outcome::PutOk
                     }
                     Err(e) => write_outcome(&e),
@@ -112,7 +126,7 @@ pub async fn client(
                 let outcome = match client.get(key.clone()).await {
                     Ok(kv) => {
                         let v = kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-                        seen.insert(k, v.clone());
+                        seen.insert(k.clone(), v.clone());
                         Outcome::GetOk(v)
                     }
                     Err(_) => Outcome::Failed,
@@ -129,7 +143,7 @@ pub async fn client(
                 let outcome = match client.txn(cas(key, expect.as_deref(), &value)).await {
                     Ok(r) => {
                         if r.succeeded {
-                            seen.insert(k, Some(value));
+                            seen.insert(k.clone(), Some(value));
                         } else {
                             seen.remove(&k);
                         }
@@ -175,16 +189,16 @@ fn cas(key: &str, expect: Option<&str>, new: &str) -> TxnRequest {
     }
 }
 
-/// Read every key linearizably, retrying until `timeout`.
+/// Read every one of `keys` linearizably, retrying until `timeout`.
 pub async fn final_state(
     endpoints: Vec<String>,
-    keys: usize,
+    keys: impl IntoIterator<Item = String>,
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, Option<String>>> {
     let client = Client::connect(endpoints, ClientConfig::with_timeout(Duration::from_secs(2))).await?;
     let deadline = Instant::now() + timeout;
     let mut state = BTreeMap::new();
-    for key in key_names(keys) {
+    for key in keys {
         let value = loop {
             match client.get(key.clone()).await {
                 Ok(kv) => break kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
