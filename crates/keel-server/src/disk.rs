@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub struct DiskSpace {
     free: AtomicU64,
     /// Peers' alarms as their latest replies to this member said.
     peers: Mutex<HashMap<NodeId, bool>>,
+    /// How many of `peers` are full, so that the write path asks without a lock.
+    full_peers: AtomicUsize,
 }
 
 impl DiskSpace {
@@ -71,6 +73,7 @@ impl DiskSpace {
             full: AtomicBool::new(false),
             free: AtomicU64::new(u64::MAX),
             peers: Mutex::default(),
+            full_peers: AtomicUsize::new(0),
         };
         disk.check();
         Arc::new(disk)
@@ -143,17 +146,20 @@ impl DiskSpace {
 
     /// Is this member's alarm, or any peer's it heard of, raised?
     pub fn any_alarm(&self) -> bool {
-        self.is_full() || {
-            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            peers.values().any(|full| *full)
-        }
+        self.is_full() || self.full_peers.load(Ordering::Acquire) > 0
     }
 
     /// A peer's reply said whether its alarm is raised.
     pub fn record_peer(&self, id: NodeId, full: bool) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if peers.insert(id, full) != Some(full) && full {
-            tracing::warn!(member = id, "member {id} reports a full disk");
+        let was = peers.insert(id, full).unwrap_or(false);
+        if was != full {
+            if full {
+                self.full_peers.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(member = id, "member {id} reports a full disk");
+            } else {
+                self.full_peers.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -251,6 +257,7 @@ mod tests {
             full: AtomicBool::new(full),
             free: AtomicU64::new(0),
             peers: Mutex::default(),
+            full_peers: AtomicUsize::new(0),
         }
     }
 
@@ -259,6 +266,8 @@ mod tests {
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         let d = disk(1, Path::new("/data"), 1 << 20, false);
         assert_eq!(d.check_write(&voters), Ok(()));
+        d.record_peer(2, false);
+        assert!(!d.any_alarm());
         d.record_peer(2, true);
         assert_eq!(d.check_write(&voters), Ok(()));
         d.record_peer(3, true);
@@ -268,6 +277,7 @@ mod tests {
                 "disk full on members 2, 3: fewer than a majority of the 3 voters can take new entries".into()
             ))
         );
+        assert!(d.any_alarm());
         d.record_peer(3, false);
         assert_eq!(d.check_write(&voters), Ok(()));
         // A full peer that is not a voter does not count.

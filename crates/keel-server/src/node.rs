@@ -426,6 +426,14 @@ impl Node {
         result
     }
 
+    /// The highest applied index: the state machine's own count, or openraft's metric if that is
+    /// ahead. openraft answers each write as soon as its entry is applied but reports the apply
+    /// round's progress after the round, so its metric alone could lag writes clients already
+    /// have answers for (a follower "at" it would not yet hold them).
+    pub fn applied_index(&self, m: &RaftMetrics) -> u64 {
+        self.reader.applied_index().max(m.last_applied.map_or(0, |l| l.index))
+    }
+
     /// Refuse a write that could not commit for want of disk space (see `disk.rs`).
     fn check_disk_space(&self) -> Result<(), NodeError> {
         if !self.disk.any_alarm() {

@@ -51,6 +51,11 @@ pub enum ServerError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("data dir {}: cannot record the bootstrap: {source}", dir.display())]
+    Bootstrap {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("raft: {0}")]
     Raft(String),
     #[error("gRPC reflection: {0}")]
@@ -206,11 +211,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere before this
         // leaves a node that initializes on its next start, not one that never does.
         durability.sync().map_err(data_dir_error)?;
-        cluster.bootstrapped().map_err(|e| {
-            data_dir_error(std::io::Error::new(
-                e.kind(),
-                format!("cannot record the bootstrap: {e}"),
-            ))
+        cluster.bootstrapped().map_err(|source| ServerError::Bootstrap {
+            dir: config.data_dir.clone(),
+            source,
         })?;
     }
 

@@ -162,11 +162,7 @@ impl Cluster for ClusterService {
                 term: m.current_term,
                 leader_id: m.current_leader.unwrap_or(0),
                 last_log_index: last_log,
-                // The state machine's own count, not openraft's metric: openraft answers each
-                // write as soon as its entry is applied but reports the apply round's progress
-                // after the round, so a client that has its answer could otherwise read an older
-                // index here (and a follower "at" it would not yet hold the write).
-                applied_index: node.reader.applied_index().max(m.last_applied.map_or(0, |l| l.index)),
+                applied_index: node.applied_index(&m),
                 db_size: node.reader.db_size(),
                 key_count: node.reader.key_count(),
                 version: env!("CARGO_PKG_VERSION").to_string(),

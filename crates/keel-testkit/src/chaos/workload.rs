@@ -44,9 +44,14 @@ impl Default for Load {
 
 /// The key names of a run's `epoch`-th key set (see [`Load::rotate_keys`]).
 pub fn key_names(keys: usize, epoch: u64) -> Vec<String> {
+    (0..keys).map(|k| key_name(k, epoch)).collect()
+}
+
+/// Key `k` of the `epoch`-th key set.
+fn key_name(k: usize, epoch: u64) -> String {
     match epoch {
-        0 => (0..keys).map(|k| format!("chaos/k{k}")).collect(),
-        e => (0..keys).map(|k| format!("chaos/e{e}/k{k}")).collect(),
+        0 => format!("chaos/k{k}"),
+        e => format!("chaos/e{e}/k{k}"),
     }
 }
 
@@ -102,8 +107,7 @@ pub async fn client(
             }
         }
         seq += 1;
-        let keys = key_names(load.keys, epoch_of(started.elapsed()));
-        let k = keys[rng.random_range(0..keys.len())].clone();
+        let k = key_name(rng.random_range(0..load.keys), epoch_of(started.elapsed()));
         let key = &k;
         let value = format!("c{process}-{seq}");
         match rng.random_range(0..10) {
