@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use keel_testkit::chaos::{self, Fault, Report, Target};
 use keel_testkit::compose::{self, Compose};
+use keel_testkit::history::{check_linearizable_with, CheckOptions, History};
 use keel_testkit::{Backend, Cluster, Options};
 
 #[derive(Parser, Debug)]
@@ -52,6 +53,13 @@ struct Args {
     /// Where failed runs leave their node logs and history.
     #[arg(long, default_value = "target/chaos")]
     artifacts: PathBuf,
+    /// Run nothing: check a history that a failed run kept (its `history.jsonl`) again, with
+    /// `--max-steps` search steps per key.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// Search steps per key for `--check`.
+    #[arg(long, default_value_t = CheckOptions::default().max_steps_per_key)]
+    max_steps: u64,
 }
 
 fn parse_faults(s: &str) -> Result<Fault, String> {
@@ -138,13 +146,15 @@ fn lazy_disks_here() -> bool {
     why.is_none()
 }
 
-/// Keep what a failed run leaves behind: every node's log and the report.
+/// Keep what a failed run leaves behind: every node's log, the report and the history.
 fn keep_artifacts(args: &Args, report: &Report, logs: Vec<(String, String)>) {
     let dir = args.artifacts.join(format!("seed-{}", report.seed));
     let result = std::fs::create_dir_all(&dir).and_then(|()| {
         for (name, text) in &logs {
             std::fs::write(dir.join(name), text)?;
         }
+        let history = std::fs::File::create(dir.join("history.jsonl"))?;
+        report.history.write_jsonl(std::io::BufWriter::new(history))?;
         std::fs::File::create(dir.join("report.txt"))?.write_all(report.to_string().as_bytes())
     });
     match result {
@@ -153,9 +163,46 @@ fn keep_artifacts(args: &Args, report: &Report, logs: Vec<(String, String)>) {
     }
 }
 
+/// `--check FILE`: the linearizability verdict on a kept history. Exit status 0 if it holds, 1
+/// if not (or the search gave up), 2 if the file cannot be read.
+fn check_file(path: &std::path::Path, max_steps: u64) -> ExitCode {
+    let history = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| History::read_jsonl(std::io::BufReader::new(f)));
+    let history = match history {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("keel-chaos: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let verdict = check_linearizable_with(
+        &history,
+        &CheckOptions {
+            max_steps_per_key: max_steps,
+        },
+    );
+    let took = started.elapsed().as_secs_f64();
+    println!("{} operations checked in {took:.2} s", history.ops.len());
+    match verdict {
+        Ok(()) => {
+            println!("linearizable: yes");
+            ExitCode::SUCCESS
+        }
+        Err(v) => {
+            println!("linearizable: NO: {v}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.check {
+        return check_file(path, args.max_steps);
+    }
     let first = args.seed.unwrap_or_else(random_seed);
     let mut summary = Vec::new();
     for run in 0..args.runs {

@@ -107,6 +107,8 @@ pub struct Report {
     pub check_time: Duration,
     /// Each member's memory and open files over the run.
     pub resources: Resources,
+    /// Every operation the clients recorded, for `keel-chaos --check` after a failed run.
+    pub history: History,
 }
 
 impl Report {
@@ -226,6 +228,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         replicas_agree,
         check_time: checked.elapsed(),
         resources: nemesis.resources,
+        history,
     })
 }
 

@@ -253,10 +253,30 @@ impl KOp<'_> {
     fn is_read_only(&self) -> bool {
         matches!(self.effect, Effect::Read(_) | Effect::NotSwapped { .. })
     }
+
+    /// The value whose presence this operation tests, if any: it needs (or, for a swap that
+    /// did not happen, rules out) that value at its linearization point.
+    fn observes(&self) -> Option<Val> {
+        match self.effect {
+            Effect::Read(v) => Some(v),
+            Effect::Swapped { expect, .. } | Effect::NotSwapped { expect } | Effect::MaybeSwap { expect, .. } => {
+                Some(expect)
+            }
+            Effect::Write(_) => None,
+        }
+    }
+
+    /// For an optional (unknown) write, the value it would write.
+    fn optional_write(&self) -> Option<Val> {
+        match (self.ret, self.effect) {
+            (None, Effect::Write(v) | Effect::MaybeSwap { new: v, .. }) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// Prepare the operations of one key: drop what constrains nothing and intern values.
-fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>, prune: bool) -> Vec<KOp<'a>> {
+fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>) -> Vec<KOp<'a>> {
     let mut kops = Vec::new();
     for o in ops {
         let effect = match (&o.op, &o.outcome) {
@@ -286,28 +306,6 @@ fn prepare<'a>(ops: &[&'a Operation], names: &mut Interner<'a>, prune: bool) -> 
             invoke: o.invoke,
             ret,
             effect,
-        });
-    }
-    // An unknown write of a value nobody observed (no read returned it, no compare-and-swap
-    // expected it) is a candidate for pruning: a linearization of the rest is one of the whole
-    // in which it never took effect. The converse can fail only through a compare-and-swap that
-    // did not swap, which the unobserved value may be needed to explain; so `check_key` searches
-    // the pruned operations first and falls back to all of them if that finds no order. This
-    // keeps writes lost to crashes from multiplying the search.
-    if prune {
-        let mut observed = HashSet::new();
-        for k in &kops {
-            match k.effect {
-                Effect::Read(v) => observed.insert(v),
-                Effect::Swapped { expect, .. } | Effect::MaybeSwap { expect, .. } | Effect::NotSwapped { expect } => {
-                    observed.insert(expect)
-                }
-                Effect::Write(_) => false,
-            };
-        }
-        kops.retain(|k| match k.effect {
-            Effect::Write(v) | Effect::MaybeSwap { new: v, .. } if k.ret.is_none() => observed.contains(&v),
-            _ => true,
         });
     }
     // The search walks operations in invocation order.
@@ -390,18 +388,39 @@ impl Links {
     }
 }
 
-/// Operations that can be linearized next from `state`: those invoked before the earliest
-/// return among the required operations left (that one must precede anything invoked after it
-/// returned) and that can take effect. Required ones come first, optional (unknown) ones last,
-/// so that histories where unknown writes did not apply are found quickly.
+/// Operations that can be linearized next from `state`: those in the window (invoked before
+/// the earliest return among the required operations left, which must precede anything invoked
+/// after it returned) that can take effect. Required ones come first, optional (unknown) ones
+/// last, so that histories where unknown writes did not apply are found quickly.
 ///
 /// If a read-only operation can take effect now, it is the only candidate: linearizing it now
 /// rather than later changes no value and only removes a constraint, and it cannot have to
 /// follow any operation left (it was invoked before they all returned), so no linearization is
 /// lost.
-fn candidates(kops: &[KOp<'_>], links: &Links, state: Val) -> Vec<usize> {
+///
+/// **Unknown writes wait until they are needed.** Since values are written once, an unknown
+/// write of `v` in a linearization is followed, up to the first operation that needs `v` (a
+/// read of it, a compare-and-swap expecting it), only by swaps that did not happen. So it can
+/// be moved to just before that first operation, or to just before the first of those swaps
+/// that needs the value it replaced (a swap whose `expect` is the value before the write): the
+/// operations it passes see the old value, which none of them rules out. Either operation is in
+/// the window at that point, since it comes next. So an unknown write is offered only while an
+/// operation in the window needs its value, or a swap that did not happen is blocked by the
+/// current value. Without this rule, every unknown write that some later read observed made
+/// "linearized yet or not" a choice at every step from its invocation to that read, and the
+/// states to explore doubled with each (a 30-minute soak's histories ran out of steps).
+///
+/// **Dead writes.** An unknown write whose value no operation left tests (`observers` is 0) can
+/// only ever matter to a blocked swap, and two of them are interchangeable once both are
+/// candidates (they stay candidates, the limit only grows, and nothing tells their values
+/// apart). So only the first dead put is offered, and the first dead unknown compare-and-swap
+/// that can take effect (at most one whose `expect` is the current value ever can).
+fn candidates(kops: &[KOp<'_>], links: &Links, state: Val, observers: &[u32]) -> Vec<usize> {
     let limit = links.first_return().and_then(|i| kops[i].ret).unwrap_or(u64::MAX);
-    let (mut required, mut optional) = (Vec::new(), Vec::new());
+    let mut window = Vec::new();
+    // Values that some operation in the window needs present.
+    let mut needed = Vec::new();
+    let mut blocked = false;
     let mut i = links.next[links.n];
     while i != links.n {
         let k = &kops[i];
@@ -409,19 +428,40 @@ fn candidates(kops: &[KOp<'_>], links: &Links, state: Val) -> Vec<usize> {
         if k.invoke > limit {
             break;
         }
-        if k.apply(state).is_some() {
-            if k.is_read_only() {
-                return vec![i];
+        match (k.apply(state), k.effect) {
+            (Some(_), _) if k.is_read_only() => return vec![i],
+            (None, Effect::NotSwapped { .. }) => blocked = true,
+            (_, Effect::Read(v) | Effect::Swapped { expect: v, .. } | Effect::MaybeSwap { expect: v, .. }) => {
+                needed.push(v)
             }
-            if k.ret.is_some() {
-                required.push(i);
-            } else {
-                optional.push(i);
-            }
+            _ => {}
         }
+        window.push(i);
         i = links.next[i];
     }
-    required.extend(optional);
+    let (mut required, mut optional) = (Vec::new(), Vec::new());
+    let (mut dead_put, mut dead_swap) = (None, None);
+    for i in window {
+        let k = &kops[i];
+        if k.apply(state).is_none() {
+            continue;
+        }
+        let Some(v) = k.optional_write() else {
+            required.push(i);
+            continue;
+        };
+        if needed.contains(&v) {
+            optional.push(i);
+        } else if !blocked {
+        } else if observers[v as usize] > 0 {
+            optional.push(i);
+        } else if matches!(k.effect, Effect::Write(_)) {
+            dead_put.get_or_insert(i);
+        } else {
+            dead_swap.get_or_insert(i);
+        }
+    }
+    required.extend(optional.into_iter().chain(dead_put).chain(dead_swap));
     required
 }
 
@@ -443,27 +483,23 @@ struct Deepest {
 /// Wing & Gong's search with Lowe's memoization, for one key: depth-first, linearizing one
 /// candidate at a time and backtracking when none is left, while remembering every (set of
 /// linearized operations, value) already explored, since the rest of the search depends on
-/// nothing else.
+/// nothing else. Values that no operation left tests are all one value to the rest of the
+/// search, so the memo does not tell them apart.
 fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Result<(), Violation> {
-    let pruned = search_key(key, ops, max_steps, true);
-    // Only a pruned search that dropped something can be wrong where the full one is right.
-    let dropped_any = || {
-        let mut names = Interner::default();
-        prepare(ops, &mut names, true).len() != prepare(ops, &mut names, false).len()
-    };
-    match pruned {
-        Err(_) if dropped_any() => search_key(key, ops, max_steps, false),
-        result => result,
-    }
-}
-
-fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Result<(), Violation> {
     let mut names = Interner::default();
-    let kops = prepare(ops, &mut names, prune);
+    let kops = prepare(ops, &mut names);
     let total_required = kops.iter().filter(|k| k.ret.is_some()).count();
     if total_required == 0 {
         return Ok(());
     }
+    // How many operations left test each value.
+    let mut observers = vec![0u32; names.names.len() + 1];
+    for k in &kops {
+        if let Some(v) = k.observes() {
+            observers[v as usize] += 1;
+        }
+    }
+    let untested = Val::MAX;
     let mut links = Links::new(&kops);
     let mut linearized = vec![0u64; kops.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, Val)> = HashSet::new();
@@ -471,7 +507,7 @@ fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Res
     let mut required_done = 0;
     let mut steps = 0u64;
     let mut frames = vec![Frame {
-        candidates: candidates(&kops, &links, state),
+        candidates: candidates(&kops, &links, state, &observers),
         next: 0,
         entered_by: None,
     }];
@@ -490,6 +526,9 @@ fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Res
             let required = kops[undo].ret.is_some();
             links.restore(undo, required);
             linearized[undo / 64] &= !(1 << (undo % 64));
+            if let Some(v) = kops[undo].observes() {
+                observers[v as usize] += 1;
+            }
             required_done -= usize::from(required);
             state = before;
             continue;
@@ -504,8 +543,20 @@ fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Res
         }
         let Some(after) = kops[c].apply(state) else { continue };
         linearized[c / 64] |= 1 << (c % 64);
-        if !seen.insert((linearized.clone(), after)) {
+        let observed = kops[c].observes();
+        if let Some(v) = observed {
+            observers[v as usize] -= 1;
+        }
+        let memo = if observers[after as usize] == 0 {
+            untested
+        } else {
+            after
+        };
+        if !seen.insert((linearized.clone(), memo)) {
             linearized[c / 64] &= !(1 << (c % 64));
+            if let Some(v) = observed {
+                observers[v as usize] += 1;
+            }
             continue;
         }
         let required = kops[c].ret.is_some();
@@ -517,7 +568,7 @@ fn search_key(key: &str, ops: &[&Operation], max_steps: u64, prune: bool) -> Res
             return Ok(());
         }
         frames.push(Frame {
-            candidates: candidates(&kops, &links, state),
+            candidates: candidates(&kops, &links, state, &observers),
             next: 0,
             entered_by: Some((c, before)),
         });

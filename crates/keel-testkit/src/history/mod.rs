@@ -25,11 +25,14 @@
 //! `invoke`, its tick is smaller, which is all real-time order needs.
 
 mod check;
+mod file;
 mod record;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 pub use check::{check_linearizable, check_linearizable_with, check_no_lost_writes, CheckOptions};
 pub use record::Recorder;
@@ -38,7 +41,7 @@ pub use record::Recorder;
 pub type ProcessId = u64;
 
 /// Identifies an operation; the recorder numbers operations 0, 1, 2… in invocation order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OpId(pub usize);
 
 impl fmt::Display for OpId {
@@ -48,7 +51,7 @@ impl fmt::Display for OpId {
 }
 
 /// What a client asked for, on one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put(String),
     Get,
@@ -60,7 +63,7 @@ pub enum Op {
 }
 
 /// How an operation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A put was acknowledged.
     PutOk,
@@ -75,7 +78,7 @@ pub enum Outcome {
 }
 
 /// One recorded operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     pub id: OpId,
     pub process: ProcessId,
@@ -112,7 +115,7 @@ impl fmt::Display for Operation {
 }
 
 /// Everything that happened in a test, in no particular order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub ops: Vec<Operation>,
 }
