@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod proposer;
+pub mod raft;
 pub mod server;
 pub mod service;
 

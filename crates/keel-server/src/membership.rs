@@ -310,7 +310,7 @@ impl Node {
             .transfer_leader(target)
             .await
             .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))?;
-        let changed = |m: &crate::node::RaftMetrics| m.current_leader.is_some() && m.current_leader != Some(self.id);
+        let changed = |m: &crate::raft::RaftMetrics| m.current_leader.is_some() && m.current_leader != Some(self.id);
         // The target campaigns as soon as it has the entries it was sent: an election timeout is
         // ample. If it has not won by then, it cannot (paused, cut off, or stopped): another
         // voter campaigns instead (see the module doc).
@@ -433,7 +433,7 @@ struct RemovalWatch {
 
 impl RemovalWatch {
     /// Is `id` no longer in the committed membership, having been in it?
-    fn removed(&mut self, id: NodeId, m: &crate::node::RaftMetrics) -> bool {
+    fn removed(&mut self, id: NodeId, m: &crate::raft::RaftMetrics) -> bool {
         // Indexes suffice: an applied entry is committed and never replaced.
         let config_index = m.membership_config.log_id().as_ref().map(|l| l.index);
         let applied_index = m.last_applied.as_ref().map(|l| l.index);

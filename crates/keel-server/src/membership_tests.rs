@@ -7,7 +7,7 @@ use keel_storage::log_id_at as log_id;
 use keel_storage::{Member, NodeId};
 use openraft::{Membership, StoredMembership};
 
-use crate::node::RaftMetrics;
+use crate::raft::RaftMetrics;
 
 use super::RemovalWatch;
 

@@ -23,18 +23,17 @@ use std::time::{Duration, Instant};
 
 use keel_proto::raft::RaftRequest;
 use keel_proto::v1::ResponseHeader;
-use keel_storage::{codec, KvReader, Limits, Member, NodeId, Request, Response, TypeConfig};
+use keel_storage::{codec, KvReader, Limits, Member, NodeId, Request, Response};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, Instant as _, LinearizerOption, ServerState};
+use openraft::{ChangeMembers, Instant as _, LinearizerOption};
 
 use crate::coalesce::Coalescer;
 use crate::error::NodeError;
 use crate::forward::{ForwardReply, ForwardRequest};
 use crate::peer::client::{never_sent, PeerChannels};
 
-pub type Raft = openraft::Raft<TypeConfig, keel_storage::StateMachine>;
-pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+pub use crate::raft::{Raft, RaftMetrics};
 
 /// A running node, shared by its services.
 pub struct Node {
@@ -689,15 +688,4 @@ impl Node {
 
 fn millis_until(deadline: Instant) -> u64 {
     deadline.saturating_duration_since(Instant::now()).as_millis() as u64
-}
-
-/// A short name for a server state, as shown by `keelctl status`.
-pub fn role_name(m: &RaftMetrics) -> &'static str {
-    match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }

@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::NodeError;
 use crate::metrics::Metrics;
-use crate::node::Raft;
+use crate::raft::Raft;
 
 /// Proposals outstanding at once. Two keep the leader's log busy while the previous entry is
 /// replicated and applied; more would only split the queue into smaller entries, each of which

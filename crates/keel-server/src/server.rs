@@ -13,16 +13,16 @@ use keel_proto::v1::cluster_server::ClusterServer;
 use keel_proto::v1::kv_server::KvServer;
 use keel_storage::{Member, SmConfig, StoreConfig};
 use openraft::async_runtime::WatchReceiver;
-use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
-use crate::node::{Node, Raft};
+use crate::node::Node;
 use crate::peer::client::{Network, PeerChannels};
 use crate::peer::service::PeerService;
+use crate::raft::Raft;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use keel_storage::datadir::{self, Startup};
@@ -151,35 +151,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let log_stats = store.log.stats();
     let durability = store.durability.clone();
 
-    let raft_config = openraft::Config {
-        cluster_name: config.cluster_token.clone(),
-        heartbeat_interval: config.heartbeat.as_millis() as u64,
-        election_timeout_min: config.election_timeout.0.as_millis() as u64,
-        election_timeout_max: config.election_timeout.1.as_millis() as u64,
-        // Snapshots stream over one RPC; give large ones time.
-        install_snapshot_timeout: 10 * 60 * 1000,
-        // Entries are up to a 64 KiB batch each, and the log reader returns at most 1 MiB per
-        // AppendEntries anyway (keel-storage's REPLICATION_BATCH_BYTES); this bounds the reads
-        // of a new leader's first probes of its followers.
-        max_payload_entries: 256,
-        // A member that stalled (paused, overloaded) and missed heartbeats first asks whether it
-        // could win; members that still hear from the leader say no, so it does not disrupt the
-        // leader with a higher term. Peers carry the PreVote RPC (peer/client.rs).
-        enable_pre_vote: Some(true),
-        // A restarted leader campaigns like everyone else. openraft 0.10 lets it resume in the
-        // same term by default, but its log lost whatever it had not synced when the power went
-        // (the pipelined leader commits on its followers' acknowledgements before its own flush),
-        // and as leader of the same term it wrote new entries under those lost entries' log ids:
-        // followers kept the old ones, which matched by term and index, and applied different
-        // writes (t31_power_loss: an acknowledged write missing on one member, a different one
-        // in its place). A new term gives every new entry a log id no one has seen.
-        enable_leader_restore: Some(false),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-        max_in_snapshot_log_to_keep: 1000,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let raft_config = crate::raft::config(&config).map_err(ServerError::Raft)?;
     let channels = Arc::new(PeerChannels::from_listen_addr(
         listeners.peer.local_addr().unwrap_or(config.peer_addr),
     ));
@@ -196,20 +168,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     if let Startup::Bootstrap(members) = &startup {
-        // Every initial member proposes the same membership (peer addresses only). Their index-0
-        // entries differ only in the log id's node (openraft 0.10 names the member that wrote
-        // it), and the first leader's replaces the others'. Each member then publishes its client
-        // address itself.
-        match raft.initialize(Member::from_peers(members)).await {
-            Ok(()) => tracing::info!(cluster_id = %identity.cluster_id, "initialized a new cluster"),
-            Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(e))) => {
-                tracing::info!(reason = %e, "cluster already initialized")
-            }
-            Err(e) => return Err(ServerError::Raft(e.to_string())),
-        }
+        crate::raft::initialize(&raft, members, &identity.cluster_id)
+            .await
+            .map_err(ServerError::Raft)?;
         // Only now, with the initial membership and this node's vote on disk, does the identity
-        // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere before this
-        // leaves a node that initializes on its next start, not one that never does.
+        // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere
+        // before this leaves a node that initializes on its next start, not one that never does.
         durability.sync().map_err(data_dir_error)?;
         cluster.bootstrapped().map_err(|source| ServerError::Bootstrap {
             dir: config.data_dir.clone(),

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 use super::{deadline, fail, respond};
 use crate::error::NodeError;
 use crate::forward::{ForwardReply, ForwardRequest};
-use crate::node::{role_name, Node};
+use crate::node::Node;
+use crate::raft::role_name;
 
 pub struct ClusterService {
     pub node: Arc<Node>,
