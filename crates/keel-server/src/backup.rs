@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::BackupConfig;
+use crate::error::NodeError;
 use crate::node::Node;
 
 /// Take backups until `stop` fires.
@@ -123,6 +124,45 @@ pub fn prune(dir: &Path, retain: usize) -> io::Result<()> {
         fs::remove_file(path)?;
     }
     Ok(())
+}
+
+impl Node {
+    /// On the leader: build a snapshot of everything applied so far and open it. Returns the
+    /// snapshot's revision and the file (which stays readable if a newer snapshot replaces it).
+    pub async fn fresh_snapshot(&self, deadline: Instant) -> Result<(u64, std::fs::File), NodeError> {
+        self.check_leader_with_quorum()?;
+        let target = self.metrics().last_applied;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Internal(format!("cannot start a snapshot: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = self.raft.wait(Some(left));
+        match wait.metrics(|m| m.snapshot >= target, "snapshot built").await {
+            Ok(_) => {}
+            Err(openraft::metrics::WaitError::Timeout(..)) => {
+                return Err(NodeError::DeadlineExceeded(
+                    "deadline exceeded while the snapshot was being built".into(),
+                ))
+            }
+            Err(e) => return Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
+        }
+        let (_, file) = self
+            .reader
+            .current_snapshot()
+            .map_err(|e| NodeError::Internal(format!("cannot open the snapshot: {e}")))?
+            .ok_or_else(|| NodeError::Internal("no snapshot after building one".into()))?;
+        let header = keel_storage::SnapshotReader::open(std::io::BufReader::new(
+            file.try_clone().map_err(|e| NodeError::Internal(e.to_string()))?,
+        ))
+        .map_err(|e| NodeError::Internal(format!("the snapshot just built does not read back: {e}")))?
+        .1;
+        use std::io::Seek;
+        let mut file = file;
+        file.rewind().map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok((header.revision, file))
+    }
 }
 
 #[cfg(test)]

@@ -167,10 +167,10 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
     pub snapshot_logs: u64,
-    pub batch: crate::proposer::BatchLimits,
+    pub batch: BatchLimits,
     pub history_revisions: u64,
     pub cache_bytes: u64,
-    /// Free bytes kept on the data dir's filesystem (see `disk.rs`); 0: not checked.
+    /// Free bytes kept on the data dir's filesystem (see `disk/`); 0: not checked.
     pub min_free_bytes: u64,
     pub limits: keel_storage::Limits,
     pub backup: Option<BackupConfig>,
@@ -330,20 +330,20 @@ impl Config {
         let max_batch = flags
             .max_batch
             .or(file.max_batch)
-            .unwrap_or(crate::proposer::BatchLimits::default().max_requests);
+            .unwrap_or(BatchLimits::default().max_requests);
         if !(1..=4096).contains(&max_batch) {
             return Err(err(format!("--max-batch must be between 1 and 4096, got {max_batch}")));
         }
         let max_queued = flags
             .max_queued_writes
             .or(file.max_queued_writes)
-            .unwrap_or(crate::proposer::BatchLimits::default().max_queued);
+            .unwrap_or(BatchLimits::default().max_queued);
         if !(1..=1_000_000).contains(&max_queued) {
             return Err(err(format!(
                 "--max-queued-writes must be between 1 and 1000000, got {max_queued}"
             )));
         }
-        let batch = crate::proposer::BatchLimits {
+        let batch = BatchLimits {
             max_requests: max_batch,
             max_queued,
             ..Default::default()
@@ -564,6 +564,30 @@ mod tests {
             "log_level",
         ] {
             assert!(text.contains(&format!("{key} = ")), "template does not document {key}");
+        }
+    }
+}
+
+/// How large batches may grow, and how many writes may wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Requests per entry; 1 turns batching off.
+    pub max_requests: usize,
+    /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
+    /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
+    pub max_bytes: usize,
+    /// Writes the proposer holds at once, queued or proposed and not yet answered; more are
+    /// refused. The default is some 40 full batches: far more than a leader commits while a
+    /// client waits, and a bound on the memory writes can take when commits stall.
+    pub max_queued: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_requests: 256,
+            max_bytes: 64 * 1024,
+            max_queued: 10_000,
         }
     }
 }

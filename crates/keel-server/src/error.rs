@@ -28,7 +28,7 @@ pub enum NodeError {
     Unknown(String),
     #[error("{0}")]
     Internal(String),
-    /// A member's disk is full (see `disk.rs`); nothing was proposed, retry later. Last, so that
+    /// A member's disk is full (see `disk/`); nothing was proposed, retry later. Last, so that
     /// the variants before it keep their encoding between members.
     #[error("{0}")]
     ResourceExhausted(String),

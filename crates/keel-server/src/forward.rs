@@ -53,3 +53,34 @@ pub enum ForwardReply {
     /// The leader after a transfer.
     Leader(NodeId),
 }
+
+/// Each takes apart the reply its request expects, or hands the reply back (for the error).
+impl ForwardReply {
+    pub fn into_write(self) -> Result<Response, ForwardReply> {
+        match self {
+            ForwardReply::Write(r) => Ok(r),
+            other => Err(other),
+        }
+    }
+
+    pub fn into_read_index(self) -> Result<u64, ForwardReply> {
+        match self {
+            ForwardReply::ReadIndex(i) => Ok(i),
+            other => Err(other),
+        }
+    }
+
+    pub fn into_done(self) -> Result<(), ForwardReply> {
+        match self {
+            ForwardReply::Done => Ok(()),
+            other => Err(other),
+        }
+    }
+
+    pub fn into_leader(self) -> Result<NodeId, ForwardReply> {
+        match self {
+            ForwardReply::Leader(id) => Ok(id),
+            other => Err(other),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! learner, not removed, not shutting down), it knows a leader (a leader: one that a quorum has
 //! acknowledged within the last election timeout), and it has applied everything that was
 //! committed when it started, so a restarted member does not serve while it replays its log.
-//! A member whose disk alarm is raised (see `disk.rs`) is not ready either: it takes no writes.
+//! A member whose disk alarm is raised (see `disk/`) is not ready either: it takes no writes.
 //! `/readyz` answers with the reason when it is not; grpc.health.v1 reports SERVING or
 //! NOT_SERVING for the whole server and for `keel.v1.KV`.
 

@@ -1,5 +1,5 @@
 //! Planned changes to a running cluster, run on the leader: adding, promoting and removing
-//! members, and handing leadership to another voter.
+//! members, handing leadership to another voter, and each member publishing its own addresses.
 //!
 //! Every change is checked before it is proposed, and refused with `FailedPrecondition` and a
 //! message naming the reason: a duplicate id or address, promoting a learner that is far behind,
@@ -21,6 +21,7 @@
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_storage::{Member, NodeId};
@@ -28,7 +29,8 @@ use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
 use crate::error::NodeError;
-use crate::forward::ForwardRequest;
+use crate::forward::{ForwardReply, ForwardRequest};
+use crate::node::leader::millis_until;
 use crate::node::Node;
 
 /// A learner more than this many entries behind the leader is not promoted.
@@ -106,6 +108,51 @@ impl Drop for TransferGuard<'_> {
 }
 
 impl Node {
+    /// Add `id` as a learner, through whichever member leads.
+    pub async fn add_learner(&self, id: NodeId, member: Member, deadline: Instant) -> Result<(), NodeError> {
+        let remote = || ForwardRequest::AddLearner {
+            id,
+            member: member.clone(),
+        };
+        let local = || self.add_learner_local(id, member.clone());
+        self.on_leader(deadline, local, remote, ForwardReply::into_done).await
+    }
+
+    /// Make learner `id` a voter, through whichever member leads.
+    pub async fn promote(&self, id: NodeId, deadline: Instant) -> Result<(), NodeError> {
+        let remote = || ForwardRequest::Promote { id };
+        self.on_leader(deadline, || self.promote_local(id), remote, ForwardReply::into_done)
+            .await
+    }
+
+    /// Remove member `id`, through whichever member leads.
+    pub async fn remove(&self, id: NodeId, force: bool, deadline: Instant) -> Result<(), NodeError> {
+        let remote = || ForwardRequest::Remove { id, force };
+        let local = || self.remove_local(id, force, deadline);
+        self.on_leader(deadline, local, remote, ForwardReply::into_done).await
+    }
+
+    /// Hand leadership to `to` (None: the most up-to-date other voter), through whichever member
+    /// leads; returns the new leader.
+    pub async fn transfer_leader(&self, to: Option<NodeId>, deadline: Instant) -> Result<NodeId, NodeError> {
+        let remote = || ForwardRequest::TransferLeader {
+            to,
+            timeout_ms: millis_until(deadline),
+        };
+        let local = || self.transfer_local(to, deadline);
+        self.on_leader(deadline, local, remote, ForwardReply::into_leader).await
+    }
+
+    /// Record member `id`'s addresses, through whichever member leads.
+    pub(crate) async fn set_node(&self, id: NodeId, member: Member, deadline: Instant) -> Result<(), NodeError> {
+        let remote = || ForwardRequest::SetNode {
+            id,
+            member: member.clone(),
+        };
+        let local = || self.set_node_local(id, member.clone());
+        self.on_leader(deadline, local, remote, ForwardReply::into_done).await
+    }
+
     pub(crate) fn view(&self) -> View {
         let m = self.metrics();
         let membership = m.membership_config.membership();
@@ -409,6 +456,51 @@ impl Node {
             let removed = watch.removed(self.id, &metrics.borrow_and_update());
             if removed {
                 self.mark_removed("is not in the committed membership any more");
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// On the leader: record a member's addresses.
+    pub(crate) async fn set_node_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
+        self.check_running()?;
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+        match change_patiently(self, || self.raft.change_membership(change.clone(), true)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(change_error(e)),
+        }
+    }
+
+    /// Keep this node's advertised addresses in the membership up to date (etcd "publishes" its
+    /// client URLs the same way): the initial membership knows only peer addresses, and a restart
+    /// may change them. Runs until the node stops.
+    pub async fn publish_addresses(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (published, leader) = {
+                let m = metrics.borrow_and_update();
+                (
+                    m.membership_config.membership().get_node(&self.id).cloned(),
+                    m.current_leader,
+                )
+            };
+            let stale = published.as_ref().is_some_and(|p| *p != self.advertise);
+            if let (true, Some(_)) = (stale, leader) {
+                let result = self
+                    .set_node(self.id, self.advertise.clone(), Instant::now() + Duration::from_secs(5))
+                    .await;
+                match result {
+                    Ok(()) => tracing::info!(member = %self.advertise, "published this node's addresses"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing addresses failed; will retry");
+                        // Usually another membership change (the initial one, or another
+                        // member's publish) is in progress: it commits within a heartbeat or two.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
             }
             if metrics.changed().await.is_err() {
                 return;

@@ -137,9 +137,9 @@ async fn a_removed_member_never_campaigns_again() -> anyhow::Result<()> {
     let hold_req = || ForwardRequest::HoldElections {
         ms: hold.as_millis() as u64,
     };
-    node.serve(hold_req(), deadline).await?;
-    node.serve(ForwardRequest::Removed { by: 2 }, deadline).await?;
-    node.serve(hold_req(), deadline).await?;
+    crate::peer::service::dispatch(&node, hold_req(), deadline).await?;
+    crate::peer::service::dispatch(&node, ForwardRequest::Removed { by: 2 }, deadline).await?;
+    crate::peer::service::dispatch(&node, hold_req(), deadline).await?;
     // An election starting as it was removed may still be under way: allow one more term.
     let term = node.metrics().current_term + 2;
     // Both holds have run out, with time for several election rounds.
@@ -149,7 +149,7 @@ async fn a_removed_member_never_campaigns_again() -> anyhow::Result<()> {
         node.metrics().current_term
     );
 
-    let refused = node.serve(ForwardRequest::Elect, deadline).await;
+    let refused = crate::peer::service::dispatch(&node, ForwardRequest::Elect, deadline).await;
     assert!(refused.is_err(), "the removed member agreed to campaign: {refused:?}");
     assert!(
         !term_reaches(&node, term, 10 * t).await,

@@ -253,9 +253,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         tokio::spawn(node.clone().publish_addresses()),
         tokio::spawn(node.clone().watch_removal()),
         tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
-        tokio::spawn(crate::metrics::count_leader_changes(node.clone(), metrics.clone())),
+        tokio::spawn(crate::metrics::scrape::count_leader_changes(
+            node.clone(),
+            metrics.clone(),
+        )),
         tokio::spawn(fail_when_raft_stops(node.clone())),
-        tokio::spawn(crate::disk::watch(node.clone())),
+        tokio::spawn(crate::disk::hand_over::watch(node.clone())),
     ];
     if let Some(backup) = config.backup.clone() {
         tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));

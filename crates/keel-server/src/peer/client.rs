@@ -144,7 +144,7 @@ pub struct Network {
     pub id: NodeId,
     pub channels: Arc<PeerChannels>,
     pub cluster: Arc<ClusterId>,
-    /// Where peers' disk alarms are noted (see `disk.rs`).
+    /// Where peers' disk alarms are noted (see `disk/`).
     pub disk: Arc<crate::disk::DiskSpace>,
 }
 
@@ -189,7 +189,7 @@ impl PeerConn {
 
     fn status_error(&self, status: tonic::Status, action: RPCTypes, ttl: Duration) -> RPCError<TypeConfig> {
         match status.code() {
-            // Its disk is full (see `disk.rs`): back off, as from a member that is down.
+            // Its disk is full (see `disk/`): back off, as from a member that is down.
             tonic::Code::ResourceExhausted => {
                 self.disk.record_peer(self.target, true);
                 RPCError::Unreachable(Unreachable::new(&status))

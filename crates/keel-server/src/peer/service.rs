@@ -2,7 +2,7 @@
 //! services; it listens on the peer address only.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_proto::raft::raft_server::Raft as RaftRpc;
 use keel_proto::raft::{RaftReply, RaftRequest, SnapshotChunk};
@@ -253,7 +253,36 @@ impl RaftRpc for PeerService {
             }
         }
         let deadline = crate::service::deadline_in(Duration::from_millis(timeout_ms));
-        let result: Result<ForwardReply, NodeError> = self.node.serve(fwd, deadline).await;
+        let result: Result<ForwardReply, NodeError> = dispatch(&self.node, fwd, deadline).await;
         Ok(self.reply(result))
+    }
+}
+
+/// Serve a request that another member forwarded here. Leader-only requests fail with `NotLeader` here
+/// if this member is not the leader; they are never forwarded again.
+pub(crate) async fn dispatch(node: &Node, req: ForwardRequest, deadline: Instant) -> Result<ForwardReply, NodeError> {
+    match req {
+        ForwardRequest::Write { request, .. } => node.write_local(&request, deadline).await.map(ForwardReply::Write),
+        ForwardRequest::ReadIndex { .. } => node.read_index_local(deadline).await.map(ForwardReply::ReadIndex),
+        ForwardRequest::SetNode { id, member } => node.set_node_local(id, member).await.map(|()| ForwardReply::Done),
+        ForwardRequest::AddLearner { id, member } => {
+            node.add_learner_local(id, member).await.map(|()| ForwardReply::Done)
+        }
+        ForwardRequest::Promote { id } => node.promote_local(id).await.map(|()| ForwardReply::Done),
+        ForwardRequest::Remove { id, force } => node
+            .remove_local(id, force, deadline)
+            .await
+            .map(|()| ForwardReply::Done),
+        ForwardRequest::TransferLeader { to, .. } => node.transfer_local(to, deadline).await.map(ForwardReply::Leader),
+        ForwardRequest::Ping => Ok(ForwardReply::Done),
+        ForwardRequest::HoldElections { ms } => {
+            node.hold_elections(Duration::from_millis(ms));
+            Ok(ForwardReply::Done)
+        }
+        ForwardRequest::Elect => node.elect_now().await.map(|()| ForwardReply::Done),
+        ForwardRequest::Removed { by } => {
+            node.mark_removed(&format!("removed from the cluster by leader {by}"));
+            Ok(ForwardReply::Done)
+        }
     }
 }

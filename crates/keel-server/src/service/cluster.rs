@@ -12,7 +12,6 @@ use tonic::{Request, Response, Status};
 
 use super::{deadline, fail, respond};
 use crate::error::NodeError;
-use crate::forward::{ForwardReply, ForwardRequest};
 use crate::node::Node;
 use crate::raft::role_name;
 
@@ -37,18 +36,15 @@ impl ClusterService {
             .collect()
     }
 
-    /// Run a membership change on the leader; answer with the membership afterwards.
-    async fn change(
+    /// Answer a membership change that the leader made (`result`) with the membership
+    /// afterwards.
+    async fn changed(
         &self,
         metadata: &tonic::metadata::MetadataMap,
-        req: ForwardRequest,
+        result: Result<(), NodeError>,
     ) -> Result<Vec<Member>, Status> {
         let node = &self.node;
-        match node.on_leader(req, deadline(metadata)).await {
-            Ok(ForwardReply::Done) => {}
-            Ok(other) => return Err(fail(node, NodeError::Internal(format!("unexpected reply {other:?}")))),
-            Err(e) => return Err(fail(node, e)),
-        }
+        result.map_err(|e| fail(node, e))?;
         // The change is committed on the leader; a follower may not even have the entry yet (its
         // own last log index says nothing). A read barrier waits until this member has applied
         // everything the leader committed. Best effort: the change is made either way.
@@ -79,9 +75,8 @@ impl Cluster for ClusterService {
             peer_addr: r.peer_addr,
             client_addr: r.client_addr,
         };
-        let members = self
-            .change(&metadata, ForwardRequest::AddLearner { id: r.id, member })
-            .await?;
+        let result = self.node.add_learner(r.id, member, deadline(&metadata)).await;
+        let members = self.changed(&metadata, result).await?;
         let header = Some(self.node.header(self.node.reader.revision()));
         Ok(respond(&self.node, MemberAddResponse { header, members }))
     }
@@ -91,18 +86,16 @@ impl Cluster for ClusterService {
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let (metadata, _, r) = req.into_parts();
-        let members = self.change(&metadata, ForwardRequest::Promote { id: r.id }).await?;
+        let result = self.node.promote(r.id, deadline(&metadata)).await;
+        let members = self.changed(&metadata, result).await?;
         let header = Some(self.node.header(self.node.reader.revision()));
         Ok(respond(&self.node, MemberPromoteResponse { header, members }))
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         let (metadata, _, r) = req.into_parts();
-        let fwd = ForwardRequest::Remove {
-            id: r.id,
-            force: r.force,
-        };
-        let members = self.change(&metadata, fwd).await?;
+        let result = self.node.remove(r.id, r.force, deadline(&metadata)).await;
+        let members = self.changed(&metadata, result).await?;
         let header = Some(self.node.header(self.node.reader.revision()));
         Ok(respond(&self.node, MemberRemoveResponse { header, members }))
     }
@@ -114,21 +107,14 @@ impl Cluster for ClusterService {
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let to = req.into_inner().to;
-        let fwd = ForwardRequest::TransferLeader {
-            to: (to != 0).then_some(to),
-            timeout_ms: deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .as_millis() as u64,
-        };
-        match node.on_leader(fwd, deadline).await {
-            Ok(ForwardReply::Leader(leader_id)) => Ok(respond(
+        match node.transfer_leader((to != 0).then_some(to), deadline).await {
+            Ok(leader_id) => Ok(respond(
                 node,
                 LeaderTransferResponse {
                     header: Some(node.header(node.reader.revision())),
                     leader_id,
                 },
             )),
-            Ok(other) => Err(fail(node, NodeError::Internal(format!("unexpected reply {other:?}")))),
             Err(e) => Err(fail(node, e)),
         }
     }

@@ -5,20 +5,19 @@
 //! from:
 //! - Raft state (`keel_raft_*`, `keel_is_leader`, replication lag): read from openraft's
 //!   metrics at scrape time; the commit index comes from the log store, which openraft tells of
-//!   every commit. Leader changes are events, counted by a task ([`count_leader_changes`]).
+//!   every commit. Leader changes are events, counted by a task
+//!   ([`scrape::count_leader_changes`]).
 //! - Proposals: counted and timed where the leader proposes (`Node::write_local`); the writes
-//!   the proposer holds are counted as they come and go (`proposer.rs`).
+//!   the proposer holds are counted as they come and go (`write/proposer.rs`).
 //! - Apply and snapshots: the state machine reports to [`keel_storage::Observer`].
 //! - gRPC: a tower layer on the client server ([`GrpcMetricsLayer`]), by service, method and code.
 //! - Database size and key count: read at scrape time; free disk space and the disk alarm as the
-//!   disk watch last read them (`disk.rs`).
+//!   disk watch last read them (`disk/`).
 //!
 //! Names follow Prometheus conventions: base units (seconds, bytes), `_total` for counters.
 
-use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,11 +25,11 @@ use std::time::{Duration, Instant};
 use keel_storage::NodeId;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Opts, Registry,
 };
 use tonic::codegen::http;
 
-use crate::node::Node;
+pub mod scrape;
 
 /// Every series of a node.
 pub struct Metrics {
@@ -206,55 +205,6 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// The text exposition of every series, with the scrape-time values refreshed from `node`.
-    pub fn render(&self, node: &Node) -> String {
-        // The log store keeps plain atomics; the counters catch up with them at scrape time.
-        let log = &node.log_stats;
-        let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
-        catch_up(&self.log_syncs, log.group_commits.load(Ordering::Relaxed));
-        catch_up(&self.log_synced_requests, log.synced_requests.load(Ordering::Relaxed));
-        let secs = log.sync_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        self.log_sync_seconds
-            .inc_by((secs - self.log_sync_seconds.get()).max(0.0));
-        self.raft_gauges(node);
-        self.db_size_bytes.set(node.reader.db_size() as i64);
-        self.keys.set(node.reader.key_count() as i64);
-        self.ready.set(i64::from(crate::health::readiness(node).is_ok()));
-        self.disk_full.set(i64::from(node.disk.is_full()));
-        if let Some(free) = node.disk.free_bytes() {
-            self.disk_free_bytes.set(free.try_into().unwrap_or(i64::MAX));
-        }
-        let mut families = self.registry.gather();
-        families.extend(prometheus::default_registry().gather());
-        TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "encoding metrics failed");
-            String::new()
-        })
-    }
-
-    /// Term, leadership, indexes and (on the leader) replication lag, from openraft's metrics.
-    fn raft_gauges(&self, node: &Node) {
-        let rx = node.raft.metrics();
-        let m = rx.borrow_watched();
-        self.term.set(m.current_term as i64);
-        self.is_leader.set(i64::from(m.current_leader == Some(node.id)));
-        self.has_leader.set(i64::from(m.current_leader.is_some()));
-        let last_log = m.last_log_index.unwrap_or(0);
-        self.last_log_index.set(last_log as i64);
-        // As `status` reports it (t16 saw openraft's metric alone hold 19 of 20 acknowledged
-        // puts on a loaded CI run).
-        self.applied_index.set(node.applied_index(&m) as i64);
-        self.commit_index
-            .set(node.log_stats.committed.load(Ordering::Relaxed) as i64);
-        self.replication_lag.reset();
-        for (id, matched) in m.replication.iter().flatten().filter(|(id, _)| **id != node.id) {
-            let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
-            self.replication_lag
-                .with_label_values(&[&id.to_string()])
-                .set(lag as i64);
-        }
-    }
-
     /// Record a proposal's outcome and latency.
     pub fn proposal(&self, ok: bool, took: Duration) {
         if ok {
@@ -287,23 +237,6 @@ impl keel_storage::Observer for Metrics {
     fn snapshot_installed(&self, took: Duration) {
         self.snapshots_installed.inc();
         self.snapshot_install_seconds.observe(took.as_secs_f64());
-    }
-}
-
-/// Count leader changes until Raft stops. The Raft gauges are read at scrape time instead
-/// ([`Metrics::render`]); only a change of leader is an event that a scrape could miss.
-pub async fn count_leader_changes(node: Arc<Node>, metrics: Arc<Metrics>) {
-    let mut rx = node.raft.metrics();
-    let mut leader = None;
-    loop {
-        let current = rx.borrow_and_update().current_leader;
-        if current.is_some() && current != leader {
-            metrics.leader_changes.inc();
-        }
-        leader = current;
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 
@@ -390,6 +323,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::TextEncoder;
 
     #[test]
     fn paths_split_into_service_and_method() {

@@ -5,7 +5,7 @@
 //! storage error stops openraft's core for good (the member then exits, see `Node::fail`). So
 //! the member must stop *before* the disk is full, while it still has room to apply what is
 //! already in its log: it keeps `--min-free-mb` free as a reserve. A task reads the free space
-//! of the data directory's filesystem ten times a second ([`watch`]). When it drops below the
+//! of the data directory's filesystem ten times a second ([`hand_over::watch`]). When it drops below the
 //! reserve, the member raises its alarm:
 //! - As a follower, it refuses AppendEntries that carry entries, and snapshots, with
 //!   `ResourceExhausted` (heartbeats still count, so it does not campaign). The leader backs
@@ -42,6 +42,8 @@ use std::time::Duration;
 use keel_storage::NodeId;
 
 use crate::error::NodeError;
+
+pub mod hand_over;
 
 /// Peer reply metadata: "1" while the replying member's disk alarm is raised, else "0".
 pub const ALARM_HEADER: &str = "keel-disk-full";
@@ -198,51 +200,8 @@ impl DiskSpace {
 }
 
 /// Bytes as MiB with one decimal.
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// Read the free space every 100 ms until `node` stops. When the alarm rises on the leader,
-/// hand leadership to a voter with space.
-pub async fn watch(node: Arc<crate::node::Node>) {
-    /// A full leader whose hand-over failed (no voter with space had caught up) tries again.
-    const RETRY: Duration = Duration::from_secs(2);
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_try: Option<std::time::Instant> = None;
-    while !node.is_shutting_down() {
-        tick.tick().await;
-        let disk = node.disk.clone();
-        // statvfs can block on a stalled filesystem: not on a runtime worker.
-        let _ = tokio::task::spawn_blocking(move || disk.check()).await;
-        if !node.disk.is_full() {
-            last_try = None;
-        } else if node.is_leader() && last_try.is_none_or(|t| t.elapsed() >= RETRY) {
-            last_try = Some(std::time::Instant::now());
-            hand_over(&node).await;
-        }
-    }
-}
-
-/// Hand leadership to the most up-to-date voter whose disk is not full, if there is one.
-async fn hand_over(node: &crate::node::Node) {
-    let view = node.view();
-    let full = node.disk.full_voters(&view.voters);
-    let Some(target) = view
-        .voters
-        .iter()
-        .copied()
-        .filter(|v| !full.contains(v))
-        .max_by_key(|v| view.matched.get(v).copied().unwrap_or(0))
-    else {
-        tracing::warn!("every voter's disk is full: leadership stays here, and writes are refused");
-        return;
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    match node.transfer_local(Some(target), deadline).await {
-        Ok(leader) => tracing::warn!(leader, "disk full: handed leadership to member {leader}"),
-        Err(e) => tracing::warn!(error = %e, "disk full: could not hand leadership over"),
-    }
 }
 
 #[cfg(test)]

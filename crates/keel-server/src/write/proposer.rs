@@ -48,6 +48,7 @@ use keel_storage::{codec, Command, CommandResult, NodeId, Request, Response};
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::BatchLimits;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
@@ -62,30 +63,6 @@ pub const IN_FLIGHT: usize = 2;
 /// Encoded bytes of the writes the proposer holds at once (see `max_queued`). A write larger
 /// than this is taken when the proposer holds nothing else.
 pub const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
-
-/// How large batches may grow, and how many writes may wait for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    /// Requests per entry; 1 turns batching off.
-    pub max_requests: usize,
-    /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
-    /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
-    pub max_bytes: usize,
-    /// Writes the proposer holds at once, queued or proposed and not yet answered; more are
-    /// refused. The default is some 40 full batches: far more than a leader commits while a
-    /// client waits, and a bound on the memory writes can take when commits stall.
-    pub max_queued: usize,
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        BatchLimits {
-            max_requests: 256,
-            max_bytes: 64 * 1024,
-            max_queued: 10_000,
-        }
-    }
-}
 
 /// A write waiting to be proposed.
 struct Queued {
