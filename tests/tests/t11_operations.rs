@@ -158,7 +158,9 @@ async fn replace_a_node_under_load() -> anyhow::Result<()> {
     loop {
         match client.member_promote(new).await {
             Ok(_) => break,
-            Err(keel_client::Error::FailedPrecondition(m)) if Instant::now() < deadline => {
+            Err(keel_client::Error::Refused(keel_client::Outcome::LearnerCatchingUp, m))
+                if Instant::now() < deadline =>
+            {
                 eprintln!("promote {new}: {m}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -38,6 +38,10 @@ pub enum Error {
     /// the first two itself (a new session; an unknown outcome).
     #[error("{1}")]
     Session(keel_proto::wire::Outcome, String),
+    /// FailedPrecondition naming another condition a caller acts on: the member exists already,
+    /// the learner to promote is still catching up.
+    #[error("{1}")]
+    Refused(keel_proto::wire::Outcome, String),
     /// Any other status the server answered with.
     #[error("{}: {}", .0.code(), .0.message())]
     Other(tonic::Status),
@@ -48,7 +52,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) | Error::NoEndpoints => Code::InvalidArgument,
-            Error::FailedPrecondition(_) | Error::Session(..) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::Session(..) | Error::Refused(..) => Code::FailedPrecondition,
             Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
             Error::OutcomeUnknown(_) => Code::Unknown,
             Error::DeadlineExceeded => Code::DeadlineExceeded,

@@ -46,3 +46,5 @@ pub use config::{ClientConfig, MAX_TIMEOUT};
 pub use error::Error;
 /// The gRPC messages the client sends and returns.
 pub use keel_proto::v1 as proto;
+/// The conditions an error can name beyond its code ([`Error::Session`], [`Error::Refused`]).
+pub use keel_proto::wire::Outcome;

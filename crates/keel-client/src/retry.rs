@@ -103,7 +103,8 @@ fn answered_error(status: Status, kind: Kind) -> Error {
     match status.code() {
         Code::InvalidArgument => Error::InvalidArgument(message),
         Code::FailedPrecondition => match keel_proto::wire::Outcome::of(&status) {
-            Some(outcome) => Error::Session(outcome, message),
+            Some(outcome) if outcome.is_session() => Error::Session(outcome, message),
+            Some(outcome) => Error::Refused(outcome, message),
             None => Error::FailedPrecondition(message),
         },
         Code::Unavailable => Error::Unavailable(message),

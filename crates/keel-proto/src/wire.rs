@@ -20,14 +20,21 @@ pub enum Outcome {
     StaleSession,
     /// ResourceExhausted: a member's disk is full; nothing was proposed, retry once space is back.
     DiskFull,
+    /// FailedPrecondition: a member with this id exists already (`member add` run again).
+    MemberExists,
+    /// FailedPrecondition: the learner to promote has not caught up with the leader yet (or has
+    /// acknowledged nothing so far); promoting it later may succeed.
+    LearnerCatchingUp,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::SessionExpired,
         Outcome::SessionResultDropped,
         Outcome::StaleSession,
         Outcome::DiskFull,
+        Outcome::MemberExists,
+        Outcome::LearnerCatchingUp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,13 +43,27 @@ impl Outcome {
             Outcome::SessionResultDropped => "session-result-dropped",
             Outcome::StaleSession => "stale-session",
             Outcome::DiskFull => "disk-full",
+            Outcome::MemberExists => "member-exists",
+            Outcome::LearnerCatchingUp => "learner-catching-up",
         }
+    }
+
+    /// The outcome with this [`Outcome::name`].
+    pub fn named(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+
+    /// Is this the cluster's answer about an exactly-once session?
+    pub fn is_session(self) -> bool {
+        matches!(
+            self,
+            Outcome::SessionExpired | Outcome::SessionResultDropped | Outcome::StaleSession
+        )
     }
 
     /// The outcome `status` names, if any.
     pub fn of(status: &tonic::Status) -> Option<Outcome> {
-        let name = status.metadata().get(OUTCOME_HEADER)?.to_str().ok()?;
-        Outcome::ALL.into_iter().find(|o| o.name() == name)
+        Outcome::named(status.metadata().get(OUTCOME_HEADER)?.to_str().ok()?)
     }
 
     /// Name this outcome in `status`.

@@ -7,6 +7,7 @@
 //! is full: nothing was proposed, and a retry succeeds once space is freed. NotFound is never used: a missing key is
 //! an empty result.
 
+use keel_proto::wire::Outcome;
 use keel_storage::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,11 @@ pub enum NodeError {
     /// the variants before it keep their encoding between members.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// FailedPrecondition that names a condition a client acts on (a `keel_proto::wire::Outcome`,
+    /// by name, so that this type stays free of the proto crate's types on the wire between
+    /// members). Last, like the one before it.
+    #[error("{message}")]
+    Refused { outcome: String, message: String },
 }
 
 impl NodeError {
@@ -45,7 +51,26 @@ impl NodeError {
             NodeError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             NodeError::Unknown(m) => Status::unknown(m),
             NodeError::Internal(m) => Status::internal(m),
-            NodeError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            NodeError::ResourceExhausted(m) => {
+                let mut status = Status::resource_exhausted(m);
+                Outcome::DiskFull.tag(&mut status);
+                status
+            }
+            NodeError::Refused { outcome, message } => {
+                let mut status = Status::failed_precondition(message);
+                if let Some(o) = Outcome::named(outcome) {
+                    o.tag(&mut status);
+                }
+                status
+            }
+        }
+    }
+
+    /// A refusal that names `outcome`.
+    pub fn refused(outcome: Outcome, message: impl Into<String>) -> NodeError {
+        NodeError::Refused {
+            outcome: outcome.name().to_string(),
+            message: message.into(),
         }
     }
 

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_proto::wire::Outcome;
 use keel_storage::{Member, NodeId};
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -187,7 +188,10 @@ impl Node {
         }
         let view = self.view();
         if view.nodes.contains_key(&id) {
-            return Err(precondition(format!("member {id} already exists")));
+            return Err(NodeError::refused(
+                Outcome::MemberExists,
+                format!("member {id} already exists"),
+            ));
         }
         for (other, n) in &view.nodes {
             if n.peer_addr == member.peer_addr {
@@ -219,15 +223,17 @@ impl Node {
         // A learner that has acknowledged nothing (unreachable, or a member of another cluster
         // refusing our messages) is never promoted, however short the log.
         let Some(matched) = view.acked.get(&id).copied() else {
-            return Err(precondition(format!(
-                "learner {id} has not acknowledged any entries yet; is it running, and is it this cluster's?"
-            )));
+            return Err(NodeError::refused(
+                Outcome::LearnerCatchingUp,
+                format!("learner {id} has not acknowledged any entries yet; is it running, and is it this cluster's?"),
+            ));
         };
         let lag = view.last_log.saturating_sub(matched);
         if lag > PROMOTE_MAX_LAG {
-            return Err(precondition(format!(
-                "learner {id} is {lag} entries behind the leader; promote it once it has caught up"
-            )));
+            return Err(NodeError::refused(
+                Outcome::LearnerCatchingUp,
+                format!("learner {id} is {lag} entries behind the leader; promote it once it has caught up"),
+            ));
         }
         membership_result(
             change_patiently(self, || {

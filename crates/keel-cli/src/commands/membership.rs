@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use keel_client::proto::{Member, MemberAddRequest, MemberListResponse, ResponseHeader};
-use keel_client::{Client, Error};
+use keel_client::{Client, Error, Outcome as WireOutcome};
 
 use super::Outcome;
 use crate::args::{Format, MemberAddArgs};
@@ -13,13 +13,6 @@ use crate::output::cluster as out;
 /// Print a membership the way `member list` does.
 fn members(header: Option<ResponseHeader>, members: Vec<Member>, format: Format) -> String {
     out::members(&MemberListResponse { header, members }, format)
-}
-
-/// Is the refusal of a promotion one that waiting cures? A learner that is behind, or that has
-/// acknowledged nothing yet: a node started just before `member add` may not even listen yet, and
-/// the leader hears from a new learner only after its first append round trip.
-fn still_catching_up(refusal: &str) -> bool {
-    refusal.contains("behind") || refusal.contains("has not acknowledged")
 }
 
 pub async fn add(client: &Client, args: &MemberAddArgs, format: Format) -> anyhow::Result<Outcome> {
@@ -34,7 +27,7 @@ pub async fn add(client: &Client, args: &MemberAddArgs, format: Format) -> anyho
             members: added.members,
         },
         // Running the command again (after exit 4, say) carries on where it stopped.
-        Err(Error::FailedPrecondition(msg)) if msg.contains("already exists") => {
+        Err(Error::Refused(WireOutcome::MemberExists, msg)) => {
             let list = client.member_list().await?;
             match list.members.iter().find(|m| m.id == args.id) {
                 Some(m) if m.peer_addr == args.peer_addr && m.is_learner => {
@@ -73,7 +66,10 @@ pub async fn add(client: &Client, args: &MemberAddArgs, format: Format) -> anyho
                 eprintln!("member {}: caught up and promoted to voter", args.id);
                 return Ok(Outcome::Done(members(resp.header, resp.members, format)));
             }
-            Err(Error::FailedPrecondition(msg)) if still_catching_up(&msg) => msg,
+            // A learner that is behind, or that has acknowledged nothing yet: a node started just
+            // before `member add` may not even listen yet, and the leader hears from a new learner
+            // only after its first append round trip. Waiting cures both.
+            Err(Error::Refused(WireOutcome::LearnerCatchingUp, msg)) => msg,
             Err(e) if e.is_transient() => e.to_string(),
             Err(e) => return give_up(e.to_string()),
         };

@@ -72,9 +72,6 @@ pub fn respond<T>(node: &Node, msg: T) -> tonic::Response<T> {
 /// A failed response, with the leader hint.
 pub fn fail(node: &Node, e: NodeError) -> tonic::Status {
     let mut status = e.to_status();
-    if let NodeError::ResourceExhausted(_) = e {
-        keel_proto::wire::Outcome::DiskFull.tag(&mut status);
-    }
     add_hint(node, status.metadata_mut());
     status
 }
