@@ -422,7 +422,7 @@ impl Node {
             self.raft.runtime_config().elect(false);
         }
         let (raft, hold) = (self.raft.clone(), self.election_hold.clone());
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep_until(until.into()).await;
             // A later hold extends this one; a removal ends elections for good. Both are decided
             // under this lock, as is this.

@@ -110,8 +110,9 @@ pub struct NodeHandle {
     stop: watch::Sender<bool>,
     client_server: JoinHandle<Result<(), tonic::transport::Error>>,
     peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
-    tasks: Vec<JoinHandle<()>>,
     durability: Arc<keel_storage::durability::Durability>,
+    /// [`NodeHandle::shutdown`] ran; otherwise dropping the handle stops the node.
+    stopped: bool,
 }
 
 /// Open the data directory, start Raft and both gRPC servers.
@@ -249,27 +250,26 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
             .serve_with_incoming_shutdown(nodelay(listeners.client), until_stopped(stopped.clone())),
     );
 
-    let mut tasks = vec![
-        tokio::spawn(node.clone().publish_addresses()),
-        tokio::spawn(node.clone().watch_removal()),
-        tokio::spawn(crate::health::follow_readiness(node.clone(), health)),
-        tokio::spawn(crate::metrics::scrape::count_leader_changes(
-            node.clone(),
-            metrics.clone(),
-        )),
-        tokio::spawn(fail_when_raft_stops(node.clone())),
-        tokio::spawn(crate::disk::hand_over::watch(node.clone())),
-    ];
+    // Background work, owned by the node's task tracker: each ends when the node stops.
+    node.spawn(node.clone().publish_addresses());
+    node.spawn(node.clone().watch_removal());
+    node.spawn(crate::health::follow_readiness(node.clone(), health));
+    node.spawn(crate::metrics::scrape::count_leader_changes(
+        node.clone(),
+        metrics.clone(),
+    ));
+    node.spawn(fail_when_raft_stops(node.clone()));
+    node.spawn(crate::disk::hand_over::watch(node.clone()));
     if let Some(backup) = config.backup.clone() {
-        tasks.push(tokio::spawn(crate::backup::run(node.clone(), backup, stopped.clone())));
+        node.spawn(crate::backup::run(node.clone(), backup, stopped.clone()));
     }
     if let Some(listener) = listeners.metrics {
         let serve = crate::http::serve(listener, node.clone(), metrics, until_stopped(stopped.clone()));
-        tasks.push(tokio::spawn(async move {
+        node.spawn(async move {
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "metrics server stopped with an error");
             }
-        }));
+        });
     }
     tracing::info!(
         id = config.id,
@@ -284,8 +284,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         stop,
         client_server,
         peer_server,
-        tasks,
         durability,
+        stopped: false,
     })
 }
 
@@ -316,9 +316,11 @@ impl NodeHandle {
         self.node.failed()
     }
 
-    /// Stop gracefully: finish in-flight requests, stop Raft, flush. Bounded in time.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
-        let node = &self.node;
+    /// Stop gracefully: finish in-flight requests, stop the background tasks and Raft, flush.
+    /// Bounded in time.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stopped = true;
+        let node = self.node.clone();
         // A leader first hands over to the most up-to-date voter, so clients see a pause of a
         // round trip or two rather than an election timeout plus a lease.
         if node.is_leader() {
@@ -332,21 +334,24 @@ impl NodeHandle {
         let _ = self.stop.send(true);
         // In-flight client requests may still need the peer server (replication), so it stays
         // up until Raft stops.
-        match tokio::time::timeout(Duration::from_secs(10), self.client_server).await {
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.client_server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client server stopped with an error"),
             Err(_) => tracing::warn!("in-flight client requests did not finish within 10 s"),
             _ => {}
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        // Background tasks end at their next await; the proposer's proposals end once Raft
+        // answers them, which it does as it stops.
+        node.cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(10), node.raft.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("raft did not stop within 10 s");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.peer_server).await;
+        if !node.stop_tasks(Duration::from_secs(5)).await {
+            tracing::warn!(left = node.tasks.len(), "background tasks did not stop within 5 s");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.peer_server).await;
         // On a thread of its own and bounded: after a storage failure (a full disk), sled's flush
         // can block for good, and a member that failed must still exit (t33 saw it hang).
         let durability = self.durability.clone();
@@ -366,6 +371,31 @@ impl NodeHandle {
         }
         tracing::info!(id = node.id, "node stopped");
         Ok(())
+    }
+}
+
+/// A handle dropped without [`NodeHandle::shutdown`] (a test that ends early, a panic) still
+/// stops the node: its servers close their ports, its background tasks end, and Raft and the
+/// final sync run on a task of their own, without the graceful steps (no leader hand-over, no
+/// wait for requests in flight).
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let node = &self.node;
+        node.begin_shutdown();
+        let _ = self.stop.send(true);
+        node.cancel.cancel();
+        node.tasks.close();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (raft, durability) = (node.raft.clone(), self.durability.clone());
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), raft.shutdown()).await;
+            let _ = tokio::task::spawn_blocking(move || durability.sync()).await;
+        });
     }
 }
 

@@ -15,12 +15,15 @@
 
 pub mod leader;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_storage::{KvReader, Limits, Member, NodeId};
 use openraft::async_runtime::WatchReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::NodeError;
 use crate::peer::client::PeerChannels;
@@ -67,6 +70,10 @@ pub struct Node {
     this: std::sync::Weak<Node>,
     /// Why this node must stop (see [`Node::fail`]); the binary exits non-zero on it.
     failed: tokio::sync::watch::Sender<Option<String>>,
+    /// Cancelled when the node stops: every background task ends at its next await.
+    pub(crate) cancel: CancellationToken,
+    /// Every background task, so that shutdown can wait for them all to end.
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Node {
@@ -87,7 +94,9 @@ impl Node {
         log_stats: Arc<keel_storage::LogStats>,
         batch: crate::config::BatchLimits,
     ) -> Arc<Self> {
-        let proposer = crate::write::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone());
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let proposer =
+            crate::write::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone(), &tasks, &cancel);
         Arc::new_cyclic(|this| Node {
             id,
             raft,
@@ -113,6 +122,8 @@ impl Node {
             read_indexes: Coalescer::default(),
             this: this.clone(),
             failed: tokio::sync::watch::Sender::new(None),
+            cancel,
+            tasks,
         })
     }
 
@@ -161,6 +172,23 @@ impl Node {
 
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Run `task` in the background until it ends or the node stops, whichever comes first;
+    /// shutdown waits for it (see `server.rs`).
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            cancel.run_until_cancelled_owned(task).await;
+        });
+    }
+
+    /// Ask every background task to stop, and wait (at most `limit`) until they have. False if
+    /// some were still running at the limit.
+    pub(crate) async fn stop_tasks(&self, limit: Duration) -> bool {
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
     }
 
     /// Refuse new requests from now on; those in flight finish.

@@ -47,6 +47,8 @@ use std::time::Duration;
 use keel_storage::{codec, Command, CommandResult, NodeId, Request, Response};
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::BatchLimits;
 use crate::error::NodeError;
@@ -142,13 +144,23 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Start the proposer task for `raft` on member `id`.
-    pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
+    /// Start the proposer task for `raft` on member `id`, on `tasks`, until `cancel`. Each
+    /// batch is proposed by a task of its own on `tasks`, which ends once Raft answers it (or
+    /// stops).
+    pub fn spawn(
+        id: NodeId,
+        raft: Raft,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Self {
         // Bounded by `room`: every write in the channel holds a place.
         let (queue, rx) = mpsc::unbounded_channel();
         let room = Room::new(id, limits.max_queued, metrics.clone());
         let target = Target { id, raft };
-        tokio::spawn(run(target, rx, limits, metrics));
+        let run = run(target, rx, limits, metrics, tasks.clone());
+        tasks.spawn(cancel.clone().run_until_cancelled_owned(run));
         Proposer { queue, room }
     }
 
@@ -182,7 +194,13 @@ struct Target {
     raft: Raft,
 }
 
-async fn run(target: Target, mut queue: mpsc::UnboundedReceiver<Queued>, limits: BatchLimits, metrics: Arc<Metrics>) {
+async fn run(
+    target: Target,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
@@ -227,7 +245,7 @@ async fn run(target: Target, mut queue: mpsc::UnboundedReceiver<Queued>, limits:
             continue;
         }
         metrics.proposal_batch_requests.observe(batch.len() as f64);
-        tokio::spawn(propose(target.clone(), batch, permit));
+        tasks.spawn(propose(target.clone(), batch, permit));
     }
 }
 
