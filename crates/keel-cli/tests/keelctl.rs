@@ -1,10 +1,10 @@
 //! The built keelctl binary: exit codes, stderr, and output against an in-memory fake member.
 
-mod fake_store;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use keel_client::proto::Member;
+use keel_fake::{always, dead_endpoint, start_on, Options, Reply};
 use serde_json::Value;
 
 /// Runs keelctl with a hard limit, so a hanging client fails the test instead of stalling it.
@@ -41,11 +41,26 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
 }
 
-fn dead_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    addr.to_string()
+/// The fake (member 1, the leader) on its own address, listing a second member that is not
+/// running (at `dead`).
+async fn fake_member(dead: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let member = |id, client_addr: &str| Member {
+        id,
+        peer_addr: "127.0.0.1:1".into(),
+        client_addr: client_addr.into(),
+        is_learner: false,
+    };
+    let options = Options {
+        member_id: 1,
+        leader_id: 1,
+        role: "leader".into(),
+        members: vec![member(2, dead), member(1, &addr)],
+        ..Options::default()
+    };
+    start_on(listener, always(Reply::Ok), options);
+    addr
 }
 
 #[test]
@@ -76,7 +91,7 @@ fn usage_errors_are_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verbs_against_a_fake_member() {
     let dead = dead_endpoint();
-    let addr = fake_store::start(dead.clone()).await.to_string();
+    let addr = fake_member(&dead).await;
     // The dead endpoint first: every verb must get past it.
     let endpoints = format!("{dead},{addr}");
     let run = move |args: &[&str]| {

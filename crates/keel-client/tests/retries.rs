@@ -1,17 +1,24 @@
 //! The client against scripted fake servers: what it retries, what it refuses to retry, where it
 //! sends requests, and that it gives up on time.
 
-mod fake;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fake::{always, dead_endpoint, first, start, Options, Reply};
 use keel_client::proto::{request_op, Member, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use keel_client::{Client, ClientConfig, Error};
+use keel_fake::{always, dead_endpoint, first, start, Options, Reply};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tonic::Code;
+
+/// The fake's store holds `k` = `v`, written at revision 6: the next write is revision 7.
+fn seeded() -> Options {
+    Options {
+        seed: vec![("k".into(), "v".into())],
+        revision: 6,
+        ..Options::default()
+    }
+}
 
 /// Every test is bounded, so a client that hangs fails the test instead of stalling the suite.
 const TEST_LIMIT: Duration = Duration::from_secs(10);
@@ -37,11 +44,7 @@ async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test]
 async fn unavailable_writes_are_retried_until_they_succeed() {
-    let server = start(
-        first(3, Reply::Fail(Code::Unavailable, "no leader")),
-        Options::default(),
-    )
-    .await;
+    let server = start(first(3, Reply::Fail(Code::Unavailable, "no leader")), seeded()).await;
     let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
     let resp = bounded(client.put("k", "v")).await.expect("put succeeds after retries");
     assert_eq!(resp.header.map(|h| h.revision), Some(7));
@@ -52,7 +55,7 @@ async fn unavailable_writes_are_retried_until_they_succeed() {
 async fn a_session_write_with_an_unknown_outcome_is_retried() {
     // With a session (the default) the cluster applies the write at most once, so a retry is safe.
     for code in [Code::DeadlineExceeded, Code::Unknown, Code::Cancelled] {
-        let server = start(first(1, Reply::Fail(code, "commit not confirmed")), Options::default()).await;
+        let server = start(first(1, Reply::Fail(code, "commit not confirmed")), seeded()).await;
         let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
         bounded(client.put("k", "v")).await.expect("retried put succeeds");
         assert_eq!(server.calls(), 2, "{code:?}");
@@ -62,7 +65,7 @@ async fn a_session_write_with_an_unknown_outcome_is_retried() {
 #[tokio::test]
 async fn a_write_with_an_unknown_outcome_is_not_retried() {
     for code in [Code::DeadlineExceeded, Code::Unknown, Code::Cancelled] {
-        let server = start(always(Reply::Fail(code, "commit not confirmed")), Options::default()).await;
+        let server = start(always(Reply::Fail(code, "commit not confirmed")), seeded()).await;
         let client = client_without_sessions(vec![server.endpoint()], Duration::from_secs(5)).await;
         let err = bounded(client.put("k", "v")).await.expect_err("put fails");
         assert!(matches!(err, Error::OutcomeUnknown(_)), "{code:?}: {err:?}");
@@ -72,7 +75,7 @@ async fn a_write_with_an_unknown_outcome_is_not_retried() {
 
 #[tokio::test]
 async fn a_write_that_gets_no_answer_has_an_unknown_outcome_at_the_deadline() {
-    let server = start(always(Reply::Hang), Options::default()).await;
+    let server = start(always(Reply::Hang), seeded()).await;
     let client = client_without_sessions(vec![server.endpoint()], Duration::from_millis(400)).await;
     let started = Instant::now();
     let err = bounded(client.put("k", "v")).await.expect_err("put fails");
@@ -117,7 +120,7 @@ async fn a_write_on_a_connection_dropped_mid_request_has_an_unknown_outcome() {
 async fn reads_are_retried_on_deadline_exceeded_and_unknown() {
     let server = start(
         first(1, Reply::Fail(Code::DeadlineExceeded, "read index timed out")),
-        Options::default(),
+        seeded(),
     )
     .await;
     let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
@@ -128,11 +131,14 @@ async fn reads_are_retried_on_deadline_exceeded_and_unknown() {
     assert_eq!(kv.value, b"v");
     assert_eq!(server.calls(), 2);
 
-    let server = start(first(2, Reply::Fail(Code::Unknown, "hiccup")), Options::default()).await;
+    let server = start(first(2, Reply::Fail(Code::Unknown, "hiccup")), seeded()).await;
     let client = self::client(vec![server.endpoint()], Duration::from_secs(5)).await;
     let read_only = TxnRequest {
         success: vec![RequestOp {
-            request: Some(request_op::Request::Range(RangeRequest::default())),
+            request: Some(request_op::Request::Range(RangeRequest {
+                key: b"k".to_vec(),
+                ..RangeRequest::default()
+            })),
         }],
         ..TxnRequest::default()
     };
@@ -142,7 +148,7 @@ async fn reads_are_retried_on_deadline_exceeded_and_unknown() {
 
 #[tokio::test]
 async fn always_unavailable_gives_up_at_the_deadline_with_the_server_message() {
-    let server = start(always(Reply::Fail(Code::Unavailable, "no leader")), Options::default()).await;
+    let server = start(always(Reply::Fail(Code::Unavailable, "no leader")), seeded()).await;
     let timeout = Duration::from_millis(500);
     let client = client(vec![server.endpoint()], timeout).await;
     let started = Instant::now();
@@ -165,7 +171,7 @@ async fn always_unavailable_gives_up_at_the_deadline_with_the_server_message() {
 
 #[tokio::test]
 async fn a_dead_first_endpoint_is_skipped() {
-    let server = start(always(Reply::Ok), Options::default()).await;
+    let server = start(always(Reply::Ok), seeded()).await;
     let client = client(vec![dead_endpoint(), server.endpoint()], Duration::from_secs(5)).await;
     let kv = bounded(client.get("k"))
         .await
@@ -196,11 +202,7 @@ async fn no_reachable_endpoint_is_unavailable_and_names_the_endpoints() {
 
 #[tokio::test]
 async fn invalid_argument_is_returned_at_once() {
-    let server = start(
-        always(Reply::Fail(Code::InvalidArgument, "key is empty")),
-        Options::default(),
-    )
-    .await;
+    let server = start(always(Reply::Fail(Code::InvalidArgument, "key is empty")), seeded()).await;
     let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
     let err = bounded(client.put("", "v")).await.expect_err("put fails");
     assert!(
@@ -215,17 +217,17 @@ async fn invalid_argument_is_returned_at_once() {
 
 #[tokio::test]
 async fn an_error_naming_the_leader_sends_the_retry_and_later_requests_there() {
-    let leader = start(always(Reply::Ok), Options::default()).await;
+    let leader = start(always(Reply::Ok), seeded()).await;
     let follower = start(
         always(Reply::Fail(Code::Unavailable, "not the leader")),
         Options {
             leader_hint: Some(leader.endpoint()),
-            ..Options::default()
+            ..seeded()
         },
     )
     .await;
     // A third endpoint between them shows the hint is followed rather than plain rotation.
-    let other = start(always(Reply::Ok), Options::default()).await;
+    let other = start(always(Reply::Ok), seeded()).await;
     let client = client(
         vec![follower.endpoint(), other.endpoint(), leader.endpoint()],
         Duration::from_secs(5),
@@ -239,12 +241,12 @@ async fn an_error_naming_the_leader_sends_the_retry_and_later_requests_there() {
 
 #[tokio::test]
 async fn a_success_naming_the_leader_moves_later_requests_there() {
-    let leader = start(always(Reply::Ok), Options::default()).await;
+    let leader = start(always(Reply::Ok), seeded()).await;
     let follower = start(
         always(Reply::Ok),
         Options {
             leader_hint: Some(leader.endpoint()),
-            ..Options::default()
+            ..seeded()
         },
     )
     .await;
@@ -256,7 +258,7 @@ async fn a_success_naming_the_leader_moves_later_requests_there() {
 
 #[tokio::test]
 async fn the_header_leader_id_is_followed_once_members_are_known() {
-    let leader = start(always(Reply::Ok), Options::default()).await;
+    let leader = start(always(Reply::Ok), seeded()).await;
     let members = vec![
         Member {
             id: 1,
@@ -275,7 +277,7 @@ async fn the_header_leader_id_is_followed_once_members_are_known() {
             member_id: 1,
             leader_id: 2,
             members,
-            ..Options::default()
+            ..seeded()
         },
     )
     .await;
@@ -289,7 +291,7 @@ async fn the_header_leader_id_is_followed_once_members_are_known() {
 
 #[tokio::test]
 async fn one_connection_per_endpoint_serves_every_request() {
-    let server = start(always(Reply::Ok), Options::default()).await;
+    let server = start(always(Reply::Ok), seeded()).await;
     let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
     for _ in 0..10 {
         bounded(client.get("k")).await.expect("get");
@@ -313,7 +315,7 @@ async fn status_of_asks_one_endpoint_once() {
         always(Reply::Ok),
         Options {
             member_id: 3,
-            ..Options::default()
+            ..seeded()
         },
     )
     .await;
@@ -347,7 +349,7 @@ async fn bad_endpoint_lists_are_rejected() {
 
 #[tokio::test]
 async fn put_request_passes_options_through() {
-    let server = start(always(Reply::Ok), Options::default()).await;
+    let server = start(always(Reply::Ok), seeded()).await;
     let client = client(vec![server.endpoint()], Duration::from_secs(5)).await;
     let req = PutRequest {
         key: b"k".to_vec(),
