@@ -1,42 +1,47 @@
-//! Node configuration: command-line flags, `KEEL_*` environment variables and an optional TOML
-//! file, in that order of precedence, over built-in defaults.
+//! Node configuration, defined once: [`Settings`] names every setting with its flag, its
+//! `KEEL_*` environment variable, its key in the TOML file given by `--config`, its help text and
+//! its default. Flags and variables take precedence over the file, and the file over the
+//! defaults; [`Config::resolve`] then checks the settings and turns them into the typed
+//! [`Config`] the node runs with.
 //!
-//! Every flag has an environment variable (`--heartbeat-ms` ↔ `KEEL_HEARTBEAT_MS`) and a key of the
-//! same name with underscores in the file given by `--config` (`heartbeat_ms = 50`). The commented
-//! template `deploy/keel.toml` lists every key and is parsed by a test.
+//! Every flag has an environment variable (`--heartbeat-ms` ↔ `KEEL_HEARTBEAT_MS`) and a key of
+//! the same name with underscores in the file (`heartbeat_ms = 50`). The commented template
+//! `deploy/keel.toml` lists every key and is parsed by a test.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use keel_storage::NodeId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Command-line flags (and their environment variables). `None` means "not given here".
-#[derive(Debug, Clone, Default, Parser)]
+/// Every setting of a node. Options without a default are `None` when not given.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(
     name = "keel",
     version,
     about = "A keel node: one replica of a Raft-replicated key-value store"
 )]
-pub struct Flags {
-    /// This node's id (a positive integer, unique in the cluster).
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This node's id (a positive integer, unique in the cluster). Required.
     #[arg(long, env = "KEEL_ID")]
     pub id: Option<NodeId>,
-    /// Where the node keeps its Raft log, state and snapshots.
+    /// Where the node keeps its Raft log, state and snapshots. Required.
     #[arg(long, env = "KEEL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on for the Raft peer service. [default: 127.0.0.1:7101]
-    #[arg(long, env = "KEEL_PEER_ADDR")]
-    pub peer_addr: Option<SocketAddr>,
-    /// Address to listen on for clients (KV, Cluster, health, reflection). [default: 127.0.0.1:7001]
-    #[arg(long, env = "KEEL_CLIENT_ADDR")]
-    pub client_addr: Option<SocketAddr>,
-    /// Address for HTTP /metrics, /livez and /readyz. [default: 127.0.0.1:9001]
-    #[arg(long, env = "KEEL_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    /// Address to listen on for the Raft peer service.
+    #[arg(long, env = "KEEL_PEER_ADDR", default_value = "127.0.0.1:7101")]
+    pub peer_addr: SocketAddr,
+    /// Address to listen on for clients (KV, Cluster, health, reflection).
+    #[arg(long, env = "KEEL_CLIENT_ADDR", default_value = "127.0.0.1:7001")]
+    pub client_addr: SocketAddr,
+    /// Address for HTTP /metrics, /livez and /readyz.
+    #[arg(long, env = "KEEL_METRICS_ADDR", default_value = "127.0.0.1:9001")]
+    pub metrics_addr: SocketAddr,
     /// Peer address other members use to reach this node. [default: --peer-addr]
     #[arg(long, env = "KEEL_ADVERTISE_PEER_ADDR")]
     pub advertise_peer_addr: Option<String>,
@@ -51,42 +56,43 @@ pub struct Flags {
     #[arg(long, env = "KEEL_JOIN")]
     pub join: bool,
     /// Name of the cluster; part of the cluster id, so two clusters with different tokens never
-    /// accept each other's nodes. [default: keel]
-    #[arg(long, env = "KEEL_CLUSTER_TOKEN")]
-    pub cluster_token: Option<String>,
-    /// Leader heartbeat interval in milliseconds. [default: 50]
-    #[arg(long, env = "KEEL_HEARTBEAT_MS")]
-    pub heartbeat_ms: Option<u64>,
-    /// Election timeout range in milliseconds, `MIN-MAX`. [default: 60-120]
-    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
-    pub election_timeout_ms: Option<String>,
-    /// Log entries between snapshots. [default: 10000]
-    #[arg(long, env = "KEEL_SNAPSHOT_LOGS")]
-    pub snapshot_logs: Option<u64>,
-    /// Most client writes the leader proposes in one log entry; 1 turns batching off. [default: 256]
-    #[arg(long, env = "KEEL_MAX_BATCH")]
-    pub max_batch: Option<usize>,
+    /// accept each other's nodes.
+    #[arg(long, env = "KEEL_CLUSTER_TOKEN", default_value = "keel")]
+    pub cluster_token: String,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "KEEL_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Election timeout range in milliseconds, `MIN-MAX`. Short, because openraft adds its
+    /// leader lease (= MAX) before a follower may campaign.
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS", default_value = "60-120")]
+    pub election_timeout_ms: String,
+    /// Log entries between snapshots.
+    #[arg(long, env = "KEEL_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Most client writes the leader proposes in one log entry; 1 turns batching off.
+    #[arg(long, env = "KEEL_MAX_BATCH", default_value_t = BatchLimits::DEFAULT.max_requests)]
+    pub max_batch: usize,
     /// Most client writes the leader holds at once (waiting to be proposed, or proposed and not
-    /// yet committed); more are refused with Unavailable, to be retried. [default: 10000]
-    #[arg(long, env = "KEEL_MAX_QUEUED_WRITES")]
-    pub max_queued_writes: Option<usize>,
-    /// Revisions of change history kept. [default: 10000]
-    #[arg(long, env = "KEEL_HISTORY_REVISIONS")]
-    pub history_revisions: Option<u64>,
-    /// sled page cache in MiB. [default: 256]
-    #[arg(long, env = "KEEL_CACHE_MB")]
-    pub cache_mb: Option<u64>,
+    /// yet committed); more are refused with Unavailable, to be retried.
+    #[arg(long, env = "KEEL_MAX_QUEUED_WRITES", default_value_t = BatchLimits::DEFAULT.max_queued)]
+    pub max_queued_writes: usize,
+    /// Revisions of change history kept.
+    #[arg(long, env = "KEEL_HISTORY_REVISIONS", default_value_t = 10_000)]
+    pub history_revisions: u64,
+    /// sled page cache in MiB.
+    #[arg(long, env = "KEEL_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
     /// Free space (MiB) kept on the data dir's filesystem: below it, this member takes no new
     /// entries (writes get ResourceExhausted) until twice as much is free again; 0 turns the
-    /// check off. [default: 64]
-    #[arg(long, env = "KEEL_MIN_FREE_MB")]
-    pub min_free_mb: Option<u64>,
-    /// Largest key in bytes. [default: 4096]
-    #[arg(long, env = "KEEL_MAX_KEY_BYTES")]
-    pub max_key_bytes: Option<usize>,
-    /// Largest value in bytes. [default: 1048576]
-    #[arg(long, env = "KEEL_MAX_VALUE_BYTES")]
-    pub max_value_bytes: Option<usize>,
+    /// check off.
+    #[arg(long, env = "KEEL_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
+    /// Largest key in bytes.
+    #[arg(long, env = "KEEL_MAX_KEY_BYTES", default_value_t = keel_storage::Limits::default().max_key_bytes)]
+    pub max_key_bytes: usize,
+    /// Largest value in bytes.
+    #[arg(long, env = "KEEL_MAX_VALUE_BYTES", default_value_t = keel_storage::Limits::default().max_value_bytes)]
+    pub max_value_bytes: usize,
     /// Largest request (put, delete or txn) in bytes, encoded. [default: 1572864, or room for
     /// one value at --max-value-bytes if that is more]
     #[arg(long, env = "KEEL_MAX_REQUEST_BYTES")]
@@ -94,53 +100,67 @@ pub struct Flags {
     /// Directory for scheduled backups, taken by the leader (none if not set).
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// Time between scheduled backups, e.g. `1h`, `30m`. [default: 1h]
-    #[arg(long, env = "KEEL_BACKUP_INTERVAL")]
-    pub backup_interval: Option<String>,
-    /// Scheduled backups kept; older ones are deleted. [default: 24]
-    #[arg(long, env = "KEEL_BACKUP_RETAIN")]
-    pub backup_retain: Option<usize>,
-    /// Log format: text or json. [default: text]
-    #[arg(long, env = "KEEL_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// Log filter, e.g. `info` or `keel_server=debug,openraft=warn`. [default: info]
-    #[arg(long, env = "KEEL_LOG_LEVEL")]
-    pub log_level: Option<String>,
+    /// Time between scheduled backups, e.g. `1h`, `30m`.
+    #[arg(long, env = "KEEL_BACKUP_INTERVAL", default_value = "1h")]
+    pub backup_interval: String,
+    /// Scheduled backups kept; older ones are deleted.
+    #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
+    pub backup_retain: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "KEEL_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Log filter, e.g. `info` or `keel_server=debug,openraft=warn`.
+    #[arg(long, env = "KEEL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
     /// TOML file with any of the settings above (flags and environment take precedence).
     #[arg(long, env = "KEEL_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-/// The same settings, from a TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub id: Option<NodeId>,
-    pub data_dir: Option<PathBuf>,
-    pub peer_addr: Option<SocketAddr>,
-    pub client_addr: Option<SocketAddr>,
-    pub metrics_addr: Option<SocketAddr>,
-    pub advertise_peer_addr: Option<String>,
-    pub advertise_client_addr: Option<String>,
-    pub initial_cluster: Option<String>,
-    pub join: Option<bool>,
-    pub cluster_token: Option<String>,
-    pub heartbeat_ms: Option<u64>,
-    pub election_timeout_ms: Option<String>,
-    pub snapshot_logs: Option<u64>,
-    pub max_batch: Option<usize>,
-    pub max_queued_writes: Option<usize>,
-    pub history_revisions: Option<u64>,
-    pub cache_mb: Option<u64>,
-    pub min_free_mb: Option<u64>,
-    pub max_key_bytes: Option<usize>,
-    pub max_value_bytes: Option<usize>,
-    pub max_request_bytes: Option<usize>,
-    pub backup_dir: Option<PathBuf>,
-    pub backup_interval: Option<String>,
-    pub backup_retain: Option<usize>,
-    pub log_format: Option<String>,
-    pub log_level: Option<String>,
+impl Settings {
+    /// The settings `matches` gives (flags and environment), over those of the `--config` file
+    /// if one is named, over the defaults.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Settings, ConfigError> {
+        let given = Settings::from_arg_matches(matches).map_err(|e| err(e.to_string()))?;
+        let Some(path) = given.config.clone() else {
+            return Ok(given);
+        };
+        let file = read_file(&path)?;
+        let mut merged = serde_json::to_value(&given).map_err(|e| err(e.to_string()))?;
+        for (key, value) in file {
+            let from_file = err_in(&path, &key);
+            let known = Settings::command().get_arguments().any(|a| a.get_id() == key.as_str());
+            if key == "config" || !known {
+                return Err(from_file("not a setting"));
+            }
+            // The file gives what neither a flag nor a variable did.
+            if !matches!(matches.value_source(&key), None | Some(ValueSource::DefaultValue)) {
+                continue;
+            }
+            let value = serde_json::to_value(value).map_err(|e| from_file(&e.to_string()))?;
+            let mut candidate = merged.clone();
+            candidate[key.as_str()] = value;
+            // One key at a time, so that a value of the wrong type is named.
+            Settings::deserialize(&candidate).map_err(|e| from_file(&e.to_string()))?;
+            merged = candidate;
+        }
+        let mut settings = Settings::deserialize(&merged).map_err(|e| err(e.to_string()))?;
+        settings.config = Some(path);
+        Ok(settings)
+    }
+}
+
+/// An error about `key` in the config file at `path`.
+fn err_in<'a>(path: &'a Path, key: &'a str) -> impl Fn(&str) -> ConfigError + 'a {
+    move |what| err(format!("config file {}: {key}: {what}", path.display()))
+}
+
+/// Read a TOML config file as a table.
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))
 }
 
 /// How the node logs.
@@ -195,13 +215,6 @@ fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// Read a TOML config file.
-pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))
-}
-
 /// Parse `ID=ADDR,ID=ADDR` (see [`keel_storage::datadir::parse_initial_cluster`]).
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     keel_storage::datadir::parse_initial_cluster(s).map_err(ConfigError)
@@ -220,34 +233,18 @@ pub fn parse_timeout_range(s: &str) -> Result<(Duration, Duration), ConfigError>
 }
 
 impl Config {
-    /// Resolve flags over the file over defaults, and check the result.
-    pub fn resolve(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
-        let id = flags.id.or(file.id).ok_or_else(|| err("--id is required"))?;
+    /// Check `s` and turn it into the configuration the node runs with.
+    pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        let id = s.id.ok_or_else(|| err("--id is required"))?;
         if id == 0 {
             return Err(err("--id must be a positive integer"));
         }
-        let data_dir = flags
-            .data_dir
-            .or(file.data_dir)
-            .ok_or_else(|| err("--data-dir is required"))?;
-        let peer_addr = flags
-            .peer_addr
-            .or(file.peer_addr)
-            .unwrap_or(([127, 0, 0, 1], 7101).into());
-        let client_addr = flags
-            .client_addr
-            .or(file.client_addr)
-            .unwrap_or(([127, 0, 0, 1], 7001).into());
-        let metrics_addr = flags
-            .metrics_addr
-            .or(file.metrics_addr)
-            .unwrap_or(([127, 0, 0, 1], 9001).into());
-        let join = flags.join || file.join.unwrap_or(false);
-        let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
-            Some(s) => Some(parse_initial_cluster(&s)?),
+        let data_dir = s.data_dir.ok_or_else(|| err("--data-dir is required"))?;
+        let initial_cluster = match &s.initial_cluster {
+            Some(text) => Some(parse_initial_cluster(text)?),
             None => None,
         };
-        if join && initial_cluster.is_some() {
+        if s.join && initial_cluster.is_some() {
             return Err(err("--join and --initial-cluster exclude each other"));
         }
         if let Some(members) = &initial_cluster {
@@ -255,15 +252,8 @@ impl Config {
                 return Err(err(format!("--initial-cluster does not list this node (--id {id})")));
             }
         }
-        let election_timeout = match flags.election_timeout_ms.or(file.election_timeout_ms) {
-            Some(s) => parse_timeout_range(&s)?,
-            // Short, because openraft 0.9 adds its leader lease (= MAX) before a follower may
-            // campaign: a follower starts an election after MAX + its own random timeout in
-            // [MIN, MAX) of silence (180-240 ms, 3.6-4.8 heartbeats), rounded up to its next tick
-            // (every 1.5 heartbeats), and members refuse votes while their lease runs.
-            None => (Duration::from_millis(60), Duration::from_millis(120)),
-        };
-        let heartbeat = Duration::from_millis(flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50));
+        let election_timeout = parse_timeout_range(&s.election_timeout_ms)?;
+        let heartbeat = Duration::from_millis(s.heartbeat_ms);
         if heartbeat.is_zero() || heartbeat >= election_timeout.0 {
             return Err(err(format!(
                 "--heartbeat-ms ({} ms) must be positive and below the election timeout ({} ms)",
@@ -271,33 +261,24 @@ impl Config {
                 election_timeout.0.as_millis()
             )));
         }
-        let log_format = match flags.log_format.or(file.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => return Err(err(format!("--log-format: {other:?} is not text or json"))),
+        let log_format = match s.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(err(format!("--log-format: {other:?} is not text or json"))),
         };
-        let defaults = keel_storage::Limits::default();
-        let limits = keel_storage::Limits {
-            max_key_bytes: flags
-                .max_key_bytes
-                .or(file.max_key_bytes)
-                .unwrap_or(defaults.max_key_bytes),
-            max_value_bytes: flags
-                .max_value_bytes
-                .or(file.max_value_bytes)
-                .unwrap_or(defaults.max_value_bytes),
-            max_txn_ops: defaults.max_txn_ops,
-            max_request_bytes: defaults.max_request_bytes,
-        };
-        if limits.max_key_bytes == 0 || limits.max_value_bytes > 64 * 1024 * 1024 {
+        if s.max_key_bytes == 0 || s.max_value_bytes > 64 * 1024 * 1024 {
             return Err(err(
                 "--max-key-bytes must be positive and --max-value-bytes at most 64 MiB",
             ));
         }
         // One put of the largest key and value must fit.
-        let one_put = limits.max_key_bytes + limits.max_value_bytes + 64;
+        let one_put = s.max_key_bytes + s.max_value_bytes + 64;
+        let defaults = keel_storage::Limits::default();
         let limits = keel_storage::Limits {
-            max_request_bytes: match flags.max_request_bytes.or(file.max_request_bytes) {
+            max_key_bytes: s.max_key_bytes,
+            max_value_bytes: s.max_value_bytes,
+            max_txn_ops: defaults.max_txn_ops,
+            max_request_bytes: match s.max_request_bytes {
                 None => defaults.max_request_bytes.max(one_put),
                 Some(n) if n >= one_put && n <= 256 * 1024 * 1024 => n,
                 Some(n) => {
@@ -306,87 +287,61 @@ impl Config {
                     )))
                 }
             },
-            ..limits
         };
-        let backup_interval = match flags.backup_interval.or(file.backup_interval) {
-            None => Duration::from_secs(3600),
-            Some(s) => humantime::parse_duration(&s).map_err(|e| err(format!("--backup-interval: {s:?}: {e}")))?,
-        };
-        let backup_retain = flags.backup_retain.or(file.backup_retain).unwrap_or(24);
-        if backup_interval < Duration::from_secs(1) || backup_retain == 0 {
+        let backup_interval = humantime::parse_duration(&s.backup_interval)
+            .map_err(|e| err(format!("--backup-interval: {:?}: {e}", s.backup_interval)))?;
+        if backup_interval < Duration::from_secs(1) || s.backup_retain == 0 {
             return Err(err(
                 "--backup-interval must be at least 1s and --backup-retain at least 1",
             ));
         }
-        let backup = flags.backup_dir.or(file.backup_dir).map(|dir| BackupConfig {
+        let backup = s.backup_dir.map(|dir| BackupConfig {
             dir,
             interval: backup_interval,
-            retain: backup_retain,
+            retain: s.backup_retain,
         });
-        let snapshot_logs = flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
-        if snapshot_logs == 0 {
+        if s.snapshot_logs == 0 {
             return Err(err("--snapshot-logs must be positive"));
         }
-        let max_batch = flags
-            .max_batch
-            .or(file.max_batch)
-            .unwrap_or(BatchLimits::default().max_requests);
-        if !(1..=4096).contains(&max_batch) {
-            return Err(err(format!("--max-batch must be between 1 and 4096, got {max_batch}")));
-        }
-        let max_queued = flags
-            .max_queued_writes
-            .or(file.max_queued_writes)
-            .unwrap_or(BatchLimits::default().max_queued);
-        if !(1..=1_000_000).contains(&max_queued) {
+        if !(1..=4096).contains(&s.max_batch) {
             return Err(err(format!(
-                "--max-queued-writes must be between 1 and 1000000, got {max_queued}"
+                "--max-batch must be between 1 and 4096, got {}",
+                s.max_batch
+            )));
+        }
+        if !(1..=1_000_000).contains(&s.max_queued_writes) {
+            return Err(err(format!(
+                "--max-queued-writes must be between 1 and 1000000, got {}",
+                s.max_queued_writes
             )));
         }
         let batch = BatchLimits {
-            max_requests: max_batch,
-            max_queued,
-            ..Default::default()
+            max_requests: s.max_batch,
+            max_queued: s.max_queued_writes,
+            ..BatchLimits::DEFAULT
         };
         Ok(Config {
             id,
             data_dir,
-            peer_addr,
-            client_addr,
-            metrics_addr,
-            advertise_peer_addr: flags
-                .advertise_peer_addr
-                .or(file.advertise_peer_addr)
-                .unwrap_or_else(|| peer_addr.to_string()),
-            advertise_client_addr: flags
-                .advertise_client_addr
-                .or(file.advertise_client_addr)
-                .unwrap_or_else(|| client_addr.to_string()),
+            peer_addr: s.peer_addr,
+            client_addr: s.client_addr,
+            metrics_addr: s.metrics_addr,
+            advertise_peer_addr: s.advertise_peer_addr.unwrap_or_else(|| s.peer_addr.to_string()),
+            advertise_client_addr: s.advertise_client_addr.unwrap_or_else(|| s.client_addr.to_string()),
             initial_cluster,
-            join,
-            cluster_token: flags
-                .cluster_token
-                .or(file.cluster_token)
-                .unwrap_or_else(|| "keel".into()),
+            join: s.join,
+            cluster_token: s.cluster_token,
             heartbeat,
             election_timeout,
-            snapshot_logs,
+            snapshot_logs: s.snapshot_logs,
             batch,
-            history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(10_000),
-            cache_bytes: flags
-                .cache_mb
-                .or(file.cache_mb)
-                .unwrap_or(256)
-                .saturating_mul(1024 * 1024),
-            min_free_bytes: flags
-                .min_free_mb
-                .or(file.min_free_mb)
-                .unwrap_or(64)
-                .saturating_mul(1024 * 1024),
+            history_revisions: s.history_revisions,
+            cache_bytes: s.cache_mb.saturating_mul(1024 * 1024),
+            min_free_bytes: s.min_free_mb.saturating_mul(1024 * 1024),
             limits,
             backup,
             log_format,
-            log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_level: s.log_level,
         })
     }
 
@@ -396,12 +351,38 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let flags = Flags::try_parse_from(args).map_err(|e| err(e.to_string()))?;
-        let file = match &flags.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        Config::resolve(flags, file)
+        let matches = Settings::command()
+            .try_get_matches_from(args)
+            .map_err(|e| err(e.to_string()))?;
+        Config::resolve(Settings::from_matches(&matches)?)
+    }
+}
+
+/// How large batches may grow, and how many writes may wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Requests per entry; 1 turns batching off.
+    pub max_requests: usize,
+    /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
+    /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
+    pub max_bytes: usize,
+    /// Writes the proposer holds at once, queued or proposed and not yet answered; more are
+    /// refused. The default is some 40 full batches: far more than a leader commits while a
+    /// client waits, and a bound on the memory writes can take when commits stall.
+    pub max_queued: usize,
+}
+
+impl BatchLimits {
+    pub const DEFAULT: BatchLimits = BatchLimits {
+        max_requests: 256,
+        max_bytes: 64 * 1024,
+        max_queued: 10_000,
+    };
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits::DEFAULT
     }
 }
 
@@ -410,8 +391,15 @@ mod tests {
     use super::*;
 
     fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
-        let flags = Flags::try_parse_from(std::iter::once("keel").chain(args.iter().copied())).unwrap();
-        Config::resolve(flags, FileConfig::default())
+        Config::from_args(std::iter::once("keel").chain(args.iter().copied()))
+    }
+
+    /// `text` as a config file, in a directory that lives as long as the result.
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
     }
 
     #[test]
@@ -488,14 +476,23 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file: FileConfig = toml::from_str("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 20\n").unwrap();
-        let flags = Flags::try_parse_from(["keel", "--heartbeat-ms", "30"]).unwrap();
-        let c = Config::resolve(flags, file).unwrap();
-        assert_eq!((c.id, c.heartbeat), (2, Duration::from_millis(30)));
-        assert!(
-            toml::from_str::<FileConfig>("no_such_key = 1").is_err(),
-            "unknown keys are refused"
-        );
+        let (_dir, path) = file("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 20\njoin = true\n");
+        let c = resolve(&["--config", &path, "--heartbeat-ms", "30"]).unwrap();
+        assert_eq!((c.id, c.heartbeat, c.join), (2, Duration::from_millis(30), true));
+        assert_eq!(c.data_dir, PathBuf::from("/f"));
+        // A default is not a flag: the file's value stands.
+        let c = resolve(&["--config", &path]).unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(20));
+        for (text, named) in [
+            ("no_such_key = 1", "no_such_key: not a setting"),
+            ("config = \"/x\"", "config: not a setting"),
+            ("heartbeat_ms = \"fast\"", "heartbeat_ms: invalid type"),
+            ("peer_addr = \"nowhere\"", "peer_addr: invalid socket address"),
+        ] {
+            let (_dir, path) = file(text);
+            let e = resolve(&["--config", &path, "--id", "1", "--data-dir", "d"]).unwrap_err();
+            assert!(e.0.contains(named), "{text}: {e}");
+        }
     }
 
     /// The systemd environment file holds only real KEEL_* variables with valid values.
@@ -517,8 +514,7 @@ mod tests {
                 .replace('_', "-");
             args.push(format!("--{flag}={value}"));
         }
-        let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{e}"));
-        let c = Config::resolve(flags, FileConfig::default()).expect("valid settings");
+        let c = Config::from_args(&args).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.id, 1);
         assert_eq!(c.advertise_client_addr, "10.0.0.1:7001");
     }
@@ -533,61 +529,15 @@ mod tests {
             .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n");
-        let file: FileConfig = toml::from_str(&uncommented).expect("template with every key uncommented parses");
-        let c = Config::resolve(Flags::default(), file).expect("template values are valid");
+        let (_dir, path) = file(&uncommented);
+        let c = resolve(&["--config", &path]).expect("template with every key uncommented is valid");
         assert_eq!(c.id, 1);
-        for key in [
-            "id",
-            "data_dir",
-            "peer_addr",
-            "client_addr",
-            "metrics_addr",
-            "advertise_peer_addr",
-            "advertise_client_addr",
-            "initial_cluster",
-            "join",
-            "cluster_token",
-            "heartbeat_ms",
-            "election_timeout_ms",
-            "snapshot_logs",
-            "max_queued_writes",
-            "history_revisions",
-            "cache_mb",
-            "min_free_mb",
-            "max_key_bytes",
-            "max_value_bytes",
-            "max_request_bytes",
-            "backup_dir",
-            "backup_interval",
-            "backup_retain",
-            "log_format",
-            "log_level",
-        ] {
+        for arg in Settings::command().get_arguments() {
+            let key = arg.get_id().as_str();
+            if ["config", "help", "version"].contains(&key) {
+                continue;
+            }
             assert!(text.contains(&format!("{key} = ")), "template does not document {key}");
-        }
-    }
-}
-
-/// How large batches may grow, and how many writes may wait for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    /// Requests per entry; 1 turns batching off.
-    pub max_requests: usize,
-    /// Encoded bytes per entry (a single larger request is proposed alone), so that one entry
-    /// stays small beside the 1 MiB that one AppendEntries carries (peer/client.rs).
-    pub max_bytes: usize,
-    /// Writes the proposer holds at once, queued or proposed and not yet answered; more are
-    /// refused. The default is some 40 full batches: far more than a leader commits while a
-    /// client waits, and a bound on the memory writes can take when commits stall.
-    pub max_queued: usize,
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        BatchLimits {
-            max_requests: 256,
-            max_bytes: 64 * 1024,
-            max_queued: 10_000,
         }
     }
 }

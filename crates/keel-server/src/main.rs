@@ -52,14 +52,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    use clap::Parser;
+    use clap::CommandFactory;
     // clap prints --help/--version (exit 0) and flag errors (exit 2) itself.
-    let flags = keel_server::config::Flags::parse();
-    let file = match &flags.config {
-        Some(path) => keel_server::config::read_file(path),
-        None => Ok(Default::default()),
-    };
-    let config = match file.and_then(|file| Config::resolve(flags, file)) {
+    let matches = keel_server::config::Settings::command().get_matches();
+    let config = match keel_server::config::Settings::from_matches(&matches).and_then(Config::resolve) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keel: {e}");
