@@ -20,7 +20,7 @@ const DEADLINE: Duration = Duration::from_secs(3);
 const PROMPTLY: Duration = Duration::from_secs(2);
 
 /// A leader refuses writes once it has not heard from a quorum for two election timeouts (2 × 120
-/// ms by default, see keel-server's node.rs); a follower gives up waiting for a leader after about
+/// ms by default, see keel-server's node/leader.rs); a follower gives up waiting for a leader after about
 /// as long. This is that threshold plus a wide margin, counted from the kills.
 const NOTICE_LOST_QUORUM: Duration = Duration::from_millis(1500);
 

@@ -182,25 +182,25 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         })?;
     }
 
-    let node = Node::new(
-        config.id,
+    let node = Node::new(crate::node::Parts {
+        id: config.id,
         raft,
         reader,
         inbox,
+        log_stats,
         channels,
-        config.limits,
         cluster,
-        Member {
+        advertise: Member {
             peer_addr: config.advertise_peer_addr.clone(),
             client_addr: config.advertise_client_addr.clone(),
         },
-        config.election_timeout.1,
-        config.data_dir.clone(),
+        limits: config.limits,
+        election_timeout_max: config.election_timeout.1,
+        data_dir: config.data_dir.clone(),
+        batch: config.batch,
         disk,
-        metrics.clone(),
-        log_stats,
-        config.batch,
-    );
+        metrics: metrics.clone(),
+    });
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {

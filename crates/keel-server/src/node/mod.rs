@@ -76,24 +76,44 @@ pub struct Node {
     pub(crate) tasks: TaskTracker,
 }
 
+/// What a node is built from: its storage, its peers and its settings, each made by `server.rs`.
+pub struct Parts {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub inbox: keel_storage::SnapshotInbox,
+    pub log_stats: Arc<keel_storage::LogStats>,
+    pub channels: Arc<PeerChannels>,
+    pub cluster: Arc<keel_storage::datadir::ClusterId>,
+    /// This node's addresses as it publishes them in the membership.
+    pub advertise: Member,
+    pub limits: Limits,
+    pub election_timeout_max: Duration,
+    pub data_dir: std::path::PathBuf,
+    pub batch: crate::config::BatchLimits,
+    pub disk: Arc<crate::disk::DiskSpace>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 impl Node {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: NodeId,
-        raft: Raft,
-        reader: KvReader,
-        inbox: keel_storage::SnapshotInbox,
-        channels: Arc<PeerChannels>,
-        limits: Limits,
-        cluster: Arc<keel_storage::datadir::ClusterId>,
-        advertise: Member,
-        election_timeout_max: Duration,
-        data_dir: std::path::PathBuf,
-        disk: Arc<crate::disk::DiskSpace>,
-        metrics: Arc<crate::metrics::Metrics>,
-        log_stats: Arc<keel_storage::LogStats>,
-        batch: crate::config::BatchLimits,
-    ) -> Arc<Self> {
+    /// Build the node and start its proposer.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            id,
+            raft,
+            reader,
+            inbox,
+            log_stats,
+            channels,
+            cluster,
+            advertise,
+            limits,
+            election_timeout_max,
+            data_dir,
+            batch,
+            disk,
+            metrics,
+        } = parts;
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let proposer =
             crate::write::proposer::Proposer::spawn(id, raft.clone(), batch, metrics.clone(), &tasks, &cancel);
