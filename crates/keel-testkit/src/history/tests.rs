@@ -620,34 +620,13 @@ fn brute_force(h: &History) -> bool {
     })
 }
 
-#[test]
-fn agrees_with_brute_force_on_small_random_histories() {
-    let mut rng = Rng(42);
-    let value = |rng: &mut Rng| ["a", "b", "c"][rng.below(3) as usize].to_string();
-    let maybe = |rng: &mut Rng| if rng.chance(30) { None } else { Some(value(rng)) };
+/// Check `cases` histories from `generate` both ways; each verdict must come up at least
+/// `at_least` times for the comparison to mean anything.
+fn agrees_with_brute_force(seed: u64, cases: usize, at_least: usize, mut generate: impl FnMut(&mut Rng) -> History) {
+    let mut rng = Rng(seed);
     let (mut accepted, mut rejected) = (0, 0);
-    for case in 0..3000 {
-        let mut h = History::new();
-        for p in 0..1 + rng.below(6) {
-            let invoke = rng.below(10);
-            let complete = Some(invoke + rng.below(6));
-            let op = match rng.below(3) {
-                0 => Op::Put(value(&mut rng)),
-                1 => Op::Get,
-                _ => Op::Cas {
-                    expect: maybe(&mut rng),
-                    new: value(&mut rng),
-                },
-            };
-            let outcome = match (rng.below(8), &op) {
-                (0, _) => Outcome::Failed,
-                (1 | 2, _) => Outcome::Unknown,
-                (_, Op::Put(_)) => Outcome::PutOk,
-                (_, Op::Get) => Outcome::GetOk(maybe(&mut rng)),
-                (_, Op::Cas { .. }) => Outcome::CasOk(rng.chance(50)),
-            };
-            h.push(p, "k", op, invoke, complete, outcome);
-        }
+    for case in 0..cases {
+        let h = generate(&mut rng);
         let expected = brute_force(&h);
         let got = check_linearizable(&h);
         assert_eq!(got.is_ok(), expected, "case {case}: {got:?}\n{h:#?}");
@@ -657,11 +636,40 @@ fn agrees_with_brute_force_on_small_random_histories() {
             rejected += 1;
         }
     }
-    // Both verdicts must be well represented for the comparison to mean anything.
     assert!(
-        accepted > 300 && rejected > 300,
+        accepted > at_least && rejected > at_least,
         "{accepted} accepted, {rejected} rejected"
     );
+}
+
+#[test]
+fn agrees_with_brute_force_on_small_random_histories() {
+    let value = |rng: &mut Rng| ["a", "b", "c"][rng.below(3) as usize].to_string();
+    let maybe = |rng: &mut Rng| if rng.chance(30) { None } else { Some(value(rng)) };
+    agrees_with_brute_force(42, 3000, 300, |rng| {
+        let mut h = History::new();
+        for p in 0..1 + rng.below(6) {
+            let invoke = rng.below(10);
+            let complete = Some(invoke + rng.below(6));
+            let op = match rng.below(3) {
+                0 => Op::Put(value(rng)),
+                1 => Op::Get,
+                _ => Op::Cas {
+                    expect: maybe(rng),
+                    new: value(rng),
+                },
+            };
+            let outcome = match (rng.below(8), &op) {
+                (0, _) => Outcome::Failed,
+                (1 | 2, _) => Outcome::Unknown,
+                (_, Op::Put(_)) => Outcome::PutOk,
+                (_, Op::Get) => Outcome::GetOk(maybe(rng)),
+                (_, Op::Cas { .. }) => Outcome::CasOk(rng.chance(50)),
+            };
+            h.push(p, "k", op, invoke, complete, outcome);
+        }
+        h
+    });
 }
 
 #[test]
@@ -695,9 +703,7 @@ fn agrees_with_brute_force_on_small_histories_with_unique_values() {
     // The chaos workload writes every value once, and the search's rules for unknown writes
     // lean on that; so compare on such histories too, with many unknown writes and swaps that
     // did not happen, the cases those rules are about.
-    let mut rng = Rng(7);
-    let (mut accepted, mut rejected) = (0, 0);
-    for case in 0..4000 {
+    agrees_with_brute_force(7, 4000, 400, |rng| {
         let mut h = History::new();
         let n = 2 + rng.below(6);
         let mut written: Vec<String> = Vec::new();
@@ -715,7 +721,7 @@ fn agrees_with_brute_force_on_small_histories_with_unique_values() {
                 }
                 1 => Op::Get,
                 _ => {
-                    let expect = pick(&mut rng, &written);
+                    let expect = pick(rng, &written);
                     written.push(format!("w{p}"));
                     Op::Cas {
                         expect,
@@ -726,24 +732,13 @@ fn agrees_with_brute_force_on_small_histories_with_unique_values() {
             let outcome = match (rng.below(6), &op) {
                 (0 | 1, Op::Put(_) | Op::Cas { .. }) => Outcome::Unknown,
                 (_, Op::Put(_)) => Outcome::PutOk,
-                (_, Op::Get) => Outcome::GetOk(pick(&mut rng, &written)),
+                (_, Op::Get) => Outcome::GetOk(pick(rng, &written)),
                 (_, Op::Cas { .. }) => Outcome::CasOk(rng.chance(40)),
             };
             h.push(p, "k", op, invoke, complete, outcome);
         }
-        let expected = brute_force(&h);
-        let got = check_linearizable(&h);
-        assert_eq!(got.is_ok(), expected, "case {case}: {got:?}\n{h:#?}");
-        if expected {
-            accepted += 1;
-        } else {
-            rejected += 1;
-        }
-    }
-    assert!(
-        accepted > 400 && rejected > 400,
-        "{accepted} accepted, {rejected} rejected"
-    );
+        h
+    });
 }
 
 /// A history shaped like a chaos run's on one key: calm stretches alternate with faults, in
