@@ -67,7 +67,7 @@ pub use observe::Observer;
 pub use sm::snapshot_file::{
     SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotSession, SnapshotWriter,
 };
-pub use sm::{KvReader, ReadError, SmConfig, Snapshot, SnapshotInbox, StateMachine};
+pub use sm::{Change, Changes, ChangesError, KvReader, ReadError, SmConfig, Snapshot, SnapshotInbox, StateMachine};
 pub use store::{db_dir, open, OpenError, Store, StoreConfig};
 pub use types::*;
 pub use validate::{validate_key, validate_range, validate_request, InvalidRequest, Limits};

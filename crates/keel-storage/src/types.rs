@@ -252,7 +252,7 @@ pub enum TxnOp {
 }
 
 /// One stored key with its metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,

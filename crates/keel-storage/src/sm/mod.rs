@@ -33,6 +33,7 @@
 //! apply call.
 
 mod apply;
+mod changes;
 pub mod mvcc;
 mod read;
 pub mod sessions;
@@ -51,6 +52,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 pub use apply::{decode_history, HistoryEvent, RevisionEvents};
+pub use changes::{Change, Changes, ChangesError};
 pub use read::{KvReader, ReadError};
 use snapshot::SnapshotStore;
 pub use snapshot::{file_stem as snapshot_file_stem, SnapshotBuilder};
@@ -144,6 +146,8 @@ pub(crate) struct SmShared {
     observer: std::sync::OnceLock<Arc<dyn crate::Observer>>,
     /// What the log store waits on before it purges (see [`Progress`]).
     progress: tokio::sync::watch::Sender<Progress>,
+    /// The store revision, for watchers waiting for changes (`changes.rs`).
+    revisions: tokio::sync::watch::Sender<u64>,
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
@@ -184,6 +188,8 @@ impl SmShared {
         self.key_count.store(meta.key_count, Ordering::Release);
         self.session_count.store(meta.session_count, Ordering::Release);
         self.revision.store(meta.revision, Ordering::Release);
+        self.revisions
+            .send_if_modified(|r| std::mem::replace(r, meta.revision) != meta.revision);
     }
 
     fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), usize>> {
@@ -292,6 +298,7 @@ impl StateMachine {
             config,
             observer: std::sync::OnceLock::new(),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
+            revisions: tokio::sync::watch::Sender::new(meta.revision),
         });
         shared.publish(&meta);
         Ok(StateMachine {

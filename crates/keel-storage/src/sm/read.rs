@@ -31,7 +31,7 @@ pub enum ReadError {
 /// Read access to the state machine, cheap to clone.
 #[derive(Clone)]
 pub struct KvReader {
-    shared: Arc<SmShared>,
+    pub(super) shared: Arc<SmShared>,
 }
 
 impl KvReader {

@@ -1,0 +1,135 @@
+//! The changes to a range of keys since a revision, read from the change history: what a watch
+//! sends.
+//!
+//! Every applied entry left one history record listing its revisions and, for each, the keys it
+//! put or deleted with the revision each superseded (`apply.rs`). A change at revision R > the
+//! compaction point still has its version at R (compaction removes only versions superseded at
+//! or below that point) and the version it superseded, so the events of the retained history
+//! are exact: each key's value after the change and, if asked, before it. A read that starts at
+//! or below the compaction point is refused with the point, as etcd refuses a watch on a
+//! compacted revision. As for `read.rs`, a compaction or snapshot install during the read is
+//! noticed afterwards.
+//!
+//! Watchers do not hold events in memory: each reads the history from its next revision when
+//! told that the store revision moved ([`KvReader::revisions`]), so a slow watcher costs nothing
+//! but the history it has yet to read.
+
+use std::sync::atomic::Ordering;
+
+use super::mvcc::{self, MvccError};
+use super::read::KvReader;
+use super::{decode_history, ReadError};
+use crate::codec;
+use crate::types::{KeyRange, KeyValue};
+
+/// One change to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub deleted: bool,
+    /// The key after the change: its new version, or for a delete the key alone with
+    /// `mod_revision` the deleting revision.
+    pub kv: KeyValue,
+    /// The version the change superseded, if asked for and live.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// The changes of whole revisions, in revision order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    /// The first revision these changes do not cover: where the next read starts.
+    pub next: u64,
+    /// The store revision when the read began (every revision up to it was read, unless the
+    /// read stopped at its limit).
+    pub revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    /// The history at and below this revision is gone.
+    #[error("required revision has been compacted (compacted up to {0})")]
+    Compacted(u64),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+impl KvReader {
+    /// Follow the store revision: it changes after every apply that wrote something, and after
+    /// a snapshot install.
+    pub fn revisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.revisions.subscribe()
+    }
+
+    /// The oldest revision whose changes the history still holds.
+    pub fn oldest_change(&self) -> u64 {
+        self.shared.compacting.load(Ordering::Acquire) + 1
+    }
+
+    /// The changes to `range` from revision `from` (at least 1) up to the current revision,
+    /// stopping after the first revision that takes the count past `limit`. With `prev_kv`,
+    /// each change also carries the version it superseded. Runs on the calling thread.
+    pub fn changes(&self, range: &KeyRange, from: u64, limit: usize, prev_kv: bool) -> Result<Changes, ChangesError> {
+        let from = from.max(1);
+        let (tree, generation, current) = self.shared.tree();
+        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        if from <= compacted {
+            return Err(ChangesError::Compacted(compacted));
+        }
+        let mut out = Changes {
+            changes: Vec::new(),
+            next: from.max(current + 1),
+            revision: current,
+        };
+        if from > current {
+            return Ok(out);
+        }
+        let mut read = || -> Result<Option<u64>, MvccError> {
+            for record in tree.range(codec::history_key(from)..=codec::history_key(current)) {
+                let (key, bytes) = record?;
+                let last = codec::split_history_key(&key)?;
+                for rev in decode_history(last, &bytes)? {
+                    if rev.revision < from || rev.revision > current {
+                        continue;
+                    }
+                    for ev in rev.events.into_iter().filter(|e| range.contains(&e.key)) {
+                        let kv = match mvcc::get(&tree, &ev.key, rev.revision)? {
+                            Some(kv) if !ev.deleted => kv,
+                            _ => KeyValue {
+                                key: ev.key.clone(),
+                                mod_revision: rev.revision,
+                                ..KeyValue::default()
+                            },
+                        };
+                        let prev = match (prev_kv, ev.prev_revision) {
+                            (true, p) if p > 0 => mvcc::get(&tree, &ev.key, p)?,
+                            _ => None,
+                        };
+                        out.changes.push(Change {
+                            revision: rev.revision,
+                            deleted: ev.deleted,
+                            kv,
+                            prev_kv: prev,
+                        });
+                    }
+                    if out.changes.len() >= limit {
+                        return Ok(Some(rev.revision + 1));
+                    }
+                }
+            }
+            Ok(None)
+        };
+        let stopped_at = read().map_err(ReadError::from)?;
+        if self.shared.generation.load(Ordering::Acquire) != generation {
+            return Err(ReadError::Interrupted.into());
+        }
+        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        if from <= compacted {
+            return Err(ChangesError::Compacted(compacted));
+        }
+        if let Some(next) = stopped_at {
+            out.next = next;
+        }
+        Ok(out)
+    }
+}
