@@ -50,6 +50,8 @@ pub enum Command {
     Del(DelArgs),
     /// Write a key only if it is as expected (exit 3 if it is not).
     Cas(CasArgs),
+    /// Print every change to a key or a range of keys, one line each, until interrupted.
+    Watch(WatchArgs),
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -134,6 +136,30 @@ pub struct GetArgs {
     /// Print only how many keys are in the range.
     #[arg(long)]
     pub count_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The key, or the start of the range.
+    pub key: String,
+    /// Every key that starts with KEY (with an empty KEY: every key).
+    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
+    pub prefix: bool,
+    /// Every key >= KEY.
+    #[arg(long, conflicts_with = "range_end")]
+    pub from_key: bool,
+    /// Keys in [KEY, END).
+    #[arg(long, value_name = "END")]
+    pub range_end: Option<String>,
+    /// Start at revision N (the history the cluster keeps); default: changes from now on.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub rev: u64,
+    /// Print each key's previous value too.
+    #[arg(long)]
+    pub prev_kv: bool,
+    /// Stop after N events (0: run until interrupted).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_events: u64,
 }
 
 #[derive(Debug, Args)]

@@ -338,6 +338,16 @@ impl Client {
         }
     }
 
+    /// Every endpoint's address and channel, the preferred one (the leader, when known) first.
+    pub(crate) fn channels(&self) -> Vec<(String, Channel)> {
+        let inner = &self.inner;
+        let first = inner.preferred.load(Ordering::Relaxed);
+        (0..inner.targets.len())
+            .map(|i| &inner.targets[(first + i) % inner.targets.len()])
+            .map(|t| (t.authority.clone(), t.channel.clone()))
+            .collect()
+    }
+
     fn channel_for(&self, raw: &str) -> Result<Channel, Error> {
         let (_, authority) = endpoint::parse(raw)?;
         if let Some(index) = self.index_of(&authority) {

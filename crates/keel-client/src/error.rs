@@ -42,6 +42,10 @@ pub enum Error {
     /// the learner to promote is still catching up.
     #[error("{1}")]
     Refused(keel_proto::wire::Outcome, String),
+    /// A watch's start revision is older than the history the cluster keeps (compacted up to
+    /// this revision): read the current state, then watch from after it.
+    #[error("required revision has been compacted (history kept from {} on)", .0 + 1)]
+    Compacted(u64),
     /// Any other status the server answered with.
     #[error("{}: {}", .0.code(), .0.message())]
     Other(tonic::Status),
@@ -56,6 +60,7 @@ impl Error {
             Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
             Error::OutcomeUnknown(_) => Code::Unknown,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
+            Error::Compacted(_) => Code::OutOfRange,
             Error::Other(status) => status.code(),
         }
     }

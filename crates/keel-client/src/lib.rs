@@ -40,6 +40,7 @@ mod config;
 mod endpoint;
 mod error;
 mod retry;
+mod watch;
 
 pub use client::{Client, LEADER_METADATA_KEY};
 pub use config::{ClientConfig, MAX_TIMEOUT};
@@ -48,3 +49,4 @@ pub use error::Error;
 pub use keel_proto::v1 as proto;
 /// The conditions an error can name beyond its code ([`Error::Session`], [`Error::Refused`]).
 pub use keel_proto::wire::Outcome;
+pub use watch::{Watch, WatchBatch};

@@ -227,6 +227,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         .with_service_name("keel.v1.KV")
         .with_service_name("keel.v1.Cluster")
         .with_service_name("keel.v1.Maintenance")
+        .with_service_name("keel.v1.Watch")
         .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
     let client_server = tokio::spawn(
@@ -241,6 +242,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+            .add_service(
+                keel_proto::v1::watch_server::WatchServer::new(crate::service::watch::WatchService {
+                    node: node.clone(),
+                })
+                .max_encoding_message_size(usize::MAX),
+            )
             .add_service(
                 keel_proto::v1::maintenance_server::MaintenanceServer::new(
                     crate::service::maintenance::MaintenanceService { node: node.clone() },

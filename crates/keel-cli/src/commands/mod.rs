@@ -4,6 +4,7 @@ mod cluster;
 mod kv;
 mod membership;
 mod snapshot;
+mod watch;
 
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Get(args) => kv::get(&client, args, format).await,
         Command::Del(args) => kv::del(&client, args, format).await,
         Command::Cas(args) => kv::cas(&client, args, format).await,
+        Command::Watch(args) => watch::watch(&client, args, format).await,
         Command::Member(MemberCommand::List) => cluster::member_list(&client, format).await,
         Command::Status(args) => match args.watch {
             Some(every) => cluster::watch(&client, format, every).await,

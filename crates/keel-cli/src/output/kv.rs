@@ -1,6 +1,8 @@
-//! Output of the key-value verbs: get, put, del, cas.
+//! Output of the key-value verbs: get, put, del, cas, watch.
 
-use keel_client::proto::{DeleteRangeResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader};
+use keel_client::proto::{
+    event::EventType, DeleteRangeResponse, Event, KeyValue, PutResponse, RangeResponse, ResponseHeader,
+};
 use serde::Serialize;
 
 use super::{cell, encode, json, plain, table, HeaderJson};
@@ -350,5 +352,49 @@ mod tests {
             cas(&result, Format::Json),
             format!("{{\"succeeded\":true,\"revision\":9,{HEADER_JSON}}}\n")
         );
+    }
+}
+
+#[derive(Serialize)]
+struct EventJson {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    revision: u64,
+    kv: KvJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_kv: Option<KvJson>,
+}
+
+/// One watch event on one line: `PUT|DELETE REVISION KEY [VALUE] [(was PREV)]`, or a JSON
+/// object per line.
+pub fn event(e: &Event, prev_kv: bool, format: Format) -> String {
+    let kind = if e.r#type == EventType::Delete as i32 {
+        "DELETE"
+    } else {
+        "PUT"
+    };
+    let kv = e.kv.clone().unwrap_or_default();
+    let deleted = kind == "DELETE";
+    match format {
+        Format::Json => json(&EventJson {
+            kind,
+            revision: kv.mod_revision,
+            kv: KvJson::new(&kv, !deleted),
+            prev_kv: e.prev_kv.as_ref().filter(|_| prev_kv).map(|p| KvJson::new(p, true)),
+        }),
+        Format::Table | Format::Simple => {
+            let text = |b: &[u8]| match format {
+                Format::Table => cell(b),
+                _ => plain(b),
+            };
+            let mut line = format!("{kind} {} {}", kv.mod_revision, text(&kv.key));
+            if !deleted {
+                line = format!("{line} {}", text(&kv.value));
+            }
+            if let Some(p) = e.prev_kv.as_ref().filter(|_| prev_kv) {
+                line = format!("{line} (was {})", text(&p.value));
+            }
+            line + "\n"
+        }
     }
 }

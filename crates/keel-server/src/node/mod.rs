@@ -72,6 +72,9 @@ pub struct Node {
     failed: tokio::sync::watch::Sender<Option<String>>,
     /// Cancelled when the node stops: every background task ends at its next await.
     pub(crate) cancel: CancellationToken,
+    /// Cancelled when shutdown begins: requests that would otherwise never end (watch streams)
+    /// end then, so that the client server can finish the others.
+    pub(crate) stopping: CancellationToken,
     /// Every background task, so that shutdown can wait for them all to end.
     pub(crate) tasks: TaskTracker,
 }
@@ -143,6 +146,7 @@ impl Node {
             this: this.clone(),
             failed: tokio::sync::watch::Sender::new(None),
             cancel,
+            stopping: CancellationToken::new(),
             tasks,
         })
     }
@@ -214,6 +218,7 @@ impl Node {
     /// Refuse new requests from now on; those in flight finish.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        self.stopping.cancel();
     }
 
     /// A leader's AppendEntries was just accepted here.

@@ -1,9 +1,10 @@
-//! The client-facing gRPC services (KV, Cluster) and what they share: deadlines and leader
+//! The client-facing gRPC services (KV, Cluster, Maintenance, Watch) and what they share: deadlines and leader
 //! hints.
 
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,45 @@
+//! `keelctl watch`: every change to a key or range, printed as it comes. The client carries the
+//! watch over to another member if the one serving it goes away, without gap or repeat.
+
+use std::io::Write;
+
+use anyhow::anyhow;
+use keel_client::proto::WatchCreateRequest;
+use keel_client::Client;
+
+use super::{require_key, Outcome};
+use crate::args::{Format, WatchArgs};
+use crate::output::kv as out;
+
+pub async fn watch(client: &Client, args: &WatchArgs, format: Format) -> anyhow::Result<Outcome> {
+    if !args.prefix {
+        require_key(&args.key)?;
+    }
+    let range_end = match (&args.range_end, args.from_key) {
+        (Some(end), _) => end.clone().into_bytes(),
+        (None, true) => vec![0],
+        (None, false) => Vec::new(),
+    };
+    let create = WatchCreateRequest {
+        key: args.key.clone().into_bytes(),
+        range_end,
+        prefix: args.prefix,
+        start_revision: args.rev,
+        prev_kv: args.prev_kv,
+        ..Default::default()
+    };
+    let mut watch = client.watch(create).await?;
+    let mut printed = 0;
+    let mut stdout = std::io::stdout().lock();
+    while args.max_events == 0 || printed < args.max_events {
+        let batch = watch.next().await?;
+        for event in &batch.events {
+            stdout
+                .write_all(out::event(event, args.prev_kv, format).as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| anyhow!("writing to stdout: {e}"))?;
+            printed += 1;
+        }
+    }
+    Ok(Outcome::Done(String::new()))
+}

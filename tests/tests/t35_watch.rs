@@ -1,0 +1,302 @@
+//! Watch (issue 15): the changes to a prefix arrive in revision order, each once, the events of a
+//! txn together, with values before and after; a start in the past replays the history; a start
+//! older than the history is refused with the compaction point; a bad range is refused; and a
+//! client whose member is stopped carries on at another member from the revision after the last
+//! one it saw, with no gap and no repeat.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use keel_client::{Client, ClientConfig, Error, Watch};
+use keel_proto::v1::{
+    event::EventType, request_op, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
+};
+use keel_testkit::{Backend, Cluster, Options};
+
+/// Every test is bounded: a watch that never delivers fails the test instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn on_prefix(prefix: &str, start_revision: u64) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: prefix.into(),
+        prefix: true,
+        start_revision,
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+/// (revision, put or delete, key, value, previous value) of each event, per delivered batch.
+type Seen = Vec<Vec<(u64, &'static str, String, String, Option<String>)>>;
+
+/// Read batches with events until `revisions` distinct revisions have arrived.
+async fn read(watch: &mut Watch, revisions: usize) -> anyhow::Result<Seen> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut seen: Seen = Vec::new();
+    let mut revs = BTreeSet::new();
+    while revs.len() < revisions {
+        let batch = tokio::time::timeout(LIMIT, watch.next()).await??;
+        if batch.events.is_empty() {
+            continue;
+        }
+        let mut events = Vec::new();
+        for e in batch.events {
+            let kv = e.kv.unwrap_or_default();
+            revs.insert(kv.mod_revision);
+            let kind = if e.r#type == EventType::Delete as i32 {
+                "delete"
+            } else {
+                "put"
+            };
+            events.push((
+                kv.mod_revision,
+                kind,
+                text(&kv.key),
+                text(&kv.value),
+                e.prev_kv.map(|p| text(&p.value)),
+            ));
+        }
+        seen.push(events);
+    }
+    Ok(seen)
+}
+
+fn put(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_in_order_once_with_txns_whole() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    // The watch is served by a follower; the writes go through the leader.
+    let watcher = Client::connect(
+        vec![cluster.nodes[&follower].client_addr.to_string()],
+        ClientConfig::default(),
+    )
+    .await?;
+    let writer = Client::connect(cluster.endpoints(), ClientConfig::default()).await?;
+    let mut watch = watcher.watch(on_prefix("w/", 0)).await?;
+
+    let r1 = writer.put("w/a", "1").await?.header.unwrap_or_default().revision;
+    writer.put("elsewhere", "x").await?;
+    writer.put("w/b", "2").await?;
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::Put(put("w/a", "3"))),
+            },
+            RequestOp {
+                request: Some(request_op::Request::DeleteRange(DeleteRangeRequest {
+                    key: "w/b".into(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    writer.txn(txn).await?;
+    writer
+        .delete_range(DeleteRangeRequest {
+            key: "w/".into(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await?;
+
+    let s = |v: &str| v.to_string();
+    let expected = vec![
+        (r1, "put", s("w/a"), s("1"), None),
+        (r1 + 2, "put", s("w/b"), s("2"), None),
+        (r1 + 3, "put", s("w/a"), s("3"), Some(s("1"))),
+        (r1 + 3, "delete", s("w/b"), s(""), Some(s("2"))),
+        (r1 + 4, "delete", s("w/a"), s(""), Some(s("3"))),
+    ];
+    let seen = read(&mut watch, 4).await?;
+    assert_eq!(seen.concat(), expected, "batches: {seen:?}");
+    // The txn's two events came in one batch.
+    assert!(
+        seen.iter().any(|b| b.iter().filter(|e| e.0 == r1 + 3).count() == 2),
+        "{seen:?}"
+    );
+
+    // From the first put's revision, a new watch replays the same history.
+    let mut replay = watcher.watch(on_prefix("w/", r1)).await?;
+    assert_eq!(read(&mut replay, 4).await?.concat(), expected);
+
+    // Bad ranges are refused.
+    let empty = WatchCreateRequest::default();
+    assert!(matches!(watcher.watch(empty).await, Err(Error::InvalidArgument(_))));
+    let inverted = WatchCreateRequest {
+        key: "b".into(),
+        range_end: "a".into(),
+        ..Default::default()
+    };
+    assert!(matches!(watcher.watch(inverted).await, Err(Error::InvalidArgument(_))));
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_older_than_the_history_is_refused_with_the_compaction_point() -> anyhow::Result<()> {
+    let options = Options {
+        flags: vec!["--history-revisions".into(), "10".into()],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(Backend::InProcess, options).await?;
+    cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let client = Client::connect(cluster.endpoints(), ClientConfig::default()).await?;
+    let mut last = 0;
+    for i in 0..60 {
+        last = client
+            .put("c", i.to_string())
+            .await?
+            .header
+            .unwrap_or_default()
+            .revision;
+    }
+    match client.watch(on_prefix("c", 1)).await {
+        Err(Error::Compacted(c)) => assert!(c >= 1 && c < last, "compacted up to {c}, last write {last}"),
+        Err(e) => anyhow::bail!("expected Compacted, got {e}"),
+        Ok(_) => anyhow::bail!("a watch from revision 1 was accepted after compaction"),
+    }
+    // The last revisions are still there.
+    let mut recent = client.watch(on_prefix("c", last)).await?;
+    let seen = read(&mut recent, 1).await?;
+    assert_eq!(seen[0][0].0, last);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_carries_on_at_another_member_without_gap_or_repeat() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    // The watcher prefers a follower, so that stopping its member leaves the cluster writable.
+    let mut endpoints: Vec<(u64, String)> = cluster
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, n.client_addr.to_string()))
+        .collect();
+    endpoints.sort_by_key(|(id, _)| *id == leader);
+    let watcher = Client::connect(endpoints.iter().map(|e| e.1.clone()).collect(), ClientConfig::default()).await?;
+    let mut watch = watcher.watch(on_prefix("r/", 0)).await?;
+    let serving = watch.endpoint().map(String::from).expect("serving");
+    let victim = endpoints
+        .iter()
+        .find(|e| e.1 == serving)
+        .map(|e| e.0)
+        .expect("a member");
+    anyhow::ensure!(victim != leader, "the watch is on the leader");
+
+    let writer = Client::connect(
+        vec![cluster.nodes[&leader].client_addr.to_string()],
+        ClientConfig::default(),
+    )
+    .await?;
+    const WRITES: usize = 200;
+    let writes = tokio::spawn(async move {
+        let mut revisions = Vec::new();
+        for i in 0..WRITES {
+            let r = writer.put(format!("r/{}", i % 7), i.to_string()).await?;
+            revisions.push(r.header.unwrap_or_default().revision);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        anyhow::Ok(revisions)
+    });
+    let mut got = Vec::new();
+    while got.len() < WRITES {
+        let batch = tokio::time::timeout(LIMIT, watch.next()).await??;
+        got.extend(
+            batch
+                .events
+                .iter()
+                .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision)),
+        );
+        if got.len() >= WRITES / 3 && cluster.is_running(victim) {
+            cluster.kill(victim).await?;
+        }
+    }
+    let written = writes.await??;
+    assert!(!cluster.is_running(victim), "the serving member was stopped mid-watch");
+    assert_ne!(watch.endpoint(), Some(serving.as_str()), "the watch moved on");
+    assert_eq!(got, written, "every write once, in order, across the move");
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelctl_watch_prints_one_line_per_event() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let client = Client::connect(cluster.endpoints(), ClientConfig::default()).await?;
+    let first = client.put("x/a", "1").await?.header.unwrap_or_default().revision;
+    let endpoints = cluster.endpoints().join(",");
+    let rev = first.to_string();
+    let args = [
+        "--endpoints",
+        &endpoints,
+        "-o",
+        "json",
+        "watch",
+        "x/",
+        "--prefix",
+        "--prev-kv",
+        "--rev",
+        &rev,
+        "--max-events",
+        "3",
+    ];
+    let mut child = std::process::Command::new(keel_testkit::keelctl_binary()?)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    client.put("x/a", "2").await?;
+    client
+        .delete_range(DeleteRangeRequest {
+            key: "x/a".into(),
+            ..Default::default()
+        })
+        .await?;
+    let give_up = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > give_up {
+            child.kill()?;
+            anyhow::bail!("keelctl watch did not stop after 3 events");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut text)?;
+    let out = (status, text);
+    assert!(out.0.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = out.1.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let summary: Vec<(String, u64, String, Option<String>)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["type"].as_str().unwrap_or_default().to_string(),
+                l["revision"].as_u64().unwrap_or_default(),
+                l["kv"]["value"].as_str().unwrap_or("-").to_string(),
+                l["prev_kv"]["value"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        summary,
+        vec![
+            (s("PUT"), first, s("1"), None),
+            (s("PUT"), first + 1, s("2"), Some(s("1"))),
+            (s("DELETE"), first + 2, s("-"), Some(s("2"))),
+        ],
+        "{}",
+        out.1
+    );
+    cluster.shutdown().await
+}
