@@ -7,6 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+mod common;
+
 use keel_client::{Client, ClientConfig, Error, Watch};
 use keel_proto::v1::{
     event::EventType, request_op, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
@@ -124,6 +126,18 @@ async fn changes_arrive_in_order_once_with_txns_whole() -> anyhow::Result<()> {
         seen.iter().any(|b| b.iter().filter(|e| e.0 == r1 + 3).count() == 2),
         "{seen:?}"
     );
+
+    // The follower counts its watch and the events it sent.
+    let (_, metrics) = common::http_get(cluster.nodes[&follower].metrics_addr, "/metrics").await?;
+    let value = |name: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name}{{")));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(value("keel_watch_streams"), Some(1.0), "{metrics}");
+    assert_eq!(value("keel_watchers"), Some(1.0), "{metrics}");
+    assert_eq!(value("keel_watch_events_sent_total"), Some(5.0), "{metrics}");
+    assert_eq!(value("keel_slow_watchers"), Some(0.0), "{metrics}");
 
     // From the first put's revision, a new watch replays the same history.
     let mut replay = watcher.watch(on_prefix("w/", r1)).await?;
@@ -298,5 +312,71 @@ async fn keelctl_watch_prints_one_line_per_event() -> anyhow::Result<()> {
         "{}",
         out.1
     );
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_waits_and_then_reads_on_from_the_history() -> anyhow::Result<()> {
+    use keel_proto::v1::watch_client::WatchClient;
+    use keel_proto::v1::{watch_request, WatchRequest};
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let create = WatchCreateRequest {
+        prev_kv: false,
+        ..on_prefix("s/", 0)
+    };
+    tx.send(WatchRequest {
+        request: Some(watch_request::Request::Create(create)),
+    })
+    .await?;
+    let mut responses = WatchClient::new(cluster.channel(leader))
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let created = responses.message().await?.expect("an answer");
+    assert!(created.created && !created.canceled, "{created:?}");
+
+    // Write without reading the stream until the member says its watcher waits for the client
+    // (its buffers are full), bounded in count.
+    let client = Client::connect(
+        vec![cluster.nodes[&leader].client_addr.to_string()],
+        ClientConfig::default(),
+    )
+    .await?;
+    let slow = || async {
+        let (_, metrics) = common::http_get(cluster.nodes[&leader].metrics_addr, "/metrics").await?;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("keel_slow_watchers{"))
+            .unwrap_or_default()
+            .to_string();
+        anyhow::Ok(line.ends_with(" 1"))
+    };
+    let mut written = Vec::new();
+    while !slow().await? {
+        anyhow::ensure!(written.len() < 5000, "5000 writes and the watcher never had to wait");
+        for _ in 0..50 {
+            let r = client
+                .put(format!("s/{}", written.len() % 10), vec![b'x'; 4096])
+                .await?;
+            written.push(r.header.unwrap_or_default().revision);
+        }
+    }
+    eprintln!("the watcher waited after {} writes", written.len());
+    // Now read: every write arrives, once, in order.
+    let mut got = Vec::new();
+    while got.len() < written.len() {
+        let resp = tokio::time::timeout(LIMIT, responses.message())
+            .await??
+            .expect("the stream goes on");
+        assert!(!resp.canceled, "{resp:?}");
+        got.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision)),
+        );
+    }
+    assert_eq!(got, written);
     cluster.shutdown().await
 }

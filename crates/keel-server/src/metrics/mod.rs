@@ -69,6 +69,11 @@ pub struct Metrics {
     pub backup_bytes: IntGauge,
     pub backup_interval: IntGauge,
     pub backups: IntCounterVec,
+    pub watch_streams: IntGauge,
+    pub watchers: IntGauge,
+    pub watch_events: IntCounter,
+    /// Watchers waiting for their client to read (see `service/watch.rs`).
+    pub slow_watchers: IntGauge,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -109,6 +114,13 @@ impl Metrics {
                     ),
                     &["follower"],
                 ),
+            ),
+            watch_streams: gauge("watch_streams", "Watch streams open on this member."),
+            watchers: gauge("watchers", "Watches open on this member."),
+            watch_events: counter("watch_events_sent_total", "Watch events this member sent."),
+            slow_watchers: gauge(
+                "slow_watchers",
+                "Watches waiting for their client to read; they read on from the history once it does.",
             ),
             proposals_committed: counter("proposals_committed_total", "Writes proposed here and committed."),
             proposals_failed: counter("proposals_failed_total", "Writes proposed here that failed."),

@@ -68,6 +68,7 @@ struct Handle {
 /// Serve one stream's requests until the client closes it or the node begins to shut down;
 /// every watch of the stream ends with it (through `stream`'s token).
 async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx: Out) {
+    let _open = Gauge::up(&node.metrics.watch_streams);
     let stream = node.stopping.child_token();
     let _stop_all = stream.clone().drop_guard();
     let mut watches: HashMap<i64, Handle> = HashMap::new();
@@ -200,6 +201,7 @@ struct Watcher {
 impl Watcher {
     /// Serve the watch until it is cancelled or ends; then say so to the stream's bookkeeping.
     async fn run(self, cancel: CancellationToken, progress: mpsc::Receiver<()>) {
+        let _open = Gauge::up(&self.node.metrics.watchers);
         self.serve(&cancel, progress).await;
         cancel.cancel();
     }
@@ -277,15 +279,29 @@ impl Watcher {
             .collect();
         self.next = changes.next;
         if !events.is_empty() {
+            let sent = events.len() as u64;
             let resp = WatchResponse {
                 header: Some(self.node.header(changes.revision)),
                 watch_id: self.id,
                 events,
                 ..Default::default()
             };
-            if !send(&self.tx, resp).await {
+            let ok = match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Ok(resp));
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    // The client reads slower than changes come: wait, reading nothing meanwhile.
+                    let _slow = Gauge::up(&self.node.metrics.slow_watchers);
+                    send(&self.tx, resp).await
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => false,
+            };
+            if !ok {
                 return None;
             }
+            self.node.metrics.watch_events.inc_by(sent);
         }
         Some(changes.next > changes.revision)
     }
@@ -328,6 +344,22 @@ fn ended(node: &Node, id: i64, compact_revision: u64, reason: &str) -> WatchResp
         compact_revision,
         cancel_reason: reason.to_string(),
         ..Default::default()
+    }
+}
+
+/// A gauge raised for as long as this lives.
+struct Gauge(prometheus::IntGauge);
+
+impl Gauge {
+    fn up(g: &prometheus::IntGauge) -> Gauge {
+        g.inc();
+        Gauge(g.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
