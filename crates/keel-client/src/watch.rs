@@ -5,6 +5,10 @@
 //! revision after the last one it delivered, so the caller sees every change once, in revision
 //! order, with no gap. A start revision the cluster no longer holds ends the watch with
 //! [`Error::Compacted`]: read the current state and watch from after it.
+//!
+//! A member that is paused or cut off keeps its stream open and says nothing. With
+//! `progress_ms` set, the member owes a progress notification on every quiet stretch of that
+//! length, so a watch that hears nothing for three of them moves to another member.
 
 use std::time::Duration;
 
@@ -34,6 +38,8 @@ pub struct Watch {
     next: u64,
     /// Endpoints tried since the last successful connection, for rotation.
     attempt: usize,
+    /// Times the watch was opened again after its stream broke.
+    moves: u64,
     stream: Option<Open>,
 }
 
@@ -54,6 +60,7 @@ impl Client {
             next: create.start_revision,
             create,
             attempt: 0,
+            moves: 0,
             stream: None,
         };
         watch.reopen().await?;
@@ -66,15 +73,18 @@ impl Watch {
     /// broken stream is reopened elsewhere within the client's timeout, or this fails with
     /// `Unavailable`.
     pub async fn next(&mut self) -> Result<WatchBatch, Error> {
+        let silence = self.silence_limit();
         loop {
             let Some(open) = self.stream.as_mut() else {
                 self.reopen().await?;
+                self.moves += 1;
                 continue;
             };
-            let resp = match open.responses.message().await {
-                Ok(Some(resp)) => resp,
-                // The member went away (or ended the stream): carry on elsewhere.
-                Ok(None) | Err(_) => {
+            let resp = match tokio::time::timeout(silence, open.responses.message()).await {
+                Ok(Ok(Some(resp))) => resp,
+                // The member went away (or ended the stream), or fell silent past the progress
+                // notifications it owes (paused, or its host is gone): carry on elsewhere.
+                Ok(Ok(None) | Err(_)) | Err(_) => {
                     self.stream = None;
                     continue;
                 }
@@ -97,9 +107,23 @@ impl Watch {
         }
     }
 
+    /// How long the stream may stay silent: with progress notifications asked for every `p`,
+    /// three of them missed (at least 3 s); without, for ever (a quiet range is not a fault).
+    fn silence_limit(&self) -> Duration {
+        match self.create.progress_ms {
+            0 => Duration::MAX,
+            p => (Duration::from_millis(p) * 3).max(Duration::from_secs(3)),
+        }
+    }
+
     /// The next revision this watch will deliver.
     pub fn next_revision(&self) -> u64 {
         self.next
+    }
+
+    /// Times the watch moved to a member (the same or another) after its stream broke.
+    pub fn moves(&self) -> u64 {
+        self.moves
     }
 
     /// The member serving the watch now, if any.

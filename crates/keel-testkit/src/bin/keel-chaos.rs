@@ -223,13 +223,13 @@ async fn main() -> ExitCode {
             }
         }
     }
-    println!("\n| run | seed | ops ok / failed / unknown | writes acked | after heal | recovery | linearizable | lost writes | replicas agree | verdict |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| run | seed | ops ok / failed / unknown | writes acked | after heal | recovery | linearizable | lost writes | replicas agree | watchers agree | verdict |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_passed = true;
     for (i, (seed, report)) in summary.iter().enumerate() {
         let Some(r) = report else {
             all_passed = false;
-            println!("| {} | {seed} | - | - | - | - | - | - | - | ERROR |", i + 1);
+            println!("| {} | {seed} | - | - | - | - | - | - | - | - | ERROR |", i + 1);
             continue;
         };
         all_passed &= r.passed();
@@ -238,7 +238,7 @@ async fn main() -> ExitCode {
         let unknown = r.puts.unknown + r.gets.unknown + r.cases.unknown;
         let yes = |b: bool| if b { "yes" } else { "NO" };
         println!(
-            "| {} | {seed} | {ok} / {failed} / {unknown} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {seed} | {ok} / {failed} / {unknown} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             r.acknowledged_writes(),
             r.writes_after_heal,
@@ -248,6 +248,9 @@ async fn main() -> ExitCode {
             yes(r.linearizable.is_ok()),
             if r.no_lost_writes.is_ok() { "0" } else { "SOME" },
             yes(r.replicas_agree.is_ok()),
+            r.watches
+                .as_ref()
+                .map_or("NO".to_string(), |(n, moves)| format!("yes ({n}, {moves} moves)")),
             if r.passed() { "PASS" } else { "FAIL" },
         );
     }

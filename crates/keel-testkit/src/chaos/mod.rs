@@ -10,7 +10,10 @@
 //! 3. some seconds before the end every fault is undone, and the clients must make progress again;
 //! 4. the clients stop, the run waits for every member to catch up, reads the final state, and
 //!    checks that the history is linearizable per key, that the final state lost no acknowledged
-//!    write, and that every replica holds the same data.
+//!    write, and that every replica holds the same data;
+//! 5. meanwhile one [`watchers`] task per member watched every key from revision 1, moving to
+//!    another member whenever its own went away: each must have seen the same changes, in order,
+//!    once each, ending in the final state.
 //!
 //! The seed decides the faults and their timing and the clients' choices; the interleaving is up
 //! to the machine, so a seed reproduces the scenario, not the exact history.
@@ -18,6 +21,7 @@
 pub mod nemesis;
 pub mod resources;
 pub mod target;
+pub mod watchers;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -104,6 +108,9 @@ pub struct Report {
     pub no_lost_writes: Result<(), String>,
     /// Every replica holds the final state.
     pub replicas_agree: Result<(), String>,
+    /// Every member's watcher saw the same changes, in order, once each, ending in the final
+    /// state (Ok: how many changes, and how often the watches moved between members).
+    pub watches: Result<(usize, u64), String>,
     pub check_time: Duration,
     /// Each member's memory and open files over the run.
     pub resources: Resources,
@@ -117,6 +124,7 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.linearizable.is_ok()
             && self.no_lost_writes.is_ok()
+            && self.watches.is_ok()
             && self.replicas_agree.is_ok()
             && self.recovery.is_ok()
             && self.puts.ok + self.cases.ok > 0
@@ -166,6 +174,13 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         ));
     }
 
+    // One watcher per member, each starting at its own member, through every fault.
+    let (stop_at_tx, stop_at) = watch::channel(None);
+    let mut watch_tasks = tokio::task::JoinSet::new();
+    for i in 0..target.endpoints().len() {
+        watch_tasks.spawn(watchers::run(i, endpoints_rx.clone(), stop.clone(), stop_at.clone()));
+    }
+
     let mut nemesis = nemesis::Nemesis::new(config.seed, start, acked);
     let faults_end = start + config.duration.saturating_sub(config.settle);
     nemesis.run(target, &config.schedule, faults_end, &endpoints_tx).await;
@@ -204,14 +219,30 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
     // even if no operation reached it.
     let mut keys: std::collections::BTreeSet<String> = history.ops.iter().map(|o| o.key.clone()).collect();
     keys.extend(workload::key_names(config.load.keys, 0));
-    let (no_lost_writes, replicas_agree) =
+    let (no_lost_writes, replicas_agree, state) =
         match workload::final_state(target.endpoints(), keys, Duration::from_secs(30)).await {
             Ok(state) => (
                 check_no_lost_writes(&history, &state).map_err(|v| v.to_string()),
                 replicas_agree(target.endpoints(), &state).await,
+                Some(state),
             ),
-            Err(e) => (Err(format!("{e:#}")), Err("no final state".into())),
+            Err(e) => (Err(format!("{e:#}")), Err("no final state".into()), None),
         };
+    // The watchers stop once they have delivered the revision of the final state.
+    let final_revision = final_revision(target.endpoints()).await;
+    let _ = stop_at_tx.send(Some(final_revision.as_ref().map_or(u64::MAX, |r| *r)));
+    let mut logs = Vec::new();
+    while let Some(log) = watch_tasks.join_next().await {
+        logs.push(log.unwrap_or_else(|e| watchers::Log {
+            error: Some(format!("watcher task failed: {e}")),
+            ..Default::default()
+        }));
+    }
+    let watches = match (state, final_revision) {
+        (Some(state), Ok(_)) => watchers::check(&logs, &state),
+        (None, _) => Err("no final state".into()),
+        (_, Err(e)) => Err(format!("no final revision: {e}")),
+    };
     Ok(Report {
         seed: config.seed,
         duration: config.duration,
@@ -226,10 +257,26 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         linearizable,
         no_lost_writes,
         replicas_agree,
+        watches,
         check_time: checked.elapsed(),
         resources: nemesis.resources,
         history,
     })
+}
+
+/// The store revision, read linearizably (after the run: everything the watchers must have).
+async fn final_revision(endpoints: Vec<String>) -> Result<u64, String> {
+    let client = Client::connect(endpoints, ClientConfig::with_timeout(Duration::from_secs(10)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = RangeRequest {
+        key: b"chaos/".to_vec(),
+        prefix: true,
+        count_only: true,
+        ..Default::default()
+    };
+    let resp = client.range(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.header.map_or(0, |h| h.revision))
 }
 
 /// Read the keys of the run from every replica's own state (serializable reads), and compare
@@ -305,6 +352,14 @@ impl fmt::Display for Report {
         writeln!(f, "linearizable: {}", verdict(&self.linearizable, "yes"))?;
         writeln!(f, "acknowledged writes lost: {}", verdict(&self.no_lost_writes, "0"))?;
         writeln!(f, "replicas agree: {}", verdict(&self.replicas_agree, "yes"))?;
+        match &self.watches {
+            Ok((n, moves)) => writeln!(
+                f,
+                "watchers (one per member) agree with each other and the store: yes, {n} changes each; \
+                 their watches moved between members {moves} times"
+            )?,
+            Err(e) => writeln!(f, "watchers: NO: {e}")?,
+        }
         writeln!(f, "checked in {:.2} s", self.check_time.as_secs_f64())?;
         if !self.resources.samples.is_empty() {
             writeln!(f, "memory (RSS) and open files per member:")?;
