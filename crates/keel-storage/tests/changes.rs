@@ -49,7 +49,7 @@ impl Node {
     }
 
     fn changes(&self, range: KeyRange, from: u64, limit: usize) -> Result<Changes, ChangesError> {
-        self.store.sm.reader().changes(&range, from, limit, true)
+        self.store.sm.reader().changes(&range, from, limit, usize::MAX, true)
     }
 }
 
@@ -159,6 +159,14 @@ fn a_limit_stops_after_a_whole_revision() {
     let rest = n.changes(prefix(""), first.next, 2).unwrap();
     assert_eq!(summary(&rest), vec![ch(3, false, "k", "3", Some("1"))]);
     assert_eq!(rest.next, 4);
+    // A byte limit stops the same way: revision 1's key and value (2 bytes) reach it.
+    let small = n
+        .store
+        .sm
+        .reader()
+        .changes(&prefix(""), 1, usize::MAX, 2, false)
+        .unwrap();
+    assert_eq!((small.changes.len(), small.next), (1, 2));
 }
 
 #[test]

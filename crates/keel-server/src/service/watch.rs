@@ -36,8 +36,11 @@ use crate::node::Node;
 
 /// Responses a stream holds for a client that does not read; past them, watches wait.
 const OUT_BUFFER: usize = 64;
-/// Changes one read takes from the history at most (whole revisions: a txn may add more).
+/// Changes, and bytes of their keys and values, one read takes from the history at most (whole
+/// revisions: a txn may add more). With the stream's bounded channel this bounds what a stream
+/// holds for a client that does not read: about 64 × 64 KiB.
 const READ_BATCH: usize = 256;
+const READ_BYTES: usize = 64 * 1024;
 /// Watches one stream may hold.
 pub const MAX_WATCHES_PER_STREAM: usize = 1024;
 
@@ -248,7 +251,8 @@ impl Watcher {
     async fn step(&mut self) -> Option<bool> {
         let reader = self.node.reader.clone();
         let (range, from, prev_kv) = (self.range.clone(), self.next, self.prev_kv);
-        let read = tokio::task::spawn_blocking(move || reader.changes(&range, from, READ_BATCH, prev_kv)).await;
+        let read =
+            tokio::task::spawn_blocking(move || reader.changes(&range, from, READ_BATCH, READ_BYTES, prev_kv)).await;
         let changes = match read {
             Ok(Ok(c)) => c,
             Ok(Err(ChangesError::Compacted(c))) => {

@@ -67,9 +67,17 @@ impl KvReader {
     }
 
     /// The changes to `range` from revision `from` (at least 1) up to the current revision,
-    /// stopping after the first revision that takes the count past `limit`. With `prev_kv`,
-    /// each change also carries the version it superseded. Runs on the calling thread.
-    pub fn changes(&self, range: &KeyRange, from: u64, limit: usize, prev_kv: bool) -> Result<Changes, ChangesError> {
+    /// stopping after the first revision that takes the count of changes to `limit`, or their
+    /// keys and values to `max_bytes`. With `prev_kv`, each change also carries the version it
+    /// superseded. Runs on the calling thread.
+    pub fn changes(
+        &self,
+        range: &KeyRange,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+        prev_kv: bool,
+    ) -> Result<Changes, ChangesError> {
         let from = from.max(1);
         let (tree, generation, current) = self.shared.tree();
         let compacted = self.shared.compacting.load(Ordering::Acquire);
@@ -84,6 +92,7 @@ impl KvReader {
         if from > current {
             return Ok(out);
         }
+        let mut taken = 0;
         let mut read = || -> Result<Option<u64>, MvccError> {
             for record in tree.range(codec::history_key(from)..=codec::history_key(current)) {
                 let (key, bytes) = record?;
@@ -105,6 +114,7 @@ impl KvReader {
                             (true, p) if p > 0 => mvcc::get(&tree, &ev.key, p)?,
                             _ => None,
                         };
+                        taken += kv.key.len() + kv.value.len() + prev.as_ref().map_or(0, |p| p.value.len());
                         out.changes.push(Change {
                             revision: rev.revision,
                             deleted: ev.deleted,
@@ -112,7 +122,7 @@ impl KvReader {
                             prev_kv: prev,
                         });
                     }
-                    if out.changes.len() >= limit {
+                    if out.changes.len() >= limit || taken >= max_bytes {
                         return Ok(Some(rev.revision + 1));
                     }
                 }
