@@ -32,8 +32,29 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'stat
     })
 }
 
+/// Hold (block) or release SIGTERM and SIGINT on the calling thread. `main` holds them from its
+/// first line, and every thread it starts inherits that, until `run` has installed their
+/// handlers and releases them on its own thread: a stop sent while the node starts is then
+/// delivered to the handler, and the node shuts down gracefully. Without this a SIGTERM in the
+/// first 20 ms or so after exec (longer on a busy machine) met the default action and killed the
+/// process (exit 143; t02 saw it when a test stopped a member it had just restarted).
+fn hold_stop_signals(hold: bool) {
+    // SAFETY: sigemptyset/sigaddset initialise a local set; pthread_sigmask changes only the
+    // calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let how = if hold { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
+    // `block_on` runs this on main's thread, which takes the signals from here on.
+    hold_stop_signals(false);
     let listeners = Listeners::bind(&config).await?;
     let handle = start(config, listeners).await?;
     tokio::select! {
@@ -52,6 +73,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    hold_stop_signals(true);
     use clap::CommandFactory;
     // clap prints --help/--version (exit 0) and flag errors (exit 2) itself.
     let matches = keel_server::config::Settings::command().get_matches();
