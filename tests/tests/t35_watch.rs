@@ -138,6 +138,7 @@ async fn changes_arrive_in_order_once_with_txns_whole() -> anyhow::Result<()> {
     assert_eq!(value("keel_watchers"), Some(1.0), "{metrics}");
     assert_eq!(value("keel_watch_events_sent_total"), Some(5.0), "{metrics}");
     assert_eq!(value("keel_slow_watchers"), Some(0.0), "{metrics}");
+    assert_eq!(watcher.status().await?.watchers, 1, "status counts the watch");
 
     // From the first put's revision, a new watch replays the same history.
     let mut replay = watcher.watch(on_prefix("w/", r1)).await?;

@@ -97,6 +97,7 @@ enum StatusRowJson<'a> {
         lag: Option<u64>,
         db_size: u64,
         key_count: u64,
+        watchers: u64,
         version: &'a str,
         /// Raised alarms (a full disk), one line each.
         alarms: &'a [String],
@@ -139,6 +140,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 lag: lag(s),
                 db_size: s.db_size,
                 key_count: s.key_count,
+                watchers: s.watchers,
                 version: &s.version,
                 alarms: &s.alarms,
             },
@@ -171,6 +173,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 "LAG",
                 "DB SIZE",
                 "KEYS",
+                "WATCHERS",
                 "VERSION",
             ];
             if any_unreachable || any_alarm {
@@ -208,6 +211,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
             lag,
             db_size,
             key_count,
+            watchers,
             version,
             alarms,
             ..
@@ -224,6 +228,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
                 opt(*lag),
                 human_bytes(*db_size),
                 key_count.to_string(),
+                watchers.to_string(),
                 version.to_string(),
             ];
             if any_alarm {
@@ -248,7 +253,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
                 or_dash(peer_addr),
                 "unreachable".into(),
             ];
-            cells.extend(std::iter::repeat_n("-".to_string(), 8));
+            cells.extend(std::iter::repeat_n("-".to_string(), 9));
             cells.push(error.replace('\n', " "));
             cells
         }
@@ -269,13 +274,14 @@ fn simple_status(doc: &StatusRowJson<'_>) -> String {
             lag,
             db_size,
             key_count,
+            watchers,
             version,
             alarms,
             ..
         } => {
             let mut line = format!(
             "{id}, {client_addr}, {peer_addr}, {role}, {term}, {leader_id}, {last_log_index}, {applied_index}, {}, {db_size}, \
-             {key_count}, {version}",
+             {key_count}, {watchers}, {version}",
             opt(*lag)
         );
             for alarm in alarms.iter() {
@@ -353,6 +359,7 @@ mod tests {
             applied_index,
             db_size: 2048,
             key_count: 5,
+            watchers: 7,
             version: "0.1.0".into(),
             ..StatusResponse::default()
         };
@@ -388,6 +395,10 @@ mod tests {
         assert_eq!(member2[2], "b:2", "peer address of member 2: {out}");
         assert_eq!(member2[8], "5", "lag of member 2: {out}");
         assert!(lines[2].contains("2.0 KiB"), "{out}");
+        assert_eq!(
+            member2[12], "7",
+            "watchers on member 2 (\"2.0 KiB\" is two words): {out}"
+        );
         assert!(
             lines[3].contains("unreachable") && lines[3].ends_with("connection refused"),
             "{out}"
@@ -399,7 +410,7 @@ mod tests {
             json!({
                 "id": 2, "client_addr": "b:1", "peer_addr": "b:2", "reachable": true, "role": "follower", "term": 3, "leader_id": 1,
                 "last_log_index": 38, "applied_index": 35, "lag": 5, "db_size": 2048, "key_count": 5,
-                "version": "0.1.0", "alarms": []
+                "watchers": 7, "version": "0.1.0", "alarms": []
             })
         );
         assert_eq!(
@@ -410,7 +421,7 @@ mod tests {
         let out = status(&rows(), Format::Simple);
         assert_eq!(
             out.lines().nth(1),
-            Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0")
+            Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 0.1.0")
         );
     }
 
@@ -433,7 +444,7 @@ mod tests {
         let out = status(&rows, Format::Simple);
         assert_eq!(
             out.lines().nth(1),
-            Some(format!("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 0.1.0, {alarm}").as_str())
+            Some(format!("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 0.1.0, {alarm}").as_str())
         );
     }
 

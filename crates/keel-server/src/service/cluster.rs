@@ -157,6 +157,7 @@ impl Cluster for ClusterService {
                 pid: u64::from(std::process::id()),
                 purged_index: m.purged.map_or(0, |l| l.index),
                 alarms: node.disk.alarm().into_iter().collect(),
+                watchers: node.metrics.watchers.get().max(0) as u64,
             },
         ))
     }
