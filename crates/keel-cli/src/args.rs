@@ -108,8 +108,9 @@ pub struct PutArgs {
     pub value: String,
 }
 
+/// Which keys a get or a watch addresses: KEY alone, or a range starting at KEY.
 #[derive(Debug, Args)]
-pub struct GetArgs {
+pub struct KeyRangeArgs {
     /// The key, or the start of the range.
     pub key: String,
     /// Every key that starts with KEY (with an empty KEY: every key).
@@ -121,6 +122,12 @@ pub struct GetArgs {
     /// Keys in [KEY, END).
     #[arg(long, value_name = "END")]
     pub range_end: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub range: KeyRangeArgs,
     /// At most N keys (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub limit: u64,
@@ -140,17 +147,8 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// The key, or the start of the range.
-    pub key: String,
-    /// Every key that starts with KEY (with an empty KEY: every key).
-    #[arg(long, conflicts_with_all = ["from_key", "range_end"])]
-    pub prefix: bool,
-    /// Every key >= KEY.
-    #[arg(long, conflicts_with = "range_end")]
-    pub from_key: bool,
-    /// Keys in [KEY, END).
-    #[arg(long, value_name = "END")]
-    pub range_end: Option<String>,
+    #[command(flatten)]
+    pub range: KeyRangeArgs,
     /// Start at revision N (the history the cluster keeps); default: changes from now on.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub rev: u64,
@@ -345,9 +343,9 @@ mod tests {
         .expect("parses");
         match cli.command {
             Command::Get(get) => {
-                assert_eq!(get.range_end.as_deref(), Some("c"));
+                assert_eq!(get.range.range_end.as_deref(), Some("c"));
                 assert_eq!(get.limit, 10);
-                assert!(get.serializable && get.keys_only && !get.prefix);
+                assert!(get.serializable && get.keys_only && !get.range.prefix);
             }
             other => panic!("parsed as {other:?}"),
         }

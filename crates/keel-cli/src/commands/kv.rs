@@ -4,7 +4,7 @@ use keel_client::proto::{compare, request_op, response_op, Compare, DeleteRangeR
 use keel_client::proto::{RequestOp, TxnRequest};
 use keel_client::Client;
 
-use super::{require_key, Outcome};
+use super::{key_range, require_key, Outcome};
 use crate::args::{CasArgs, DelArgs, Format, GetArgs, PutArgs};
 use crate::output::kv::{self as out, CasResult, GetView};
 
@@ -15,21 +15,11 @@ pub async fn put(client: &Client, args: &PutArgs, format: Format) -> anyhow::Res
 }
 
 pub async fn get(client: &Client, args: &GetArgs, format: Format) -> anyhow::Result<Outcome> {
-    // An empty key means "from the start" for a range, but names no key on its own.
-    let ranged = args.prefix || args.from_key || args.range_end.is_some();
-    if !ranged {
-        require_key(&args.key)?;
-    }
-    let range_end = if args.from_key {
-        // "\0" is the proto's spelling of "to the end of the key space".
-        vec![0]
-    } else {
-        args.range_end.as_deref().unwrap_or_default().as_bytes().to_vec()
-    };
+    let (key, range_end, prefix) = key_range(&args.range)?;
     let req = RangeRequest {
-        key: args.key.as_bytes().to_vec(),
+        key,
         range_end,
-        prefix: args.prefix,
+        prefix,
         limit: args.limit,
         serializable: args.serializable,
         keys_only: args.keys_only,

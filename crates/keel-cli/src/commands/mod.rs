@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use keel_client::{Client, ClientConfig};
 
-use crate::args::{Cli, Command, LeaderCommand, MemberCommand, SnapshotCommand};
+use crate::args::{Cli, Command, KeyRangeArgs, LeaderCommand, MemberCommand, SnapshotCommand};
 
 /// What a verb printed, and how keelctl should exit.
 #[derive(Debug)]
@@ -80,4 +80,20 @@ fn require_key(key: &str) -> anyhow::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The key, range end and prefix flag a request carries for `args`. An empty key means "from the
+/// start" for a range, but names no key on its own.
+fn key_range(args: &KeyRangeArgs) -> anyhow::Result<(Vec<u8>, Vec<u8>, bool)> {
+    let ranged = args.prefix || args.from_key || args.range_end.is_some();
+    if !ranged {
+        require_key(&args.key)?;
+    }
+    let range_end = if args.from_key {
+        // "\0" is the proto's spelling of "to the end of the key space".
+        vec![0]
+    } else {
+        args.range_end.as_deref().unwrap_or_default().as_bytes().to_vec()
+    };
+    Ok((args.key.as_bytes().to_vec(), range_end, args.prefix))
 }

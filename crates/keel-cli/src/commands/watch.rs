@@ -7,23 +7,16 @@ use anyhow::anyhow;
 use keel_client::proto::WatchCreateRequest;
 use keel_client::Client;
 
-use super::{require_key, Outcome};
+use super::{key_range, Outcome};
 use crate::args::{Format, WatchArgs};
 use crate::output::kv as out;
 
 pub async fn watch(client: &Client, args: &WatchArgs, format: Format) -> anyhow::Result<Outcome> {
-    if !args.prefix {
-        require_key(&args.key)?;
-    }
-    let range_end = match (&args.range_end, args.from_key) {
-        (Some(end), _) => end.clone().into_bytes(),
-        (None, true) => vec![0],
-        (None, false) => Vec::new(),
-    };
+    let (key, range_end, prefix) = key_range(&args.range)?;
     let create = WatchCreateRequest {
-        key: args.key.clone().into_bytes(),
+        key,
         range_end,
-        prefix: args.prefix,
+        prefix,
         start_revision: args.rev,
         prev_kv: args.prev_kv,
         ..Default::default()
