@@ -381,3 +381,74 @@ async fn a_slow_watcher_waits_and_then_reads_on_from_the_history() -> anyhow::Re
     assert_eq!(got, written);
     cluster.shutdown().await
 }
+
+/// A member that caught up from a snapshot holds no history from before it; a watch from
+/// earlier is refused there and taken by a member that still has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_history_sends_the_watch_to_one_with_it() -> anyhow::Result<()> {
+    // A snapshot every 50 entries, one write per entry, and a history longer than the run: the
+    // leader purges the entries the stopped follower needs, and it comes back by snapshot.
+    let options = Options {
+        flags: [
+            "--snapshot-logs",
+            "50",
+            "--max-batch",
+            "1",
+            "--history-revisions",
+            "100000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(Backend::InProcess, options).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let writer = Client::connect(
+        vec![cluster.nodes[&leader].client_addr.to_string()],
+        ClientConfig::default(),
+    )
+    .await?;
+    let first = writer.put("h/0", "0").await?.header.unwrap_or_default().revision;
+    let needed = cluster.status(follower).await.expect("follower status").last_log_index + 1;
+    cluster.kill(follower).await?;
+    for i in 1..1300 {
+        writer.put(format!("h/{}", i % 50), i.to_string()).await?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.status(leader).await.map_or(0, |s| s.purged_index) <= needed {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the leader never purged past {needed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart(follower).await?;
+    let target = cluster.status(leader).await.expect("leader status").applied_index;
+    cluster.wait_applied(follower, target, Duration::from_secs(30)).await?;
+
+    let alone = Client::connect(
+        vec![cluster.nodes[&follower].client_addr.to_string()],
+        ClientConfig::default(),
+    )
+    .await?;
+    match alone.watch(on_prefix("h/", first)).await {
+        Err(Error::Compacted(c)) => assert!(c >= first, "compacted up to {c}"),
+        Err(e) => anyhow::bail!("expected Compacted from the restored follower, got {e}"),
+        Ok(_) => anyhow::bail!("the restored follower served history from before its snapshot"),
+    }
+    let restored = cluster.nodes[&follower].client_addr.to_string();
+    let mut endpoints = vec![restored.clone()];
+    endpoints.extend(cluster.endpoints().into_iter().filter(|e| *e != restored));
+    let mut watch = Client::connect(endpoints, ClientConfig::default())
+        .await?
+        .watch(on_prefix("h/", first))
+        .await?;
+    let seen = read(&mut watch, 1).await?;
+    assert_eq!(seen[0][0].0, first, "the watch starts where it asked");
+    assert_ne!(
+        watch.endpoint(),
+        Some(cluster.nodes[&follower].client_addr.to_string().as_str())
+    );
+    cluster.shutdown().await
+}

@@ -91,7 +91,12 @@ impl Watch {
             };
             if resp.canceled {
                 self.stream = None;
-                return Err(ended(&resp));
+                match ended(&resp) {
+                    // This member's history no longer reaches `next` (it fell behind, or it
+                    // caught up from a snapshot, which holds no history): another may still.
+                    Error::Compacted(_) => continue,
+                    e => return Err(e),
+                }
             }
             let header = resp.header.unwrap_or_default();
             let mut events = resp.events;
@@ -132,10 +137,16 @@ impl Watch {
     }
 
     /// Open the watch on the next endpoint that takes it, from `next`, within the client's
-    /// timeout.
+    /// timeout. Members keep different amounts of history (one that caught up from a snapshot
+    /// has none from before it), so a member that no longer holds `next` sends the watch on to
+    /// the others. When every endpoint answered so, or the time is up and every one that
+    /// answered did, this fails with [`Error::Compacted`], naming the oldest compaction point
+    /// among them.
     async fn reopen(&mut self) -> Result<(), Error> {
         let give_up = Instant::now() + self.client.config().timeout;
         let mut backoff = Duration::from_millis(25);
+        let mut compacted: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let oldest = |c: &std::collections::HashMap<String, u64>| c.values().min().copied();
         loop {
             let channels = self.client.channels();
             let (endpoint, channel) = channels[self.attempt % channels.len()].clone();
@@ -146,8 +157,18 @@ impl Watch {
                     self.attempt = 0;
                     return Ok(());
                 }
-                Err(e @ (Error::Compacted(_) | Error::InvalidArgument(_))) => return Err(e),
+                Err(Error::Compacted(c)) => {
+                    compacted.insert(endpoint, c);
+                    if compacted.len() >= channels.len() {
+                        return Err(Error::Compacted(oldest(&compacted).unwrap_or(c)));
+                    }
+                    continue;
+                }
+                Err(e @ Error::InvalidArgument(_)) => return Err(e),
                 Err(e) if Instant::now() + backoff > give_up => {
+                    if let Some(c) = oldest(&compacted) {
+                        return Err(Error::Compacted(c));
+                    }
                     return Err(Error::Unavailable(format!(
                         "cannot open the watch on any endpoint (the last, {endpoint}: {e})"
                     )));

@@ -12,9 +12,10 @@
 //! revision come in one response.
 //!
 //! ## Implementation caveats
-//! - A member that installs a snapshot (it fell far behind) replaces its history with the
-//!   snapshot's: its watchers that had not read up to the snapshot's revision end with the
-//!   compaction point.
+//! - A snapshot holds the state, not the history: a member that caught up from one has no
+//!   history from before it, and a watch that needs it there ends with the compaction point.
+//!   keel-client then takes the watch to another member, which may still hold it (the chaos
+//!   runs' watchers hit this when a member came back by snapshot).
 //! - Progress notifications name the revision up to which the watch has sent everything, which
 //!   may be below the member's revision while the watch catches up.
 
