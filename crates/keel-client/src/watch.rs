@@ -139,14 +139,13 @@ impl Watch {
     /// Open the watch on the next endpoint that takes it, from `next`, within the client's
     /// timeout. Members keep different amounts of history (one that caught up from a snapshot
     /// has none from before it), so a member that no longer holds `next` sends the watch on to
-    /// the others. When every endpoint answered so, or the time is up and every one that
-    /// answered did, this fails with [`Error::Compacted`], naming the oldest compaction point
-    /// among them.
+    /// the others. When every endpoint answered so, this fails with [`Error::Compacted`], naming
+    /// the oldest compaction point among them; when the others could not be reached in time,
+    /// with `Unavailable` (one of them may hold the history).
     async fn reopen(&mut self) -> Result<(), Error> {
         let give_up = Instant::now() + self.client.config().timeout;
         let mut backoff = Duration::from_millis(25);
         let mut compacted: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        let oldest = |c: &std::collections::HashMap<String, u64>| c.values().min().copied();
         loop {
             let channels = self.client.channels();
             let (endpoint, channel) = channels[self.attempt % channels.len()].clone();
@@ -160,17 +159,17 @@ impl Watch {
                 Err(Error::Compacted(c)) => {
                     compacted.insert(endpoint, c);
                     if compacted.len() >= channels.len() {
-                        return Err(Error::Compacted(oldest(&compacted).unwrap_or(c)));
+                        return Err(Error::Compacted(compacted.values().min().copied().unwrap_or(c)));
                     }
                     continue;
                 }
                 Err(e @ Error::InvalidArgument(_)) => return Err(e),
                 Err(e) if Instant::now() + backoff > give_up => {
-                    if let Some(c) = oldest(&compacted) {
-                        return Err(Error::Compacted(c));
-                    }
+                    // Some members lack the history, and the others cannot be reached now: one
+                    // of those may hold it, so this is for later, not a compaction.
+                    let lacking = compacted.keys().cloned().collect::<Vec<_>>().join(", ");
                     return Err(Error::Unavailable(format!(
-                        "cannot open the watch on any endpoint (the last, {endpoint}: {e})"
+                        "cannot open the watch on any endpoint (the last, {endpoint}: {e}; without the history: [{lacking}])"
                     )));
                 }
                 Err(_) => {}
