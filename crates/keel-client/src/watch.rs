@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use crate::retry::Backoff;
 use crate::{Client, Error};
 
 /// What a watch delivers: the changes of whole revisions, or (with no events) a progress
@@ -144,7 +145,7 @@ impl Watch {
     /// with `Unavailable` (one of them may hold the history).
     async fn reopen(&mut self) -> Result<(), Error> {
         let give_up = Instant::now() + self.client.config().timeout;
-        let mut backoff = Duration::from_millis(25);
+        let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(1));
         let mut compacted: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         loop {
             let channels = self.client.channels();
@@ -164,7 +165,7 @@ impl Watch {
                     continue;
                 }
                 Err(e @ Error::InvalidArgument(_)) => return Err(e),
-                Err(e) if Instant::now() + backoff > give_up => {
+                Err(e) if Instant::now() >= give_up => {
                     // Some members lack the history, and the others cannot be reached now: one
                     // of those may hold it, so this is for later, not a compaction.
                     let lacking = compacted.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -175,8 +176,8 @@ impl Watch {
                 Err(_) => {}
             }
             if self.attempt.is_multiple_of(channels.len()) {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                let pause = backoff.pause().min(give_up.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
             }
         }
     }

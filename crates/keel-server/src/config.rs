@@ -127,10 +127,12 @@ impl Settings {
             return Ok(given);
         };
         let file = read_file(&path)?;
+        let command = Settings::command();
         let mut merged = serde_json::to_value(&given).map_err(|e| err(e.to_string()))?;
+        let mut settings = given;
         for (key, value) in file {
             let from_file = err_in(&path, &key);
-            let known = Settings::command().get_arguments().any(|a| a.get_id() == key.as_str());
+            let known = command.get_arguments().any(|a| a.get_id() == key.as_str());
             if key == "config" || !known {
                 return Err(from_file("not a setting"));
             }
@@ -142,10 +144,9 @@ impl Settings {
             let mut candidate = merged.clone();
             candidate[key.as_str()] = value;
             // One key at a time, so that a value of the wrong type is named.
-            Settings::deserialize(&candidate).map_err(|e| from_file(&e.to_string()))?;
+            settings = Settings::deserialize(&candidate).map_err(|e| from_file(&e.to_string()))?;
             merged = candidate;
         }
-        let mut settings = Settings::deserialize(&merged).map_err(|e| err(e.to_string()))?;
         settings.config = Some(path);
         Ok(settings)
     }

@@ -102,14 +102,16 @@ impl KvReader {
                         continue;
                     }
                     for ev in rev.events.into_iter().filter(|e| range.contains(&e.key)) {
-                        let kv = match mvcc::get(&tree, &ev.key, rev.revision)? {
-                            Some(kv) if !ev.deleted => kv,
-                            _ => KeyValue {
-                                key: ev.key.clone(),
-                                mod_revision: rev.revision,
-                                ..KeyValue::default()
-                            },
+                        // A delete's version is a tombstone: nothing to read for it.
+                        let put = match ev.deleted {
+                            true => None,
+                            false => mvcc::get(&tree, &ev.key, rev.revision)?,
                         };
+                        let kv = put.unwrap_or_else(|| KeyValue {
+                            key: ev.key.clone(),
+                            mod_revision: rev.revision,
+                            ..KeyValue::default()
+                        });
                         let prev = match (prev_kv, ev.prev_revision) {
                             (true, p) if p > 0 => mvcc::get(&tree, &ev.key, p)?,
                             _ => None,

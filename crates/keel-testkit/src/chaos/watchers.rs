@@ -51,7 +51,28 @@ pub async fn run(
     let mut log = Log::default();
     let mut next = 1;
     let mut told_at: Option<Instant> = None;
+    // Whether the watcher is done: it has delivered the final revision, or it is a minute past
+    // being told it (an error).
+    let mut finished = |next: u64| -> Option<Option<String>> {
+        let until = (*stop_at.borrow_and_update())?;
+        if !stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if next > until {
+            return Some(None);
+        }
+        let since = *told_at.get_or_insert_with(Instant::now);
+        (since.elapsed() > Duration::from_secs(60)).then(|| {
+            Some(format!(
+                "a minute after the run, still short of revision {until} (next {next})"
+            ))
+        })
+    };
     'restart: loop {
+        if let Some(error) = finished(next) {
+            log.error = error;
+            return log;
+        }
         let mut eps = endpoints.borrow_and_update().clone();
         if eps.is_empty() {
             log.error = Some("no endpoints".into());
@@ -83,18 +104,9 @@ pub async fn run(
             }
         };
         loop {
-            let until = *stop_at.borrow_and_update();
-            if let (true, Some(until)) = (stop.load(Ordering::Relaxed), until) {
-                if next > until {
-                    return log;
-                }
-                let since = *told_at.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(60) {
-                    log.error = Some(format!(
-                        "a minute after the run, still short of revision {until} (next {next})"
-                    ));
-                    return log;
-                }
+            if let Some(error) = finished(next) {
+                log.error = error;
+                return log;
             }
             // Returns at least every `progress_ms` (a progress notification), so the checks above
             // run often enough.
@@ -118,7 +130,6 @@ pub async fn run(
                 // a new client on the current members, from where this one stopped.
                 Err(_) => {
                     log.restarts += 1;
-                    let _ = endpoints.has_changed();
                     continue 'restart;
                 }
             }

@@ -417,6 +417,7 @@ impl Links {
 /// that can take effect (at most one whose `expect` is the current value ever can).
 fn candidates(kops: &[KOp<'_>], links: &Links, state: Val, observers: &[u32]) -> Vec<usize> {
     let limit = links.first_return().and_then(|i| kops[i].ret).unwrap_or(u64::MAX);
+    // The operations in the window that can take effect now.
     let mut window = Vec::new();
     // Values that some operation in the window needs present.
     let mut needed = Vec::new();
@@ -428,37 +429,38 @@ fn candidates(kops: &[KOp<'_>], links: &Links, state: Val, observers: &[u32]) ->
         if k.invoke > limit {
             break;
         }
-        match (k.apply(state), k.effect) {
-            (Some(_), _) if k.is_read_only() => return vec![i],
-            (None, Effect::NotSwapped { .. }) => blocked = true,
+        let applies = k.apply(state).is_some();
+        match (applies, k.effect) {
+            (true, _) if k.is_read_only() => return vec![i],
+            (false, Effect::NotSwapped { .. }) => blocked = true,
             (_, Effect::Read(v) | Effect::Swapped { expect: v, .. } | Effect::MaybeSwap { expect: v, .. }) => {
                 needed.push(v)
             }
             _ => {}
         }
-        window.push(i);
+        if applies {
+            window.push(i);
+        }
         i = links.next[i];
     }
     let (mut required, mut optional) = (Vec::new(), Vec::new());
     let (mut dead_put, mut dead_swap) = (None, None);
     for i in window {
         let k = &kops[i];
-        if k.apply(state).is_none() {
-            continue;
-        }
         let Some(v) = k.optional_write() else {
             required.push(i);
             continue;
         };
-        if needed.contains(&v) {
-            optional.push(i);
-        } else if !blocked {
-        } else if observers[v as usize] > 0 {
-            optional.push(i);
-        } else if matches!(k.effect, Effect::Write(_)) {
-            dead_put.get_or_insert(i);
-        } else {
-            dead_swap.get_or_insert(i);
+        let dead = observers[v as usize] == 0;
+        match (needed.contains(&v), blocked, dead) {
+            (true, _, _) | (false, true, false) => optional.push(i),
+            (false, true, true) if matches!(k.effect, Effect::Write(_)) => {
+                dead_put.get_or_insert(i);
+            }
+            (false, true, true) => {
+                dead_swap.get_or_insert(i);
+            }
+            (false, false, _) => {}
         }
     }
     required.extend(optional.into_iter().chain(dead_put).chain(dead_swap));
