@@ -85,7 +85,7 @@ pub async fn backup_once(node: &Node, dir: &Path) -> Result<(PathBuf, u64), Back
             let bytes = io::copy(&mut file, &mut out)?;
             out.sync_all()?;
             drop(out);
-            keel_storage::restore::verify(&tmp)?;
+            keel_datadir::restore::verify(&tmp)?;
             fs::rename(&tmp, &path)?;
             fs::File::open(&dir)?.sync_all()?;
             Ok((path, bytes))
@@ -153,7 +153,7 @@ impl Node {
             .current_snapshot()
             .map_err(|e| NodeError::Internal(format!("cannot open the snapshot: {e}")))?
             .ok_or_else(|| NodeError::Internal("no snapshot after building one".into()))?;
-        let header = keel_storage::SnapshotReader::open(std::io::BufReader::new(
+        let header = keel_datadir::SnapshotReader::open(std::io::BufReader::new(
             file.try_clone().map_err(|e| NodeError::Internal(e.to_string()))?,
         ))
         .map_err(|e| NodeError::Internal(format!("the snapshot just built does not read back: {e}")))?

@@ -216,9 +216,9 @@ fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// Parse `ID=ADDR,ID=ADDR` (see [`keel_storage::datadir::parse_initial_cluster`]).
+/// Parse `ID=ADDR,ID=ADDR` (see [`keel_datadir::identity::parse_initial_cluster`]).
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    keel_storage::datadir::parse_initial_cluster(s).map_err(ConfigError)
+    keel_datadir::identity::parse_initial_cluster(s).map_err(ConfigError)
 }
 
 /// Parse `MIN-MAX` milliseconds.

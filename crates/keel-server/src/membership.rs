@@ -315,7 +315,7 @@ impl Node {
         *hold = None;
         self.raft.runtime_config().elect(false);
         drop(hold);
-        if let Err(e) = keel_storage::datadir::mark_removed(&self.data_dir, &format!("member {} {why}\n", self.id)) {
+        if let Err(e) = keel_datadir::identity::mark_removed(&self.data_dir, &format!("member {} {why}\n", self.id)) {
             tracing::warn!(error = %e, dir = %self.data_dir.display(), "could not write the removal marker");
         }
     }

@@ -156,6 +156,6 @@ async fn a_removed_member_never_campaigns_again() -> anyhow::Result<()> {
         "the removed member campaigned when asked (term {})",
         node.metrics().current_term
     );
-    assert!(dir.path().join(keel_storage::datadir::REMOVED_MARKER).exists());
+    assert!(dir.path().join(keel_datadir::identity::REMOVED_MARKER).exists());
     Ok(handle.shutdown().await?)
 }

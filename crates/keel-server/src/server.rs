@@ -25,7 +25,7 @@ use crate::peer::service::PeerService;
 use crate::raft::Raft;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
-use keel_storage::datadir::{self, Startup};
+use keel_datadir::identity::{self as datadir, Startup};
 
 /// Why a node could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +43,11 @@ pub enum ServerError {
     )]
     Removed { dir: std::path::PathBuf, why: String },
     #[error(transparent)]
-    DataDir(#[from] keel_storage::datadir::IdentityError),
+    DataDir(#[from] keel_datadir::identity::IdentityError),
     #[error(transparent)]
     Storage(#[from] keel_storage::OpenError),
+    #[error(transparent)]
+    Restore(#[from] keel_storage::restore::RestoreError),
     #[error("data dir {}: {source}", dir.display())]
     Io {
         dir: std::path::PathBuf,
@@ -134,7 +136,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         config.initial_cluster.as_ref(),
         config.join,
     )?;
-    let store = keel_storage::open(
+    // A member staged by `keelctl snapshot restore` gets its database here, at its first start.
+    let store = keel_storage::restore::open(
         &config.data_dir,
         &StoreConfig {
             cache_capacity: config.cache_bytes,
@@ -144,7 +147,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
                 ..SmConfig::default()
             },
         },
-    )?;
+    )
+    .await?;
     let reader = store.sm.reader();
     let inbox = store.sm.snapshot_inbox();
     let metrics = crate::metrics::Metrics::new(config.id);
@@ -173,7 +177,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
             .await
             .map_err(ServerError::Raft)?;
         // Only now, with the initial membership and this node's vote on disk, does the identity
-        // stop saying "bootstrap pending" (keel_storage::datadir): a failure or a kill anywhere
+        // stop saying "bootstrap pending" (keel_datadir::identity): a failure or a kill anywhere
         // before this leaves a node that initializes on its next start, not one that never does.
         durability.sync().map_err(data_dir_error)?;
         cluster.bootstrapped().map_err(|source| ServerError::Bootstrap {

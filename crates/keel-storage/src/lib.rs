@@ -32,7 +32,10 @@
 //! ## On disk
 //! `<dir>/db/` is the sled database (trees `raft`, `sm_root`, `sm.<n>`); `<dir>/snapshots/` holds
 //! the newest snapshot file. Every stored value starts with a format byte; snapshot files carry
-//! CRCs per block and a SHA-256.
+//! CRCs per block and a SHA-256. The snapshot format, the directory's identity (`keel.id`) and
+//! restore staging belong to the `keel-datadir` crate, which `keelctl` uses without this one;
+//! [`raft_position`] converts between openraft's snapshot metadata and the files' own, and
+//! [`restore::open`] builds a restored member's database at its first start.
 //!
 //! ## Implementation caveats
 //! - sled 0.34's own flush is not durable against power loss (sled#1452); [`durability`] explains
@@ -51,10 +54,10 @@
 //!   remembered: a retry learns that the write was applied, not its result.
 
 pub mod codec;
-pub mod datadir;
 pub mod durability;
 pub mod log_store;
 pub mod observe;
+pub mod raft_position;
 pub mod restore;
 pub mod sm;
 mod store;
@@ -62,11 +65,11 @@ pub mod testing;
 pub mod types;
 pub mod validate;
 
-pub use log_store::{LogReader, LogStats, LogStore};
-pub use observe::Observer;
-pub use sm::snapshot_file::{
+pub use keel_datadir::{
     SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotSession, SnapshotWriter,
 };
+pub use log_store::{LogReader, LogStats, LogStore};
+pub use observe::Observer;
 pub use sm::{Change, Changes, ChangesError, KvReader, ReadError, SmConfig, Snapshot, SnapshotInbox, StateMachine};
 pub use store::{db_dir, open, OpenError, Store, StoreConfig};
 pub use types::*;

@@ -10,8 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A node id, as configured with `keel --id`.
-pub type NodeId = u64;
+pub use keel_datadir::{KeyValue, Member, NodeId};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of keel.
@@ -40,40 +39,6 @@ pub type StorageError = openraft::StorageError<TypeConfig>;
 /// The log id of entry `index` written by `node_id` as leader of `term`.
 pub fn log_id_at(term: u64, node_id: NodeId, index: u64) -> LogId {
     LogId::new(LeaderId { term, node_id }, index)
-}
-
-/// What the cluster knows about a member: where its peers and its clients reach it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// Address of the Raft peer service (trusted network).
-    pub peer_addr: String,
-    /// Address of the client service (KV, Cluster, Maintenance).
-    pub client_addr: String,
-}
-
-impl Member {
-    /// The members of a new cluster, known by their peer addresses only: each publishes its
-    /// client address itself once a leader exists. Bootstrap and restore both start this way.
-    pub fn from_peers(
-        peers: &std::collections::BTreeMap<NodeId, String>,
-    ) -> std::collections::BTreeMap<NodeId, Member> {
-        peers
-            .iter()
-            .map(|(id, peer)| {
-                let member = Member {
-                    peer_addr: peer.clone(),
-                    client_addr: String::new(),
-                };
-                (*id, member)
-            })
-            .collect()
-    }
-}
-
-impl fmt::Display for Member {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "peer={} client={}", self.peer_addr, self.client_addr)
-    }
 }
 
 /// The one thing proposed to Raft.
@@ -249,21 +214,6 @@ pub enum TxnOp {
     Put(PutOp),
     Delete(DeleteOp),
     Range(RangeOp),
-}
-
-/// One stored key with its metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyValue {
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-    /// Revision of the write that created this key (since its last deletion).
-    pub create_revision: u64,
-    /// Revision of the last write to this key.
-    pub mod_revision: u64,
-    /// Number of writes since creation; 1 after the first put.
-    pub version: u64,
 }
 
 /// The outcome of applying one log entry.

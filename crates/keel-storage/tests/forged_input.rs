@@ -63,7 +63,7 @@ fn forged_snapshot(revision: u64, kv: KeyValue) -> (SnapshotMeta, Vec<u8>) {
         last_membership: StoredMembership::default(),
     };
     let header = SnapshotHeader {
-        meta: meta.clone(),
+        raft: keel_storage::raft_position::to_position(&meta),
         revision,
         created_unix_ms: 0,
         cluster_id: String::new(),

@@ -315,3 +315,38 @@ async fn a_snapshot_with_a_session_from_after_its_index_is_refused() {
     assert!(dst.store.sm.install_snapshot(&meta, rx).await.is_err());
     assert_eq!(dst.sessions(), 0);
 }
+
+/// A session record whose remembered response does not decode (a forged file: the CRCs match) is
+/// refused when the snapshot is installed, not found later by a retry that needs the response.
+#[tokio::test]
+async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
+    let mut src = Node::with_defaults();
+    src.send(with_session(1, 1, put(b"k", b"v"))).await;
+    let (meta, bytes) = build(&mut src.store).await;
+    let (mut reader, header) = SnapshotReader::open(&bytes[..]).unwrap();
+    let mut writer = SnapshotWriter::new(Vec::new(), &header).unwrap();
+    let mut forged = 0;
+    while let Some(record) = reader.next_record().unwrap() {
+        match record {
+            SnapshotRecord::Kv(kv) => writer.push(&kv).unwrap(),
+            SnapshotRecord::Session(s) => {
+                assert!(!s.response.is_empty(), "the put's response is remembered");
+                forged += 1;
+                writer
+                    .push_session(&SnapshotSession {
+                        response: vec![0xEE; 9],
+                        ..s
+                    })
+                    .unwrap()
+            }
+        }
+    }
+    assert_eq!(forged, 1);
+    let bad = writer.finish().unwrap().0;
+    let mut dst = Node::with_defaults();
+    let mut rx = dst.store.sm.snapshot_inbox().create_file().unwrap();
+    rx.write_all(&bad).await.unwrap();
+    rx.flush().await.unwrap();
+    assert!(dst.store.sm.install_snapshot(&meta, rx).await.is_err());
+    assert_eq!(dst.sessions(), 0);
+}

@@ -48,7 +48,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Leader(LeaderCommand::Transfer { to }) => membership::transfer(&client, *to, format).await,
         Command::Snapshot(SnapshotCommand::Save { file }) => snapshot::save(&client, file, format).await,
         Command::Snapshot(SnapshotCommand::Inspect { file }) => snapshot::inspect(file, format),
-        Command::Snapshot(SnapshotCommand::Restore(args)) => snapshot::restore(args, format).await,
+        Command::Snapshot(SnapshotCommand::Restore(args)) => snapshot::restore(args, format),
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),

@@ -7,9 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_client::Client;
-use keel_storage::datadir;
-use keel_storage::restore::{self, Verified};
-use keel_storage::StoreConfig;
+use keel_datadir::identity::parse_initial_cluster;
+use keel_datadir::restore::{self, Verified};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -47,12 +46,12 @@ fn doc(file: &Path, v: &Verified) -> SnapshotDoc {
     let h = &v.header;
     SnapshotDoc {
         file: file.display().to_string(),
-        format_version: keel_storage::sm::snapshot_file::SNAPSHOT_FORMAT,
+        format_version: keel_datadir::SNAPSHOT_FORMAT,
         cluster_id: h.cluster_id.clone(),
         revision: h.revision,
-        last_log_term: h.meta.last_log_id.map_or(0, |l| l.leader_id.term),
-        last_log_index: h.meta.last_log_id.map_or(0, |l| l.index),
-        members: h.meta.last_membership.membership().voter_ids().collect(),
+        last_log_term: h.raft.last_log.map_or(0, |l| l.term),
+        last_log_index: h.raft.last_log.map_or(0, |l| l.index),
+        members: h.raft.voters().into_iter().collect(),
         created: format_created(h.created_unix_ms),
         records: v.records,
         bytes: v.bytes,
@@ -162,20 +161,14 @@ pub fn inspect(file: &Path, format: Format) -> anyhow::Result<Outcome> {
     Ok(Outcome::Done(render(&doc(file, &verified), format, "verified")))
 }
 
-pub async fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outcome> {
-    let peers = datadir::parse_initial_cluster(&args.initial_cluster).map_err(|e| anyhow!("{e}"))?;
+/// Stage the data directory of one member of a new cluster; its node builds the database at its
+/// first start (see `keel_datadir::restore`).
+pub fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outcome> {
+    let peers = parse_initial_cluster(&args.initial_cluster).map_err(|e| anyhow!("{e}"))?;
     if !peers.contains_key(&args.id) {
         bail!("--id {} is not among the --initial-cluster members", args.id);
     }
-    let verified = datadir::restore_member(
-        &args.data_dir,
-        &args.file,
-        args.id,
-        &peers,
-        &args.cluster_token,
-        &StoreConfig::default(),
-    )
-    .await?;
+    let verified = restore::stage(&args.data_dir, &args.file, args.id, &peers, &args.cluster_token)?;
     Ok(Outcome::Done(render(&doc(&args.file, &verified), format, "restored")))
 }
 

@@ -40,7 +40,7 @@ pub struct Node {
     pub inbox: keel_storage::SnapshotInbox,
     pub channels: Arc<PeerChannels>,
     pub limits: Limits,
-    pub cluster: Arc<keel_storage::datadir::ClusterId>,
+    pub cluster: Arc<keel_datadir::identity::ClusterId>,
     /// This node's addresses as it publishes them in the membership.
     pub advertise: Member,
     pub election_timeout_max: Duration,
@@ -87,7 +87,7 @@ pub struct Parts {
     pub inbox: keel_storage::SnapshotInbox,
     pub log_stats: Arc<keel_storage::LogStats>,
     pub channels: Arc<PeerChannels>,
-    pub cluster: Arc<keel_storage::datadir::ClusterId>,
+    pub cluster: Arc<keel_datadir::identity::ClusterId>,
     /// This node's addresses as it publishes them in the membership.
     pub advertise: Member,
     pub limits: Limits,

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use keel_storage::datadir::ClusterId;
+use keel_datadir::identity::ClusterId;
 
 /// Snapshot files are streamed in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;

@@ -10,7 +10,7 @@ pub mod service;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keel_storage::datadir::ClusterId;
+use keel_datadir::identity::ClusterId;
 
 /// Peer request metadata carrying the sender's cluster id.
 pub const CLUSTER_HEADER: &str = "keel-cluster-id";

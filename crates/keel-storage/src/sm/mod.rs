@@ -38,7 +38,6 @@ pub mod mvcc;
 mod read;
 pub mod sessions;
 mod snapshot;
-pub mod snapshot_file;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -55,7 +54,7 @@ pub use apply::{decode_history, HistoryEvent, RevisionEvents};
 pub use changes::{Change, Changes, ChangesError};
 pub use read::{KvReader, ReadError};
 use snapshot::SnapshotStore;
-pub use snapshot::{file_stem as snapshot_file_stem, SnapshotBuilder};
+pub use snapshot::{file_stem as snapshot_file_stem, read_header as read_snapshot_header, SnapshotBuilder};
 
 use crate::codec;
 use crate::durability::{sled_to_io, Durability};

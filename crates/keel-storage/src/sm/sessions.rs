@@ -69,9 +69,9 @@ use std::io;
 
 use super::io_err;
 use super::mvcc::MvccError;
-use super::snapshot_file::SnapshotSession;
 use crate::codec::{self, DecodeError, StoredSession, SESSION_EXPIRY_PREFIX, SESSION_PREFIX, SESSION_PRESERVED_PREFIX};
 use crate::types::{CommandResult, Response, SessionRef};
+use keel_datadir::SnapshotSession;
 
 /// The sequence number of a session's first write.
 pub const FIRST_SEQ: u64 = 1;
@@ -307,13 +307,14 @@ pub(crate) fn clean_preserved(tree: &sled::Tree) -> Result<bool, MvccError> {
     Ok(n == CLEAN_PER_APPLY)
 }
 
-fn snapshot_session(client_id: u64, record: StoredSession) -> Result<SnapshotSession, DecodeError> {
-    Ok(SnapshotSession {
+/// A stored session as a snapshot record: the response goes as stored (encoded, or empty).
+fn snapshot_session(client_id: u64, record: StoredSession) -> SnapshotSession {
+    SnapshotSession {
         client_id,
         seq: record.seq,
         last_index: record.last_index,
-        response: record.response()?,
-    })
+        response: record.response,
+    }
 }
 
 /// Hand every session as of applied index `at` to `push`, while applies continue (the build has
@@ -330,7 +331,7 @@ pub(crate) fn sessions_at(
         let record = StoredSession::decode(&value).map_err(io_err)?;
         if record.last_index <= at {
             written.insert(client_id);
-            push(&snapshot_session(client_id, record).map_err(io_err)?)?;
+            push(&snapshot_session(client_id, record))?;
         }
     }
     for item in tree.scan_prefix([SESSION_PRESERVED_PREFIX]) {
@@ -341,19 +342,22 @@ pub(crate) fn sessions_at(
         };
         if last_index <= at && at < u64::from_be_bytes(*superseded_at) && written.insert(client_id) {
             let record = StoredSession::decode(raw).map_err(io_err)?;
-            push(&snapshot_session(client_id, record).map_err(io_err)?)?;
+            push(&snapshot_session(client_id, record))?;
         }
     }
     Ok(written.len() as u64)
 }
 
-/// Add a session from a snapshot to an install batch.
-pub(crate) fn restore(batch: &mut sled::Batch, session: &SnapshotSession) {
+/// Add a session from a snapshot to an install batch. Its response must decode: a retry would
+/// otherwise find a record it cannot answer with, long after the install.
+pub(crate) fn restore(batch: &mut sled::Batch, session: SnapshotSession) -> Result<(), DecodeError> {
     let record = StoredSession {
         seq: session.seq,
         last_index: session.last_index,
-        response: session.response.as_ref().map(codec::encode).unwrap_or_default(),
+        response: session.response,
     };
+    record.response()?;
     batch.insert(&codec::session_key(session.client_id), record.encode());
     batch.insert(&codec::session_expiry_key(session.last_index, session.client_id), &[]);
+    Ok(())
 }

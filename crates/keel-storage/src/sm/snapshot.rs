@@ -31,11 +31,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::RaftSnapshotBuilder;
 
 use super::mvcc::LiveIter;
-use super::snapshot_file::{SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, Tee};
 use super::{io_err, sessions, PinGuard, SmMeta, SmShared, Snapshot, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
 use crate::codec::{self, StoredVersion};
 use crate::durability::{fsync_dir, sled_to_io};
+use crate::raft_position::{to_meta, to_position};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use keel_datadir::{SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, Tee};
 
 /// Records per sled batch during install.
 const INSTALL_BATCH: usize = 1024;
@@ -64,10 +65,10 @@ impl SnapshotStore {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "snap") {
                 match read_header(&path) {
-                    Ok(h) => {
-                        let newer = best.as_ref().is_none_or(|(m, _)| h.meta.last_log_id > m.last_log_id);
+                    Ok((_, meta)) => {
+                        let newer = best.as_ref().is_none_or(|(m, _)| meta.last_log_id > m.last_log_id);
                         if newer {
-                            if let Some((_, old)) = best.replace((h.meta, path)) {
+                            if let Some((_, old)) = best.replace((meta, path)) {
                                 fs::remove_file(old)?;
                             }
                         } else {
@@ -170,10 +171,11 @@ fn unique_suffix() -> String {
     format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Read only the header of a snapshot file.
-pub fn read_header(path: &Path) -> Result<SnapshotHeader, SnapshotError> {
+/// Read only the header of a snapshot file, with its Raft position as openraft's metadata.
+pub fn read_header(path: &Path) -> Result<(SnapshotHeader, SnapshotMeta), SnapshotError> {
     let (_, header) = SnapshotReader::open(BufReader::new(File::open(path)?))?;
-    Ok(header)
+    let meta = to_meta(&header.raft).map_err(SnapshotError::Corrupt)?;
+    Ok((header, meta))
 }
 
 /// Builds a snapshot of the state at one revision while applies continue.
@@ -181,6 +183,7 @@ pub struct SnapshotBuilder {
     shared: Arc<SmShared>,
     tree: sled::Tree,
     generation: u64,
+    meta: SnapshotMeta,
     header: SnapshotHeader,
     _pin: PinGuard,
 }
@@ -194,11 +197,12 @@ impl SnapshotBuilder {
         applied: Option<LogId>,
         membership: StoredMembership,
     ) -> Self {
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+        };
         let header = SnapshotHeader {
-            meta: SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-            },
+            raft: to_position(&meta),
             revision,
             created_unix_ms: now_ms(),
             cluster_id: shared.config.cluster_id.clone(),
@@ -208,6 +212,7 @@ impl SnapshotBuilder {
             shared,
             tree,
             generation,
+            meta,
             header,
             _pin: pin,
         }
@@ -215,7 +220,7 @@ impl SnapshotBuilder {
 
     /// The applied index the snapshot holds.
     fn applied_index(&self) -> u64 {
-        self.header.meta.last_log_id.map_or(0, |l| l.index)
+        self.meta.last_log_id.map_or(0, |l| l.index)
     }
 
     fn build_blocking(&self) -> io::Result<(SnapshotMeta, File)> {
@@ -223,7 +228,7 @@ impl SnapshotBuilder {
         // The state machine must be durable at least up to this snapshot before openraft purges
         // the log entries it covers.
         shared.dur.sync()?;
-        let tmp = shared.snapshots.build_tmp_path(&self.header.meta);
+        let tmp = shared.snapshots.build_tmp_path(&self.meta);
         let written = (|| -> io::Result<(u64, u64)> {
             let file = File::create(&tmp)?;
             let mut writer = SnapshotWriter::new(BufWriter::with_capacity(256 * 1024, file), &self.header)?;
@@ -251,7 +256,7 @@ impl SnapshotBuilder {
                 .ok_or_else(|| io::Error::other("snapshot install raced with build and left no snapshot"));
         }
         let (keys, sessions) = written?;
-        let (meta, path) = shared.snapshots.commit(&self.header.meta, &tmp)?;
+        let (meta, path) = shared.snapshots.commit(&self.meta, &tmp)?;
         tracing::info!(snapshot = %file_stem(&meta), revision = self.header.revision, keys, sessions, "built snapshot");
         Ok((meta, File::open(path)?))
     }
@@ -265,10 +270,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             shared: self.shared.clone(),
             tree: self.tree.clone(),
             generation: self.generation,
+            meta: self.meta.clone(),
             header: self.header.clone(),
             _pin: self.shared.pin(self.header.revision, self.applied_index()),
         };
-        let stem = file_stem(&self.header.meta);
+        let stem = file_stem(&self.meta);
         let context = |e: io::Error| io::Error::new(e.kind(), format!("building snapshot {stem}: {e}"));
         let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || this.build_blocking())
@@ -342,11 +348,12 @@ fn load_generation<R: Read>(
     if header.revision == u64::MAX {
         return Err(io::Error::other("snapshot revision is out of range"));
     }
+    let raft = to_meta(&header.raft).map_err(io::Error::other)?;
     if let Some(expected) = expected {
-        if header.meta.last_log_id != expected.last_log_id || header.meta.last_membership != expected.last_membership {
+        if raft != *expected {
             return Err(io::Error::other(format!(
                 "snapshot file describes {:?}, Raft expected {:?}",
-                header.meta.last_log_id, expected.last_log_id
+                raft.last_log_id, expected.last_log_id
             )));
         }
     }
@@ -361,7 +368,7 @@ fn load_generation<R: Read>(
     db.drop_tree(&new_name).map_err(sled_to_io)?;
     let tree = db.open_tree(&new_name).map_err(sled_to_io)?;
 
-    let applied_index = header.meta.last_log_id.map_or(0, |l| l.index);
+    let applied_index = raft.last_log_id.map_or(0, |l| l.index);
     let mut key_count = 0u64;
     let mut clients = std::collections::HashSet::new();
     let mut batch = sled::Batch::default();
@@ -391,7 +398,7 @@ fn load_generation<R: Read>(
                     if !clients.insert(session.client_id) {
                         return Err(io::Error::other("snapshot has two sessions of one client"));
                     }
-                    sessions::restore(&mut batch, &session);
+                    sessions::restore(&mut batch, session).map_err(io_err)?;
                 }
             }
             in_batch += 1;
@@ -408,7 +415,7 @@ fn load_generation<R: Read>(
         return Err(e);
     }
     let meta = SmMeta {
-        applied: header.meta.last_log_id,
+        applied: raft.last_log_id,
         revision: header.revision,
         compacted: header.revision,
         key_count,
@@ -419,7 +426,7 @@ fn load_generation<R: Read>(
             *out = Some(header.clone());
             membership
         }
-        None => header.meta.last_membership.clone(),
+        None => raft.last_membership,
     };
     batch.insert(META_KEY, codec::encode(&meta));
     batch.insert(MEMBERSHIP_KEY, codec::encode(&membership));

@@ -216,7 +216,7 @@ pub fn snapshot_sessions(records: &Raw) -> Vec<SnapshotSession> {
                 client_id: codec::split_session_key(k).unwrap(),
                 seq: record.seq,
                 last_index: record.last_index,
-                response: record.response().unwrap(),
+                response: record.response,
             }
         })
         .collect()

@@ -1,5 +1,5 @@
-//! The data directory's own files, owned here so that the node and `keelctl snapshot restore`
-//! write them one way: which node and cluster the directory belongs to (`keel.id`), the
+//! The data directory's identity, owned here so that the node and `keelctl snapshot restore`
+//! write it one way: which node and cluster the directory belongs to (`keel.id`), the
 //! `--initial-cluster` it was bootstrapped from, and the `REMOVED` marker of a member that was
 //! removed from its cluster.
 //!
@@ -133,52 +133,6 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String
     Ok(members)
 }
 
-/// Make `dir` (absent or empty) the data directory of member `id` of a new cluster of `peers`
-/// (`--initial-cluster`, with `token`), from the snapshot file `snapshot` (see
-/// [`crate::restore`]). Everything is written into a sibling staging directory first, made
-/// durable, and renamed into place at the end, so a failure leaves no half-restored data
-/// directory behind.
-pub async fn restore_member(
-    dir: &Path,
-    snapshot: &Path,
-    id: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-    token: &str,
-    config: &crate::StoreConfig,
-) -> Result<crate::restore::Verified, crate::restore::RestoreError> {
-    use crate::restore::RestoreError;
-    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(RestoreError::NotEmpty(dir.to_path_buf()));
-    }
-    let staging = PathBuf::from(format!("{}.restoring-{}", dir.display(), std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let members = crate::Member::from_peers(peers);
-    let result = async {
-        let verified = crate::restore::restore(&staging, snapshot, id, members, config).await?;
-        let storage = |source| RestoreError::Storage {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let identity = Identity::new(id, token, cluster_id(token, peers));
-        write(&staging, &identity).map_err(storage)?;
-        if dir.exists() {
-            fs::remove_dir(dir).map_err(storage)?;
-        }
-        fs::rename(&staging, dir).map_err(storage)?;
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        crate::durability::fsync_dir(parent).map_err(storage)?;
-        Ok(verified)
-    }
-    .await;
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    result
-}
-
 /// The marker a member removed from its cluster leaves in its data directory; a start with such
 /// a directory is refused.
 pub const REMOVED_MARKER: &str = "REMOVED";
@@ -227,7 +181,7 @@ pub fn check_or_create(
         dir: dir.to_path_buf(),
         source,
     };
-    crate::durability::create_dir_durable(dir).map_err(io)?;
+    crate::fs::create_dir_durable(dir).map_err(io)?;
     let path = dir.join(FILE);
     match fs::read(&path) {
         Ok(bytes) => {
@@ -352,7 +306,7 @@ pub fn write(dir: &Path, identity: &Identity) -> std::io::Result<()> {
     f.write_all(&serde_json::to_vec_pretty(identity).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(FILE))?;
-    crate::durability::fsync_dir(dir)
+    crate::fs::fsync_dir(dir)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //! 1 (key-value) | key_len u32 | key | value_len u32 | value | create_revision u64 | mod_revision u64 | version u64
 //! 2 (session)   | client_id u64 | seq u64 | last_index u64 | response_len u32 | response
 //! ```
-//! where a session's `response` is the `codec`-encoded [`Response`] (format byte, postcard), or
-//! empty if the state machine did not remember it. Key-value records come first, in key order,
+//! where a session's `response` is the state machine's encoding of the response it remembers
+//! (keel-storage's `codec`: a format byte, then postcard), or empty if it remembered none; this
+//! crate carries it as bytes. Key-value records come first, in key order,
 //! then the session records; a file without sessions is exactly what the first release wrote.
 //!
 //! The reader streams: it holds one block (about 64 KiB, at most one large value more) at a time,
@@ -26,8 +27,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec;
-use crate::types::{KeyValue, Response, SnapshotMeta};
+use crate::types::{KeyValue, RaftPosition};
 
 const MAGIC: &[u8; 8] = b"KEELSNAP";
 /// The snapshot format written by this release.
@@ -45,8 +45,8 @@ const MAX_HEADER: usize = 16 * 1024 * 1024;
 /// Describes a snapshot file; readable without reading the records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
-    /// Raft's view: last included log id, membership, snapshot id.
-    pub meta: SnapshotMeta,
+    /// Raft's view: the last included log entry and the membership.
+    pub raft: RaftPosition,
     /// The store revision the snapshot holds.
     pub revision: u64,
     /// Milliseconds since the Unix epoch when the snapshot was made.
@@ -78,8 +78,8 @@ pub struct SnapshotSession {
     pub seq: u64,
     /// The log index that last used the session.
     pub last_index: u64,
-    /// The response to `seq`, if it was small enough to remember.
-    pub response: Option<Response>,
+    /// The encoded response to `seq`; empty if it was too large to remember.
+    pub response: Vec<u8>,
 }
 
 /// One record of a snapshot file.
@@ -147,14 +147,14 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Add one client session.
     pub fn push_session(&mut self, session: &SnapshotSession) -> io::Result<()> {
-        let response = session.response.as_ref().map(codec::encode).unwrap_or_default();
+        let response = &session.response;
         let b = &mut self.block;
         b.push(REC_SESSION);
         b.extend_from_slice(&session.client_id.to_le_bytes());
         b.extend_from_slice(&session.seq.to_le_bytes());
         b.extend_from_slice(&session.last_index.to_le_bytes());
         b.extend_from_slice(&(response.len() as u32).to_le_bytes());
-        b.extend_from_slice(&response);
+        b.extend_from_slice(response);
         self.count += 1;
         if self.block.len() >= BLOCK_TARGET {
             self.flush_block()?;
@@ -381,16 +381,10 @@ fn decode_kv(cur: &mut &[u8]) -> Result<KeyValue, SnapshotError> {
 fn decode_session(cur: &mut &[u8]) -> Result<SnapshotSession, SnapshotError> {
     let (client_id, seq, last_index) = (take_u64(cur)?, take_u64(cur)?, take_u64(cur)?);
     let len = take_len(cur)?;
-    let bytes = take(cur, len)?;
+    let response = take(cur, len)?.to_vec();
     if seq == 0 {
         return Err(corrupt("session record has sequence number 0"));
     }
-    let response = if bytes.is_empty() {
-        None
-    } else {
-        let response = codec::decode(bytes).map_err(|e| corrupt(format!("session response does not decode: {e}")))?;
-        Some(response)
-    };
     Ok(SnapshotSession {
         client_id,
         seq,
@@ -416,7 +410,7 @@ fn read_exact_raw<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<(), Snapshot
 }
 
 /// A reader that copies everything it reads into a writer: install keeps a local copy of a
-/// received snapshot while loading it, in one pass.
+/// received snapshot while loading it, and restore stages a copy while verifying it, in one pass.
 pub struct Tee<R, W> {
     pub input: R,
     pub copy: W,
@@ -436,7 +430,7 @@ mod tests {
 
     fn header() -> SnapshotHeader {
         SnapshotHeader {
-            meta: SnapshotMeta::default(),
+            raft: RaftPosition::default(),
             revision: 7,
             created_unix_ms: 1,
             cluster_id: "c".into(),
@@ -481,23 +475,11 @@ mod tests {
     }
 
     fn session(i: u64) -> SnapshotSession {
-        use crate::types::{CommandResult, PutResult};
+        // Empty (nothing remembered), short, and larger than a block.
         let response = match i % 3 {
-            0 => None,
-            1 => Some(Response {
-                revision: i,
-                result: CommandResult::Put(PutResult { prev_kv: Some(kv(i)) }),
-            }),
-            _ => Some(Response {
-                revision: i,
-                result: CommandResult::Put(PutResult {
-                    // Larger than a block.
-                    prev_kv: Some(KeyValue {
-                        value: vec![7; 70_000],
-                        ..kv(i)
-                    }),
-                }),
-            }),
+            0 => Vec::new(),
+            1 => vec![1, i as u8, 2],
+            _ => vec![i as u8; 70_000],
         };
         SnapshotSession {
             client_id: i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
