@@ -87,25 +87,30 @@
 //! learn of a commit only after their own write and sync.
 //!
 //! ## Replication batches
-//! Replication reads through [`RaftLogReader::limited_get_log_entries`], and keel's reader returns
+//! Replication reads through [`openraft::RaftLogReader::limited_get_log_entries`], and keel's reader returns
 //! at most [`REPLICATION_BATCH_BYTES`] of entries (at least one), so that one AppendEntries stays a
 //! bounded amount of work for the follower's disk and for the link, whatever a lagging follower is
 //! owed.
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogReader};
+use openraft::{LogState, OptionalSend};
 use tokio::sync::{oneshot, watch};
 
 use crate::codec;
 use crate::durability::sled_to_io;
 use crate::durability::Durability;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+mod flusher;
+mod read;
+
+use flusher::{flusher, purger, Flush, Flusher, Flushing};
+pub use read::LogReader;
 
 /// The most entry bytes one replication read returns (a single larger entry still goes alone):
 /// see "Replication batches".
@@ -126,20 +131,6 @@ fn entry_key(index: u64) -> [u8; 9] {
     k[0] = ENTRY_PREFIX;
     k[1..].copy_from_slice(&index.to_be_bytes());
     k
-}
-
-/// Work for the flusher thread, in the order it was sent: complete each once a sync has covered it.
-enum Flush {
-    /// Write these entries (index, tail number, encoded entry), then report.
-    Append(Vec<(u64, u64, sled::IVec)>, IOFlushed<TypeConfig>),
-    /// Write this record (key, encoded value) into `raft_meta`; synced with whatever comes next.
-    Record(&'static [u8], Vec<u8>),
-    /// Record this purge point, then have the purger delete the entries up to it. In this
-    /// order: sled keeps it through a crash, so no deletion is ever durable without its record.
-    Purge(LogId),
-    /// Delete every entry from this index on.
-    Truncate(u64, oneshot::Sender<io::Result<()>>),
-    Notify(oneshot::Sender<io::Result<()>>),
 }
 
 /// Appended entries the flusher has not written into sled yet, by index: each with the number
@@ -195,46 +186,6 @@ pub struct LogStore {
     tail: SharedTail,
     /// The highest index the flusher has written into sled (see "Applies wait for the write").
     written: Arc<watch::Sender<u64>>,
-}
-
-/// Log appends and syncs slower than this are logged.
-const SLOW: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Entries deleted per sled batch by the purger.
-const PURGE_CHUNK: u64 = 256;
-
-struct Flusher {
-    tx: Option<mpsc::Sender<Flush>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    purge_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn send(&self, req: Flush) -> io::Result<()> {
-        self.tx
-            .as_ref()
-            .and_then(|tx| tx.send(req).ok())
-            .ok_or_else(|| io::Error::other("log flusher has stopped"))
-    }
-}
-
-impl Drop for Flusher {
-    /// Close the channels and wait for the threads, so the database is closed when the store is.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        for t in [self.thread.take(), self.purge_thread.take()].into_iter().flatten() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads log entries; handed to openraft's replication tasks.
-#[derive(Clone)]
-pub struct LogReader {
-    tree: sled::Tree,
-    meta: sled::Tree,
-    readable_from: Arc<AtomicU64>,
-    tail: SharedTail,
 }
 
 impl LogStore {
@@ -376,295 +327,6 @@ fn read_meta_from<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8])
     }
 }
 
-/// The purger: delete entries up to each purge point it is sent, a chunk per batch. Entries are
-/// dense, so it deletes by index from the first one left, without reading them.
-fn purger(dur: Arc<Durability>, tree: sled::Tree, rx: mpsc::Receiver<u64>) {
-    while let Ok(upto) = rx.recv() {
-        let upto = rx.try_iter().fold(upto, u64::max);
-        let first = match tree.range(entry_key(0)..=entry_key(upto)).keys().next() {
-            None => continue,
-            Some(Ok(k)) => entry_index(&k),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the log to purge it; purged entries stay on disk");
-                continue;
-            }
-        };
-        let mut next = first;
-        while next <= upto {
-            let end = upto.min(next.saturating_add(PURGE_CHUNK - 1));
-            let mut batch = sled::Batch::default();
-            for i in next..=end {
-                batch.remove(&entry_key(i));
-            }
-            if let Err(e) = tree.apply_batch(batch) {
-                tracing::warn!(error = %e, "deleting purged log entries failed; they stay on disk");
-                break;
-            }
-            next = end + 1;
-        }
-    }
-    // Held so that the database outlives this thread's last write.
-    drop(dur);
-}
-
-/// What the flusher works on.
-struct Flushing {
-    dur: Arc<Durability>,
-    stats: Arc<LogStats>,
-    tree: sled::Tree,
-    meta: sled::Tree,
-    tail: SharedTail,
-    /// The purger's queue.
-    purger: mpsc::Sender<u64>,
-    written: Arc<watch::Sender<u64>>,
-}
-
-impl Flushing {
-    /// Write appended entries into sled, then drop them from the tail (in this order: see
-    /// "Group commit, and the unwritten tail").
-    fn write(&self, items: &[(u64, u64, sled::IVec)]) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        let mut batch = sled::Batch::default();
-        for (index, _, bytes) in items {
-            batch.insert(&entry_key(*index), bytes.clone());
-        }
-        self.tree.apply_batch(batch).map_err(sled_to_io)?;
-        let mut tail = lock(&self.tail);
-        for (index, number, _) in items {
-            if tail.entries.get(index).is_some_and(|(n, _, _)| n == number) {
-                tail.entries.remove(index);
-            }
-        }
-        drop(tail);
-        if let Some((last, _, _)) = items.last() {
-            self.written.send_modify(|w| *w = (*w).max(*last));
-        }
-        if started.elapsed() > SLOW {
-            let took_ms = started.elapsed().as_millis() as u64;
-            let bytes: usize = items.iter().map(|(_, _, b)| b.len()).sum();
-            tracing::warn!(took_ms, entries = items.len(), bytes, "slow log write");
-        }
-        Ok(())
-    }
-
-    /// Record a purge point, then queue the deletion of the entries up to it.
-    fn purge(&self, log_id: LogId) -> io::Result<()> {
-        self.meta
-            .insert(PURGED_KEY, codec::encode(&log_id))
-            .map_err(sled_to_io)?;
-        // A stopped purger only leaves entries on disk, to be deleted after the next open.
-        let _ = self.purger.send(log_id.index);
-        Ok(())
-    }
-
-    /// Delete every entry from index `from` on.
-    fn truncate(&self, from: u64) -> io::Result<()> {
-        self.written.send_modify(|w| *w = (*w).min(from.saturating_sub(1)));
-        let mut batch = sled::Batch::default();
-        for item in self.tree.range(entry_key(from)..[ENTRY_PREFIX + 1; 9]) {
-            let (k, _) = item.map_err(sled_to_io)?;
-            batch.remove(k);
-        }
-        self.tree.apply_batch(batch).map_err(sled_to_io)
-    }
-}
-
-/// The flusher: writes and truncations in order, then one sync per batch of waiting requests.
-fn flusher(f: Flushing, rx: mpsc::Receiver<Flush>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        // After a failed write nothing later is written: its callers, and every later one, are
-        // told (openraft then stops), and no later entry lands after a hole.
-        let mut failed: Option<io::Error> = None;
-        for req in &batch {
-            let done = match req {
-                _ if failed.is_some() => Ok(()),
-                Flush::Append(items, _) => f.write(items),
-                Flush::Record(key, value) => f.meta.insert(key, value.as_slice()).map(drop).map_err(sled_to_io),
-                Flush::Purge(log_id) => f.purge(*log_id),
-                Flush::Truncate(from, _) => f.truncate(*from),
-                Flush::Notify(_) => Ok(()),
-            };
-            if let Err(e) = done {
-                failed = Some(e);
-            }
-        }
-        if batch.iter().all(|r| matches!(r, Flush::Record(..) | Flush::Purge(_))) {
-            // Records alone wait for nobody: the next sync persists them (see "What must be
-            // durable when"). A failed one leaves sled failing every later write, which the
-            // next append reports.
-            if let Some(e) = failed {
-                tracing::error!(error = %e, "writing a log record (commit index or purge point) failed");
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let result = match failed {
-            Some(e) => Err(e),
-            None => f.dur.sync(),
-        };
-        let took = started.elapsed();
-        if took > SLOW {
-            // As etcd's "slow fdatasync": followers answer only after this, so a slow disk shows
-            // as a slow cluster.
-            tracing::warn!(
-                took_ms = took.as_millis() as u64,
-                requests = batch.len(),
-                "slow log sync"
-            );
-        }
-        let stats = &f.stats;
-        stats.sync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        stats.group_commits.fetch_add(1, Ordering::Relaxed);
-        stats.synced_requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for req in batch {
-            // io::Error is not Clone; each waiter gets its own copy of the failure.
-            let res = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            match req {
-                Flush::Append(_, cb) => cb.io_completed(res),
-                Flush::Truncate(_, tx) | Flush::Notify(tx) => {
-                    let _ = tx.send(res);
-                }
-                Flush::Record(..) | Flush::Purge(_) => {}
-            }
-        }
-    }
-}
-
-/// The sled key range of the log indexes in `range`, starting no lower than `from`.
-fn key_range<RB: RangeBounds<u64>>(from: u64, range: &RB) -> (Bound<[u8; 9]>, Bound<[u8; 9]>) {
-    let start = match range.start_bound() {
-        Bound::Included(&i) => i,
-        Bound::Excluded(&i) => i.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let start = Bound::Included(entry_key(start.max(from)));
-    let end = match range.end_bound() {
-        Bound::Included(&i) => Bound::Included(entry_key(i)),
-        Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
-        Bound::Unbounded => Bound::Excluded([ENTRY_PREFIX + 1; 9]),
-    };
-    (start, end)
-}
-
-/// The entries in `range` that are not purged, from the tail and from sled, stopping before the
-/// first entry that would take their encoded size past `budget` bytes (but always with the first
-/// one).
-fn read_entries<RB: RangeBounds<u64>>(
-    tree: &sled::Tree,
-    tail: &SharedTail,
-    from: u64,
-    range: RB,
-    budget: usize,
-) -> io::Result<Vec<Entry>> {
-    let (start, end) = key_range(from, &range);
-    let as_index = |b: Bound<[u8; 9]>| match b {
-        Bound::Included(k) => Bound::Included(entry_index(&k)),
-        Bound::Excluded(k) => Bound::Excluded(entry_index(&k)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    let (first, last) = (as_index(start), as_index(end));
-    let empty = match (first, last) {
-        (Bound::Included(a), Bound::Excluded(b)) => a >= b,
-        (Bound::Included(a), Bound::Included(b)) => a > b,
-        _ => false,
-    };
-    if empty {
-        // BTreeMap::range panics on a reversed range (sled's returns nothing).
-        return Ok(Vec::new());
-    }
-    // The tail first (see "Group commit, and the unwritten tail").
-    let unwritten: Vec<(u64, sled::IVec)> = lock(tail)
-        .entries
-        .range((first, last))
-        .map(|(i, (_, _, bytes))| (*i, bytes.clone()))
-        .collect();
-    let mut unwritten = unwritten.into_iter().peekable();
-    // Fused: a sled iterator asked again after its end may find entries the flusher wrote since,
-    // which the tail already gave.
-    let mut written = tree
-        .range::<[u8; 9], _>((start, end))
-        .map(|item| {
-            let (k, v) = item.map_err(sled_to_io)?;
-            Ok::<_, io::Error>((entry_index(&k), v))
-        })
-        .fuse();
-    let mut next_written = written.next().transpose()?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    let mut emitted: Option<u64> = None;
-    loop {
-        // In index order; where both hold an index, the tail's entry is the newer one.
-        let next = match (next_written.as_ref(), unwritten.peek()) {
-            (None, None) => break,
-            (Some((w, _)), Some((u, _))) if w < u => next_written.take(),
-            (Some((w, _)), Some((u, _))) if w == u => {
-                next_written = None;
-                unwritten.next()
-            }
-            (Some(_), None) => next_written.take(),
-            _ => unwritten.next(),
-        };
-        if next_written.is_none() {
-            next_written = written.next().transpose()?;
-        }
-        let (at, value) = next.expect("one side had an entry");
-        // Strictly ascending, whatever the two sources did meanwhile.
-        if emitted.is_some_and(|l| at <= l) {
-            continue;
-        }
-        emitted = Some(at);
-        bytes = bytes.saturating_add(value.len());
-        if bytes > budget && !out.is_empty() {
-            break;
-        }
-        out.push(codec::decode::<Entry>(&value).map_err(io::Error::other)?);
-    }
-    Ok(out)
-}
-
-impl LogReader {
-    fn entries<RB: RangeBounds<u64>>(&self, range: RB, budget: usize) -> io::Result<Vec<Entry>> {
-        let from = self.readable_from.load(Ordering::Acquire);
-        read_entries(&self.tree, &self.tail, from, range, budget)
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> io::Result<Vec<Entry>> {
-        self.entries(range, usize::MAX)
-    }
-
-    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        read_meta_from(&self.meta, VOTE_KEY)
-    }
-
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        self.entries(start..end, REPLICATION_BATCH_BYTES)
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> io::Result<Vec<Entry>> {
-        let from = self.readable_from.load(Ordering::Acquire);
-        read_entries(&self.tree, &self.tail, from, range, usize::MAX)
-    }
-
-    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.read_meta(VOTE_KEY)
-    }
-}
-
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
@@ -759,48 +421,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         drop(purged);
         self.readable_from.fetch_max(log_id.index + 1, Ordering::AcqRel);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{log_id_at, EntryPayload};
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: log_id_at(term, 1, index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    /// Readers merge the unwritten tail with sled in index order, the tail's entry winning where
-    /// both hold one (an entry rewritten after a truncation, its old copy not yet deleted).
-    #[test]
-    fn readers_see_the_tail_over_sled() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("raft").unwrap();
-        for i in 1..=5 {
-            tree.insert(entry_key(i), codec::encode(&entry(1, i))).unwrap();
-        }
-        let tail = SharedTail::default();
-        for i in 4..=7 {
-            let e = entry(2, i);
-            let bytes = sled::IVec::from(codec::encode(&e));
-            lock(&tail).entries.insert(i, (i, e.log_id, bytes));
-        }
-        let ids = |v: Vec<Entry>| {
-            v.into_iter()
-                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
-                .collect::<Vec<_>>()
-        };
-        let all = read_entries(&tree, &tail, 0, .., usize::MAX).unwrap();
-        assert_eq!(ids(all), vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6), (2, 7)]);
-        let from_three = read_entries(&tree, &tail, 3, 2..6, usize::MAX).unwrap();
-        assert_eq!(ids(from_three), vec![(1, 3), (2, 4), (2, 5)]);
-        let one = read_entries(&tree, &tail, 0, 1.., 1).unwrap();
-        assert_eq!(ids(one), vec![(1, 1)], "a budget below one entry still returns one");
-        assert!(read_entries(&tree, &tail, 9, 2..5, usize::MAX).unwrap().is_empty());
-        assert!(read_entries(&tree, &tail, 0, 5..5, usize::MAX).unwrap().is_empty());
     }
 }
