@@ -36,7 +36,7 @@ pub mod snapshot_file;
 mod types;
 
 pub use snapshot_file::{
-    SnapshotError, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotSession, SnapshotWriter, Tee,
+    SnapshotError, SnapshotHeader, SnapshotLease, SnapshotReader, SnapshotRecord, SnapshotSession, SnapshotWriter, Tee,
     SNAPSHOT_FORMAT,
 };
 pub use types::{KeyValue, LogPosition, Member, NodeId, RaftPosition};

@@ -10,11 +10,15 @@
 //! ```text
 //! 1 (key-value) | key_len u32 | key | value_len u32 | value | create_revision u64 | mod_revision u64 | version u64
 //! 2 (session)   | client_id u64 | seq u64 | last_index u64 | response_len u32 | response
+//! 3 (lease)     | id u64 | ttl_ms u64 | remaining_ms u64 | epoch u64 | granted_revision u64
+//! 4 (lease key) | id u64 | key_len u32 | key
 //! ```
 //! where a session's `response` is the state machine's encoding of the response it remembers
 //! (keel-storage's `codec`: a format byte, then postcard), or empty if it remembered none; this
-//! crate carries it as bytes. Key-value records come first, in key order,
-//! then the session records; a file without sessions is exactly what the first release wrote.
+//! crate carries it as bytes. Key-value records come first, in key order, then the session
+//! records, then the leases and the keys attached to them; a file without sessions or leases is
+//! exactly what the first release wrote. (A release that does not know leases refuses a file
+//! with them as corrupt: upgrade every member before the first lease is granted.)
 //!
 //! The reader streams: it holds one block (about 64 KiB, at most one large value more) at a time,
 //! checks each block's CRC as it goes and the SHA-256 and record count at the end. A file that
@@ -36,6 +40,8 @@ const BLOCK: u8 = 0x01;
 const END: u8 = 0xFE;
 const REC_KV: u8 = 1;
 const REC_SESSION: u8 = 2;
+const REC_LEASE: u8 = 3;
+const REC_LEASE_KEY: u8 = 4;
 /// Records are cut into blocks of about this many bytes.
 const BLOCK_TARGET: usize = 64 * 1024;
 /// A block length beyond this is corruption, not data (keys ≤ 4 KiB, values ≤ a few MiB).
@@ -82,11 +88,27 @@ pub struct SnapshotSession {
     pub response: Vec<u8>,
 }
 
+/// A lease as stored in a snapshot: see keel-storage's `sm::leases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotLease {
+    pub id: u64,
+    pub ttl_ms: u64,
+    pub remaining_ms: u64,
+    pub epoch: u64,
+    pub granted_revision: u64,
+}
+
 /// One record of a snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotRecord {
     Kv(KeyValue),
     Session(SnapshotSession),
+    Lease(SnapshotLease),
+    /// Key `key` is attached to lease `lease`.
+    LeaseKey {
+        lease: u64,
+        key: Vec<u8>,
+    },
 }
 
 fn corrupt(what: impl Into<String>) -> SnapshotError {
@@ -155,6 +177,40 @@ impl<W: Write> SnapshotWriter<W> {
         b.extend_from_slice(&session.last_index.to_le_bytes());
         b.extend_from_slice(&(response.len() as u32).to_le_bytes());
         b.extend_from_slice(response);
+        self.count += 1;
+        if self.block.len() >= BLOCK_TARGET {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    /// Add one lease.
+    pub fn push_lease(&mut self, lease: &SnapshotLease) -> io::Result<()> {
+        let b = &mut self.block;
+        b.push(REC_LEASE);
+        for n in [
+            lease.id,
+            lease.ttl_ms,
+            lease.remaining_ms,
+            lease.epoch,
+            lease.granted_revision,
+        ] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        self.record_added()
+    }
+
+    /// Add one key's lease.
+    pub fn push_lease_key(&mut self, lease: u64, key: &[u8]) -> io::Result<()> {
+        let b = &mut self.block;
+        b.push(REC_LEASE_KEY);
+        b.extend_from_slice(&lease.to_le_bytes());
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key);
+        self.record_added()
+    }
+
+    fn record_added(&mut self) -> io::Result<()> {
         self.count += 1;
         if self.block.len() >= BLOCK_TARGET {
             self.flush_block()?;
@@ -337,6 +393,32 @@ impl<R: Read> SnapshotReader<R> {
         let record = match take(&mut cur, 1)?[0] {
             REC_KV => SnapshotRecord::Kv(decode_kv(&mut cur)?),
             REC_SESSION => SnapshotRecord::Session(decode_session(&mut cur)?),
+            REC_LEASE => {
+                let mut n = [0u64; 5];
+                for v in &mut n {
+                    *v = take_u64(&mut cur)?;
+                }
+                let [id, ttl_ms, remaining_ms, epoch, granted_revision] = n;
+                if id == 0 || ttl_ms == 0 || remaining_ms > ttl_ms {
+                    return Err(corrupt("lease record has impossible values"));
+                }
+                SnapshotRecord::Lease(SnapshotLease {
+                    id,
+                    ttl_ms,
+                    remaining_ms,
+                    epoch,
+                    granted_revision,
+                })
+            }
+            REC_LEASE_KEY => {
+                let lease = take_u64(&mut cur)?;
+                let len = take_len(&mut cur)?;
+                let key = take(&mut cur, len)?.to_vec();
+                if lease == 0 || key.is_empty() {
+                    return Err(corrupt("lease key record has impossible values"));
+                }
+                SnapshotRecord::LeaseKey { lease, key }
+            }
             kind => return Err(corrupt(format!("unknown record kind {kind}"))),
         };
         self.pos = self.block.len() - cur.len();
@@ -519,6 +601,55 @@ mod tests {
         assert_eq!(read_all(&bytes).unwrap(), (0..500).map(kv).collect::<Vec<_>>());
         // A file without sessions is the same as before sessions existed.
         assert_eq!(file_with_sessions(500, 0), file(500));
+    }
+
+    #[test]
+    fn leases_round_trip_after_the_sessions() {
+        let lease = |id: u64| SnapshotLease {
+            id,
+            ttl_ms: 1000 * id,
+            remaining_ms: 500 * id,
+            epoch: id,
+            granted_revision: 3,
+        };
+        let mut w = SnapshotWriter::new(Vec::new(), &header()).unwrap();
+        w.push(&kv(1)).unwrap();
+        w.push_session(&session(1)).unwrap();
+        w.push_lease(&lease(1)).unwrap();
+        w.push_lease(&lease(2)).unwrap();
+        w.push_lease_key(2, b"key-1").unwrap();
+        let bytes = w.finish().unwrap().0;
+        let (mut r, _) = SnapshotReader::open(&bytes[..]).unwrap();
+        let mut records = Vec::new();
+        while let Some(record) = r.next_record().unwrap() {
+            records.push(record);
+        }
+        let want = vec![
+            SnapshotRecord::Kv(kv(1)),
+            SnapshotRecord::Session(session(1)),
+            SnapshotRecord::Lease(lease(1)),
+            SnapshotRecord::Lease(lease(2)),
+            SnapshotRecord::LeaseKey {
+                lease: 2,
+                key: b"key-1".to_vec(),
+            },
+        ];
+        assert_eq!(records, want);
+        // Well-framed records with impossible values are refused.
+        for bad in [
+            SnapshotLease { id: 0, ..lease(1) },
+            SnapshotLease { ttl_ms: 0, ..lease(1) },
+            SnapshotLease {
+                remaining_ms: 5000,
+                ..lease(1)
+            },
+        ] {
+            let mut w = SnapshotWriter::new(Vec::new(), &header()).unwrap();
+            w.push_lease(&bad).unwrap();
+            let bytes = w.finish().unwrap().0;
+            let (mut r, _) = SnapshotReader::open(&bytes[..]).unwrap();
+            assert!(matches!(r.next_record(), Err(SnapshotError::Corrupt(_))), "{bad:?}");
+        }
     }
 
     #[test]

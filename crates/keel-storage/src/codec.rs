@@ -14,7 +14,7 @@
 //! sessions by last use for expiry, and `b'p' ‖ client_id ‖ last_index` keeps superseded records
 //! that a running snapshot build still needs (`superseded_at` BE ‖ the [`StoredSession`] bytes).
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::types::{KeyValue, Response};
 
@@ -33,6 +33,13 @@ pub const SESSION_EXPIRY_PREFIX: u8 = b'x';
 /// Prefix of superseded session records kept for snapshot builds
 /// (`b'p' ‖ client_id ‖ last_index`).
 pub const SESSION_PRESERVED_PREFIX: u8 = b'p';
+
+/// Prefix of lease records (`b'l' ‖ lease id` → [`StoredLease`]).
+pub const LEASE_PREFIX: u8 = b'l';
+/// Prefix of the keys attached to a lease (`b'a' ‖ lease id ‖ key`, empty values).
+pub const LEASE_KEY_PREFIX: u8 = b'a';
+/// Prefix of the lease a key is attached to (`b'b' ‖ key` → lease id, 8 bytes big-endian).
+pub const KEY_LEASE_PREFIX: u8 = b'b';
 
 /// Errors decoding stored bytes. Any of these means the data on disk is not what keel wrote.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +225,52 @@ pub fn preserved_session_key(client_id: u64, last_index: u64) -> [u8; 17] {
 pub fn split_preserved_session_key(k: &[u8]) -> Result<(u64, u64), DecodeError> {
     let [client_id, last_index] = split_u64s(SESSION_PRESERVED_PREFIX, k)?;
     Ok((client_id, last_index))
+}
+
+/// The key of lease `id`'s record.
+pub fn lease_key(id: u64) -> [u8; 9] {
+    prefixed_u64s(LEASE_PREFIX, &[id])
+}
+
+/// The lease id of a lease record key.
+pub fn split_lease_key(k: &[u8]) -> Result<u64, DecodeError> {
+    let [id] = split_u64s(LEASE_PREFIX, k)?;
+    Ok(id)
+}
+
+/// The key recording that `key` is attached to lease `id`; a scan of `lease_key_prefix(id)` lists
+/// the lease's keys.
+pub fn lease_key_entry(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = lease_key_prefix(id).to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// The prefix of lease `id`'s key entries.
+pub fn lease_key_prefix(id: u64) -> [u8; 9] {
+    prefixed_u64s(LEASE_KEY_PREFIX, &[id])
+}
+
+/// The key under which `key`'s lease is recorded.
+pub fn key_lease_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(KEY_LEASE_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+/// A lease as the state machine keeps it. Its deadline is not here: time is not part of the
+/// replicated state. Each member derives a deadline from `remaining_ms` when it applies the
+/// entry that set it (see `sm::leases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLease {
+    pub ttl_ms: u64,
+    /// The time left as of the last grant, renewal or checkpoint.
+    pub remaining_ms: u64,
+    /// Counts renewals and checkpoints; an expiry names the epoch it was decided at.
+    pub epoch: u64,
+    /// The revision of the grant.
+    pub granted_revision: u64,
 }
 
 /// A client session record: the newest sequence number executed for the client, the log index

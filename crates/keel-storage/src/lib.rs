@@ -70,7 +70,10 @@ pub use keel_datadir::{
 };
 pub use log_store::{LogReader, LogStats, LogStore};
 pub use observe::Observer;
-pub use sm::{Change, Changes, ChangesError, KvReader, ReadError, SmConfig, Snapshot, SnapshotInbox, StateMachine};
+pub use sm::{
+    Change, Changes, ChangesError, KvReader, LeaseEvent, LeaseInfo, ReadError, SmConfig, Snapshot, SnapshotInbox,
+    StateMachine,
+};
 pub use store::{db_dir, open, OpenError, Store, StoreConfig};
 pub use types::*;
 pub use validate::{validate_key, validate_range, validate_request, InvalidRequest, Limits};

@@ -18,6 +18,12 @@ pub trait Observer: Send + Sync {
     fn snapshot_installed(&self, took: Duration) {
         let _ = took;
     }
+    /// An applied entry changed these leases (see `sm::leases`); called after it is applied.
+    fn leases_changed(&self, events: &[crate::sm::LeaseEvent]) {
+        let _ = events;
+    }
+    /// The whole state was replaced (a snapshot was installed or seeded): read every lease again.
+    fn leases_reloaded(&self) {}
 }
 
 /// The observer used when none is set.

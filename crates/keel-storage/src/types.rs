@@ -67,6 +67,12 @@ impl fmt::Display for Request {
             Command::Delete(_) => "delete",
             Command::Txn(_) => "txn",
             Command::Batch(b) => return write!(f, "batch of {}", b.len()),
+            Command::LeasedPut(_) => "put with lease",
+            Command::LeaseGrant(_) => "lease grant",
+            Command::LeaseRevoke(_) => "lease revoke",
+            Command::LeaseRenew(_) => "lease renew",
+            Command::LeaseCheckpoint(_) => "lease checkpoint",
+            Command::LeaseExpire(_) => "lease expiry",
         };
         match self.session {
             Some(s) => write!(f, "{kind} (session {}:{})", s.client_id, s.seq),
@@ -101,6 +107,52 @@ pub enum Command {
     /// entry is applied in one atomic sled batch, like any other. A batch never holds another:
     /// one inside a batch is a decode error (see `flat` in this module).
     Batch(#[serde(deserialize_with = "flat::requests")] Vec<Request>),
+    /// A put that attaches its key to a lease (see `sm::leases`).
+    LeasedPut(LeasedPut),
+    LeaseGrant(LeaseGrant),
+    LeaseRevoke(LeaseRef),
+    /// A keep-alive: the lease's remaining time is its whole TTL again.
+    LeaseRenew(LeaseRef),
+    /// The leader's record of leases' remaining times, so a restarted member does not grant
+    /// them a whole TTL again.
+    LeaseCheckpoint(Vec<LeaseCheckpoint>),
+    /// The leader found the lease's time up: revoke it, unless it was renewed or checkpointed
+    /// after the state the leader decided on (its `epoch` moved).
+    LeaseExpire(LeaseExpire),
+}
+
+/// A lease id: positive, at most `i64::MAX` (etcd's lease ids are signed).
+pub type LeaseId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedPut {
+    pub put: PutOp,
+    pub lease: LeaseId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Chosen by the member that proposes the grant; a grant of an id in use is refused.
+    pub id: LeaseId,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub id: LeaseId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseCheckpoint {
+    pub id: LeaseId,
+    pub remaining_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseExpire {
+    pub id: LeaseId,
+    /// The lease's epoch the leader saw when it found the time up.
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +266,7 @@ pub enum TxnOp {
     Put(PutOp),
     Delete(DeleteOp),
     Range(RangeOp),
+    LeasedPut(LeasedPut),
 }
 
 /// The outcome of applying one log entry.
@@ -252,6 +305,39 @@ pub enum CommandResult {
     /// The responses of a [`Command::Batch`], one per request, in order. The batch's own
     /// `Response::revision` is the revision after its last request.
     Batch(#[serde(deserialize_with = "flat::responses")] Vec<Response>),
+    /// The command names a lease that does not exist (never granted, revoked or expired). Nothing
+    /// was executed. (Server: NotFound.)
+    LeaseNotFound {
+        id: LeaseId,
+    },
+    /// A grant of an id that is in use. Nothing was executed. (Server: AlreadyExists.)
+    LeaseExists {
+        id: LeaseId,
+    },
+    /// What a lease command did.
+    Lease(LeaseResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseResult {
+    Granted {
+        id: LeaseId,
+        ttl_ms: u64,
+    },
+    /// Revoked (or expired): the lease is gone and its keys were deleted at the response's revision.
+    Revoked {
+        id: LeaseId,
+        deleted: u64,
+    },
+    Renewed {
+        id: LeaseId,
+        ttl_ms: u64,
+    },
+    Checkpointed,
+    /// An expiry that did not apply: the lease was renewed or checkpointed meanwhile, or is gone.
+    NotExpired {
+        id: LeaseId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

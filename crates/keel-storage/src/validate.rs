@@ -61,6 +61,22 @@ pub enum InvalidRequest {
     ClientBatch,
     #[error("request is {len} bytes, more than the limit of {max} (--max-request-bytes)")]
     RequestTooLarge { len: usize, max: usize },
+    #[error("lease id {0} is out of range (1 to {max})", max = i64::MAX)]
+    LeaseId(u64),
+    #[error("lease TTL of {0} ms is out of range (1 ms to {max} ms)", max = MAX_LEASE_TTL_MS)]
+    LeaseTtl(u64),
+    #[error("lease checkpoints and expiries are proposed by the leader, not sent by clients")]
+    LeaderOnly,
+}
+
+/// The longest lease TTL: etcd's 9,000,000,000 seconds.
+pub const MAX_LEASE_TTL_MS: u64 = 9_000_000_000_000;
+
+fn validate_lease_id(id: u64) -> Result<(), InvalidRequest> {
+    if id == 0 || id > i64::MAX as u64 {
+        return Err(InvalidRequest::LeaseId(id));
+    }
+    Ok(())
 }
 
 /// Check a request before it is proposed.
@@ -97,6 +113,19 @@ fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest
             validate_branch(&txn.failure, "failure ops", limits)
         }
         Command::Batch(_) => Err(InvalidRequest::ClientBatch),
+        Command::LeasedPut(p) => {
+            validate_lease_id(p.lease)?;
+            validate_put(&p.put, limits)
+        }
+        Command::LeaseGrant(g) => {
+            validate_lease_id(g.id)?;
+            if g.ttl_ms == 0 || g.ttl_ms > MAX_LEASE_TTL_MS {
+                return Err(InvalidRequest::LeaseTtl(g.ttl_ms));
+            }
+            Ok(())
+        }
+        Command::LeaseRevoke(r) | Command::LeaseRenew(r) => validate_lease_id(r.id),
+        Command::LeaseCheckpoint(_) | Command::LeaseExpire(_) => Err(InvalidRequest::LeaderOnly),
     }
 }
 
@@ -119,6 +148,13 @@ fn validate_branch(ops: &[TxnOp], what: &'static str, limits: &Limits) -> Result
                 validate_put(put, limits)?;
                 if !put_keys.insert(put.key.as_slice()) {
                     return Err(duplicate(&put.key));
+                }
+            }
+            TxnOp::LeasedPut(p) => {
+                validate_lease_id(p.lease)?;
+                validate_put(&p.put, limits)?;
+                if !put_keys.insert(p.put.key.as_slice()) {
+                    return Err(duplicate(&p.put.key));
                 }
             }
             TxnOp::Delete(del) => {

@@ -305,6 +305,7 @@ async fn a_snapshot_with_a_session_from_after_its_index_is_refused() {
                     ..s
                 })
                 .unwrap(),
+            other => panic!("no leases here: {other:?}"),
         }
     }
     let bad = writer.finish().unwrap().0;
@@ -339,6 +340,7 @@ async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
                     })
                     .unwrap()
             }
+            other => panic!("no leases here: {other:?}"),
         }
     }
     assert_eq!(forged, 1);

@@ -92,6 +92,7 @@ impl Model {
                 }
                 return self.revision;
             }
+            _ => unreachable!("these tests use no leases"),
         };
         // One command is one revision, whatever it writes; a command that changes nothing takes
         // none. (No key is written twice by one command.)
@@ -131,7 +132,7 @@ impl Model {
                         changed = true;
                     }
                 }
-                TxnOp::Range(_) => unreachable!("these tests do not read in txns"),
+                TxnOp::Range(_) | TxnOp::LeasedPut(_) => unreachable!("these tests do not read in txns or use leases"),
             }
         }
         if changed {

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::mvcc::{self, LiveIter, MvccError};
-use crate::codec::{self, StoredVersion};
+use crate::codec::{self, StoredLease, StoredVersion};
 use crate::types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, OpResult, PutOp,
-    PutResult, RangeOp, RangeResult, Txn, TxnOp, TxnResult,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, LeaseId, OpResult,
+    PutOp, PutResult, RangeOp, RangeResult, Txn, TxnOp, TxnResult,
 };
 
 /// One change in the history record of a revision.
@@ -66,9 +66,17 @@ struct KeyState {
     kv: Option<KeyValue>,
 }
 
+/// A lease's remaining time as an applied entry set it (`None`: the lease is gone), for the
+/// members' deadlines (see `sm::leases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseEvent {
+    pub id: LeaseId,
+    pub remaining_ms: Option<u64>,
+}
+
 /// The pending effects of one log entry.
 pub struct Apply<'a> {
-    tree: &'a sled::Tree,
+    pub(super) tree: &'a sled::Tree,
     /// The store revision after the commands executed so far.
     revision: u64,
     /// The revision the running command writes at, if it changes anything: `revision + 1`.
@@ -81,6 +89,12 @@ pub struct Apply<'a> {
     history: Vec<RevisionEvents>,
     /// Change in the number of live keys.
     pub key_delta: i64,
+    /// Lease records this entry changed (`None`: revoked).
+    pub(super) leases: BTreeMap<LeaseId, Option<StoredLease>>,
+    /// Keys whose lease this entry changed (0: none).
+    pub(super) key_leases: BTreeMap<Vec<u8>, LeaseId>,
+    /// What to tell the observer once the entry is applied.
+    pub lease_events: Vec<LeaseEvent>,
 }
 
 impl<'a> Apply<'a> {
@@ -95,6 +109,9 @@ impl<'a> Apply<'a> {
             events: Vec::new(),
             history: Vec::new(),
             key_delta: 0,
+            leases: BTreeMap::new(),
+            key_leases: BTreeMap::new(),
+            lease_events: Vec::new(),
         }
     }
 
@@ -109,9 +126,21 @@ impl<'a> Apply<'a> {
         self.write_revision = self.revision + 1;
         self.events.clear();
         let result = match cmd {
-            Command::Put(put) => CommandResult::Put(self.put(put)?),
+            Command::Put(put) => CommandResult::Put(self.put(put, 0)?),
             Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
-            Command::Txn(txn) => CommandResult::Txn(self.txn(txn)?),
+            Command::Txn(txn) => match self.missing_txn_lease(txn)? {
+                Some(id) => CommandResult::LeaseNotFound { id },
+                None => CommandResult::Txn(self.txn(txn)?),
+            },
+            Command::LeasedPut(p) => match self.lease(p.lease)? {
+                Some(_) => CommandResult::Put(self.put(&p.put, p.lease)?),
+                None => CommandResult::LeaseNotFound { id: p.lease },
+            },
+            Command::LeaseGrant(g) => self.lease_grant(g)?,
+            Command::LeaseRevoke(r) => self.lease_revoke(r.id)?,
+            Command::LeaseRenew(r) => self.lease_renew(r.id)?,
+            Command::LeaseCheckpoint(points) => self.lease_checkpoint(points)?,
+            Command::LeaseExpire(e) => self.lease_expire(e)?,
             Command::Batch(_) => {
                 return Err(MvccError::Decode(codec::DecodeError::Malformed(
                     "a batch reached Apply::execute; batches are walked by the caller".into(),
@@ -144,7 +173,8 @@ impl<'a> Apply<'a> {
         }
     }
 
-    fn put(&mut self, op: &PutOp) -> Result<PutResult, MvccError> {
+    /// Put, attaching the key to `lease` (0: to none).
+    fn put(&mut self, op: &PutOp, lease: LeaseId) -> Result<PutResult, MvccError> {
         let (prev_revision, prev_kv) = match self.overlay.get(&op.key) {
             Some(state) => (state.revision, state.kv.clone()),
             None => {
@@ -184,12 +214,13 @@ impl<'a> Apply<'a> {
             deleted: false,
             prev_revision,
         });
+        self.attach(&op.key, lease)?;
         Ok(PutResult {
             prev_kv: if op.prev_kv { prev_kv } else { None },
         })
     }
 
-    fn delete(&mut self, op: &DeleteOp) -> Result<DeleteResult, MvccError> {
+    pub(super) fn delete(&mut self, op: &DeleteOp) -> Result<DeleteResult, MvccError> {
         let victims = self.read(&RangeOp::new(op.range.clone()))?.kvs;
         for kv in &victims {
             self.batch.insert(
@@ -207,6 +238,7 @@ impl<'a> Apply<'a> {
                 prev_revision: kv.mod_revision,
             });
             self.key_delta -= 1;
+            self.attach(&kv.key, 0)?;
         }
         Ok(DeleteResult {
             deleted: victims.len() as u64,
@@ -241,7 +273,8 @@ impl<'a> Apply<'a> {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
-                TxnOp::Put(put) => OpResult::Put(self.put(put)?),
+                TxnOp::Put(put) => OpResult::Put(self.put(put, 0)?),
+                TxnOp::LeasedPut(p) => OpResult::Put(self.put(&p.put, p.lease)?),
                 TxnOp::Delete(del) => OpResult::Delete(self.delete(del)?),
                 TxnOp::Range(range) => OpResult::Range(self.read(range)?),
             });

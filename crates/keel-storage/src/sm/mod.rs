@@ -34,6 +34,7 @@
 
 mod apply;
 mod changes;
+pub mod leases;
 pub mod mvcc;
 mod read;
 pub mod sessions;
@@ -50,8 +51,9 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
-pub use apply::{decode_history, HistoryEvent, RevisionEvents};
+pub use apply::{decode_history, HistoryEvent, LeaseEvent, RevisionEvents};
 pub use changes::{Change, Changes, ChangesError};
+pub use leases::LeaseInfo;
 pub use read::{KvReader, ReadError};
 use snapshot::SnapshotStore;
 pub use snapshot::{file_stem as snapshot_file_stem, read_header as read_snapshot_header, SnapshotBuilder};
@@ -489,6 +491,9 @@ impl StateMachine {
             self.membership = m;
         }
         self.shared.publish(&self.meta);
+        if !ctx.apply.lease_events.is_empty() {
+            self.shared.observer().leases_changed(&ctx.apply.lease_events);
+        }
         Ok(response)
     }
 
@@ -687,6 +692,7 @@ impl StateMachine {
         self.membership = membership;
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
+        self.shared.observer().leases_reloaded();
         Ok(())
     }
 }

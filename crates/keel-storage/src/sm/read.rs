@@ -100,6 +100,16 @@ impl KvReader {
         })
     }
 
+    /// Every lease, by id.
+    pub fn leases(&self) -> Result<Vec<super::LeaseInfo>, ReadError> {
+        Ok(self.consistent(|tree, _| super::leases::all(tree))?.0)
+    }
+
+    /// Lease `id` with its keys, if it exists.
+    pub fn lease(&self, id: crate::LeaseId) -> Result<Option<super::leases::LeaseWithKeys>, ReadError> {
+        Ok(self.consistent(|tree, _| super::leases::one(tree, id))?.0)
+    }
+
     fn consistent<T>(&self, read: impl Fn(&sled::Tree, u64) -> Result<T, MvccError>) -> Result<(T, u64), ReadError> {
         for _ in 0..READ_ATTEMPTS {
             let (tree, generation, rev) = self.shared.tree();

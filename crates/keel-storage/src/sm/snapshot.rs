@@ -31,7 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::RaftSnapshotBuilder;
 
 use super::mvcc::LiveIter;
-use super::{io_err, sessions, PinGuard, SmMeta, SmShared, Snapshot, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
+use super::{io_err, leases, sessions, PinGuard, SmMeta, SmShared, Snapshot, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
 use crate::codec::{self, StoredVersion};
 use crate::durability::{fsync_dir, sled_to_io};
 use crate::raft_position::{to_meta, to_position};
@@ -185,6 +185,8 @@ pub struct SnapshotBuilder {
     generation: u64,
     meta: SnapshotMeta,
     header: SnapshotHeader,
+    /// The leases as of the build's start (or why they could not be read).
+    leases: Arc<Result<leases::Captured, String>>,
     _pin: PinGuard,
 }
 
@@ -208,12 +210,14 @@ impl SnapshotBuilder {
             cluster_id: shared.config.cluster_id.clone(),
         };
         let pin = shared.pin(revision, applied.map_or(0, |l| l.index));
+        let leases = Arc::new(leases::capture(&tree).map_err(|e| e.to_string()));
         SnapshotBuilder {
             shared,
             tree,
             generation,
             meta,
             header,
+            leases,
             _pin: pin,
         }
     }
@@ -236,10 +240,18 @@ impl SnapshotBuilder {
                 writer.push(&kv.map_err(io_err)?)?;
             }
             let sessions = sessions::sessions_at(&self.tree, self.applied_index(), |s| writer.push_session(s))?;
+            let captured = self.leases.as_ref().as_ref().map_err(|e| io::Error::other(e.clone()))?;
+            for lease in &captured.leases {
+                writer.push_lease(lease)?;
+            }
+            for (lease, key) in &captured.keys {
+                writer.push_lease_key(*lease, key)?;
+            }
+            let lease_records = (captured.leases.len() + captured.keys.len()) as u64;
             let (out, count, _) = writer.finish()?;
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
-            Ok((count - sessions, sessions))
+            Ok((count - sessions - lease_records, sessions))
         })();
         let installed = shared.generation.load(Ordering::Acquire) != self.generation;
         if installed || written.is_err() {
@@ -272,6 +284,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             generation: self.generation,
             meta: self.meta.clone(),
             header: self.header.clone(),
+            leases: self.leases.clone(),
             _pin: self.shared.pin(self.header.revision, self.applied_index()),
         };
         let stem = file_stem(&self.meta);
@@ -371,6 +384,8 @@ fn load_generation<R: Read>(
     let applied_index = raft.last_log_id.map_or(0, |l| l.index);
     let mut key_count = 0u64;
     let mut clients = std::collections::HashSet::new();
+    let mut lease_ids = std::collections::HashSet::new();
+    let mut leased_keys = std::collections::HashSet::new();
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     let loaded = (|| -> io::Result<()> {
@@ -399,6 +414,18 @@ fn load_generation<R: Read>(
                         return Err(io::Error::other("snapshot has two sessions of one client"));
                     }
                     sessions::restore(&mut batch, session).map_err(io_err)?;
+                }
+                SnapshotRecord::Lease(lease) => {
+                    if !lease_ids.insert(lease.id) {
+                        return Err(io::Error::other("snapshot has a lease twice"));
+                    }
+                    leases::restore_lease(&mut batch, &lease);
+                }
+                SnapshotRecord::LeaseKey { lease, key } => {
+                    if !lease_ids.contains(&lease) || !leased_keys.insert(key.clone()) {
+                        return Err(io::Error::other("snapshot attaches a key to no lease, or to two"));
+                    }
+                    leases::restore_lease_key(&mut batch, lease, &key);
                 }
             }
             in_batch += 1;
