@@ -17,6 +17,7 @@ fn put(key: &str, value: &str) -> PutRequest {
         key: key.into(),
         value: value.into(),
         prev_kv: false,
+        lease: 0,
         session: None,
     }
 }

@@ -18,6 +18,7 @@ fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> PutRequest {
         key: key.into(),
         value: value.into(),
         prev_kv: false,
+        lease: 0,
         session: None,
     }
 }

@@ -178,6 +178,7 @@ async fn replace_a_node_under_load() -> anyhow::Result<()> {
             key: b"to-removed".to_vec(),
             value: Vec::new(),
             prev_kv: false,
+            lease: 0,
             session: None,
         })
         .await

@@ -29,6 +29,7 @@ fn increment(n: u64, s: Option<WriteSession>) -> TxnRequest {
                 key: b"counter".to_vec(),
                 value: (n + 1).to_string().into_bytes(),
                 prev_kv: false,
+                lease: 0,
                 session: None,
             })),
         }],
@@ -49,6 +50,7 @@ async fn a_retried_write_applies_once_and_gets_the_same_answer() -> anyhow::Resu
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         prev_kv: true,
+        lease: 0,
         session: session(client_id, 1),
     };
     let first = cluster.kv(leader).put(put.clone()).await?.into_inner();

@@ -18,6 +18,7 @@ fn put(key: &str, value: &str, timeout: Duration) -> tonic::Request<PutRequest> 
         key: key.into(),
         value: value.into(),
         prev_kv: false,
+        lease: 0,
         session: None,
     });
     req.set_timeout(timeout);

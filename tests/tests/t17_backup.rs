@@ -39,6 +39,7 @@ fn put_op(key: String, value: String) -> RequestOp {
             key: key.into_bytes(),
             value: value.into_bytes(),
             prev_kv: false,
+            lease: 0,
             session: None,
         })),
     }
@@ -248,6 +249,7 @@ async fn a_cluster_restored_from_a_backup_has_every_key_and_continues() -> anyho
             key: b"after-restore".to_vec(),
             value: b"1".to_vec(),
             prev_kv: false,
+            lease: 0,
             session: None,
         })
         .await?

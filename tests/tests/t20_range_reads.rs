@@ -32,6 +32,7 @@ async fn put(kv: &mut KvClient<Channel>, key: &str, value: Vec<u8>) -> anyhow::R
             key: key.into(),
             value: value.clone(),
             prev_kv: false,
+            lease: 0,
             session: None,
         });
         req.set_timeout(Duration::from_secs(10));

@@ -114,6 +114,7 @@ async fn put(kv: &KvClient<Channel>, key: String, value: Vec<u8>) -> anyhow::Res
             key: key.clone().into_bytes(),
             value: value.clone(),
             prev_kv: false,
+            lease: 0,
             session: None,
         });
         req.set_timeout(Duration::from_secs(10));

@@ -23,6 +23,7 @@ fn put(key: &str, timeout: Duration) -> tonic::Request<PutRequest> {
         key: key.into(),
         value: b"v".to_vec(),
         prev_kv: false,
+        lease: 0,
         session: None,
     });
     req.set_timeout(timeout);

@@ -48,6 +48,7 @@ async fn a_large_txn_reply_travels_back_through_a_follower() -> anyhow::Result<(
                 key: key.clone().into_bytes(),
                 value: value(&key),
                 prev_kv: false,
+                lease: 0,
                 session: None,
             });
             put.set_timeout(Duration::from_secs(10));
@@ -70,6 +71,7 @@ async fn a_large_txn_reply_travels_back_through_a_follower() -> anyhow::Result<(
             key: b"marker".to_vec(),
             value: b"txn applied".to_vec(),
             prev_kv: false,
+            lease: 0,
             session: None,
         })),
     };
@@ -121,6 +123,7 @@ async fn requests_over_the_request_limit_are_refused_precisely() -> anyhow::Resu
             key: key.into_bytes(),
             value,
             prev_kv: false,
+            lease: 0,
             session: None,
         })),
     };

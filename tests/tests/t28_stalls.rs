@@ -20,6 +20,7 @@ fn put(key: String, value: Vec<u8>) -> tonic::Request<PutRequest> {
         key: key.into_bytes(),
         value,
         prev_kv: false,
+        lease: 0,
         session: None,
     });
     req.set_timeout(Duration::from_secs(5));

@@ -20,6 +20,7 @@ fn put(key: String) -> tonic::Request<PutRequest> {
         key: key.into_bytes(),
         value: b"v".to_vec(),
         prev_kv: false,
+        lease: 0,
         session: None,
     });
     req.set_timeout(Duration::from_secs(5));

@@ -146,6 +146,7 @@ impl Target {
                         key,
                         value,
                         prev_kv: false,
+                        lease: 0,
                         session: None,
                     })
                     .await?;
@@ -248,6 +249,7 @@ impl Target {
                             key: key.clone(),
                             value: value.clone(),
                             prev_kv: false,
+                            lease: 0,
                             session: None,
                         })),
                     }],
@@ -256,6 +258,7 @@ impl Target {
                             key,
                             value,
                             prev_kv: false,
+                            lease: 0,
                             session: None,
                         })),
                     }],

@@ -157,6 +157,7 @@ impl Client {
             key: key.into(),
             value: value.into(),
             prev_kv: false,
+            lease: 0,
             session: None,
         })
         .await

@@ -355,6 +355,7 @@ async fn put_request_passes_options_through() {
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         prev_kv: true,
+        lease: 0,
         session: None,
     };
     bounded(client.put_request(req)).await.expect("put");

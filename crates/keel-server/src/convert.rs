@@ -52,6 +52,18 @@ pub fn put_op(req: v1::PutRequest) -> st::PutOp {
     }
 }
 
+/// A put, with its lease if it names one. A negative lease id is out of range, as validation
+/// reports (it becomes a huge unsigned id).
+pub fn put_command(req: v1::PutRequest) -> st::Command {
+    match req.lease {
+        0 => st::Command::Put(put_op(req)),
+        lease => st::Command::LeasedPut(st::LeasedPut {
+            lease: lease as u64,
+            put: put_op(req),
+        }),
+    }
+}
+
 pub fn delete_op(req: &v1::DeleteRangeRequest) -> Result<st::DeleteOp, ConvertError> {
     Ok(st::DeleteOp {
         range: key_range(&req.key, &req.range_end, req.prefix)?,
@@ -85,7 +97,13 @@ fn txn_op(op: v1::RequestOp) -> Result<st::TxnOp, ConvertError> {
     use v1::request_op::Request;
     Ok(match op.request.ok_or(ConvertError::EmptyOp)? {
         Request::Range(r) => st::TxnOp::Range(range_op(&r)?),
-        Request::Put(p) => st::TxnOp::Put(put_op(p)),
+        Request::Put(p) => match p.lease {
+            0 => st::TxnOp::Put(put_op(p)),
+            lease => st::TxnOp::LeasedPut(st::LeasedPut {
+                lease: lease as u64,
+                put: put_op(p),
+            }),
+        },
         Request::DeleteRange(d) => st::TxnOp::Delete(delete_op(&d)?),
     })
 }

@@ -4,8 +4,8 @@
 //! not take effect (no leader, no quorum, shutting down, or the leader could not be reached
 //! before anything was sent), so it is safe to retry anywhere. When the outcome of a write is
 //! unknown, the code is `DeadlineExceeded` or `Unknown`. `ResourceExhausted` means a member's disk
-//! is full: nothing was proposed, and a retry succeeds once space is freed. NotFound is never used: a missing key is
-//! an empty result.
+//! is full: nothing was proposed, and a retry succeeds once space is freed. NotFound names a
+//! lease that does not exist (a missing key is an empty result, not NotFound).
 
 use keel_proto::wire::Outcome;
 use keel_storage::NodeId;
@@ -38,6 +38,12 @@ pub enum NodeError {
     /// members). Last, like the one before it.
     #[error("{message}")]
     Refused { outcome: String, message: String },
+    /// A lease the request names does not exist; nothing was applied. Last, like the ones before.
+    #[error("{0}")]
+    NotFound(String),
+    /// A grant of a lease id in use; nothing was applied.
+    #[error("{0}")]
+    AlreadyExists(String),
 }
 
 impl NodeError {
@@ -56,6 +62,8 @@ impl NodeError {
                 Outcome::DiskFull.tag(&mut status);
                 status
             }
+            NodeError::NotFound(m) => Status::not_found(m),
+            NodeError::AlreadyExists(m) => Status::already_exists(m),
             NodeError::Refused { outcome, message } => {
                 let mut status = Status::failed_precondition(message);
                 if let Some(o) = Outcome::named(outcome) {

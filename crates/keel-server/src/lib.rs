@@ -39,6 +39,7 @@ pub mod error;
 pub mod forward;
 mod health;
 mod http;
+pub mod lease;
 pub mod membership;
 pub mod metrics;
 pub mod node;

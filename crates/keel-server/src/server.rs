@@ -152,7 +152,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let reader = store.sm.reader();
     let inbox = store.sm.snapshot_inbox();
     let metrics = crate::metrics::Metrics::new(config.id);
-    store.sm.set_observer(metrics.clone());
+    let leases = crate::lease::LeaseTable::new(reader.clone());
+    store.sm.set_observer(Arc::new(crate::lease::Observers {
+        metrics: metrics.clone(),
+        leases: leases.clone(),
+    }));
     let log_stats = store.log.stats();
     let durability = store.durability.clone();
 
@@ -204,6 +208,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         batch: config.batch,
         disk,
         metrics: metrics.clone(),
+        leases: leases.clone(),
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -246,6 +251,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+            .add_service(keel_proto::v1::lease_server::LeaseServer::new(
+                crate::service::lease::LeaseService { node: node.clone() },
+            ))
             .add_service(
                 keel_proto::v1::watch_server::WatchServer::new(crate::service::watch::WatchService {
                     node: node.clone(),
@@ -270,6 +278,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         metrics.clone(),
     ));
     node.spawn(fail_when_raft_stops(node.clone()));
+    node.spawn(crate::lease::expiry::run(node.clone(), leases));
     node.spawn(crate::disk::hand_over::watch(node.clone()));
     if let Some(backup) = config.backup.clone() {
         node.spawn(crate::backup::run(node.clone(), backup, stopped.clone()));

@@ -275,7 +275,8 @@ async fn leases_travel_in_snapshots_and_survive_restarts() {
         *seen.events.lock().unwrap(),
         [LeaseEvent {
             id: 2,
-            remaining_ms: None
+            remaining_ms: None,
+            epoch: 0
         }]
     );
     // Everything is still there after a restart.

@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
                             key: format!("key/{i:08}").into_bytes(),
                             value: vec![b'v'; value_len],
                             prev_kv: false,
+                            lease: 0,
                             session: None,
                         })),
                     })

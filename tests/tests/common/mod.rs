@@ -20,6 +20,7 @@ pub fn put(key: &str) -> PutRequest {
         key: key.into(),
         value: b"v".to_vec(),
         prev_kv: false,
+        lease: 0,
         session: None,
     }
 }
@@ -74,6 +75,7 @@ pub async fn put_and_read_mib(kv: &mut KvClient<Channel>, key: String) -> anyhow
         key: key.clone().into_bytes(),
         value: mib_value(&key),
         prev_kv: false,
+        lease: 0,
         session: None,
     });
     put.set_timeout(Duration::from_secs(5));

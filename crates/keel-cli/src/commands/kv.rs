@@ -71,6 +71,7 @@ pub async fn cas(client: &Client, args: &CasArgs, format: Format) -> anyhow::Res
                 key: key.clone(),
                 value: args.new.as_bytes().to_vec(),
                 prev_kv: false,
+                lease: 0,
                 // Inside a txn the txn's own session applies.
                 session: None,
             })),

@@ -61,6 +61,8 @@ pub struct Node {
     pub(crate) election_hold: Arc<std::sync::Mutex<Option<Instant>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log_stats: Arc<keel_storage::LogStats>,
+    /// Lease deadlines on this member (see `lease`).
+    pub leases: Arc<crate::lease::LeaseTable>,
     pub(crate) proposer: crate::write::proposer::Proposer,
     /// Read indexes fetched for this node's linearizable reads (from the leader, maybe itself).
     pub(crate) read_barriers: Coalescer<Result<u64, NodeError>>,
@@ -96,6 +98,7 @@ pub struct Parts {
     pub batch: crate::config::BatchLimits,
     pub disk: Arc<crate::disk::DiskSpace>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub leases: Arc<crate::lease::LeaseTable>,
 }
 
 impl Node {
@@ -116,6 +119,7 @@ impl Node {
             batch,
             disk,
             metrics,
+            leases,
         } = parts;
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let proposer =
@@ -140,6 +144,7 @@ impl Node {
             election_hold: Arc::new(std::sync::Mutex::new(Some(Instant::now()))),
             metrics,
             log_stats,
+            leases,
             proposer,
             read_barriers: Coalescer::default(),
             read_indexes: Coalescer::default(),

@@ -108,7 +108,7 @@ impl KvService {
 
 /// The answer to a write whose result is not the command's own: a session outcome (named in the
 /// status's metadata, see `keel_proto::wire::Outcome`, which keel-client tells apart), or a bug.
-fn unexpected(node: &Node, r: &CommandResult) -> Status {
+pub(crate) fn unexpected(node: &Node, r: &CommandResult) -> Status {
     let outcome = match r {
         CommandResult::SessionExpired { .. } => Some(Outcome::SessionExpired),
         CommandResult::StaleSession { seq, last_seq, .. } if last_seq == seq => Some(Outcome::SessionResultDropped),
@@ -143,6 +143,8 @@ fn unexpected_error(r: &CommandResult) -> NodeError {
         } => NodeError::FailedPrecondition(format!(
             "stale session: client {client_id} seq {seq} is older than its last applied seq {last_seq}"
         )),
+        CommandResult::LeaseNotFound { id } => NodeError::NotFound(format!("lease {id} not found")),
+        CommandResult::LeaseExists { id } => NodeError::AlreadyExists(format!("lease {id} already exists")),
         other => NodeError::Internal(format!("state machine returned {other:?} for this command")),
     }
 }
@@ -167,7 +169,7 @@ impl Kv for KvService {
         let (metadata, _, mut req) = req.into_parts();
         let session = req.session.take();
         let resp = self
-            .write(Command::Put(convert::put_op(req)), session, &metadata)
+            .write(convert::put_command(req), session, &metadata)
             .await
             .map_err(|e| fail(node, e))?;
         match resp.result {

@@ -1,8 +1,9 @@
-//! The client-facing gRPC services (KV, Cluster, Maintenance, Watch) and what they share: deadlines and leader
+//! The client-facing gRPC services (KV, Cluster, Maintenance, Watch, Lease) and what they share: deadlines and leader
 //! hints.
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 

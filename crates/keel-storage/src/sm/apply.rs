@@ -72,6 +72,8 @@ struct KeyState {
 pub struct LeaseEvent {
     pub id: LeaseId,
     pub remaining_ms: Option<u64>,
+    /// The lease's epoch after the entry (an expiry must name it).
+    pub epoch: u64,
 }
 
 /// The pending effects of one log entry.

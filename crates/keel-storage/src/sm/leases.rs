@@ -63,6 +63,7 @@ impl Apply<'_> {
         self.lease_events.push(LeaseEvent {
             id,
             remaining_ms: lease.map(|l| l.remaining_ms),
+            epoch: lease.map_or(0, |l| l.epoch),
         });
     }
 

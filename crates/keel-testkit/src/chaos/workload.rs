@@ -186,6 +186,7 @@ fn cas(key: &str, expect: Option<&str>, new: &str) -> TxnRequest {
                 key: key.as_bytes().to_vec(),
                 value: new.as_bytes().to_vec(),
                 prev_kv: false,
+                lease: 0,
                 session: None,
             })),
         }],

@@ -1,0 +1,170 @@
+//! Lease deadlines on this member, and the leader's part in expiring leases.
+//!
+//! The state machine holds the leases (keel-storage `sm::leases`, whose essay argues the rules);
+//! what it cannot hold is time. [`LeaseTable`] keeps, for every lease, a deadline on this member's
+//! monotonic clock: "when the entry that last set the lease's remaining time was applied here,
+//! plus that time". It learns of every such entry through the state machine's observer
+//! ([`Observers`]), and reads every lease again at start and after a snapshot install.
+//!
+//! Every member keeps the table; only the leader acts on it ([`expiry::run`]): when a deadline
+//! passes it proposes an expiry naming the lease's epoch, which the state machine ignores if a
+//! renewal got in first. It also proposes checkpoints of every lease's remaining time now and
+//! then, so that a member that restarts (and starts every lease at "now + the last recorded
+//! remaining time") does not give leases much more than they had.
+
+pub mod expiry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_storage::{KvReader, LeaseCheckpoint, LeaseEvent, LeaseId, Observer};
+
+/// One lease's deadline on this member.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    epoch: u64,
+    /// When this member last proposed the lease's expiry (as leader), to propose it once.
+    proposed: Option<Instant>,
+}
+
+/// Every lease's deadline on this member.
+pub struct LeaseTable {
+    reader: KvReader,
+    deadlines: Mutex<HashMap<LeaseId, Deadline>>,
+}
+
+/// An expiry proposed this long ago without effect (the proposal failed, or leadership moved
+/// and came back) is proposed again.
+const PROPOSE_AGAIN: Duration = Duration::from_secs(2);
+
+impl LeaseTable {
+    /// The table of the leases in `reader`'s state, each starting now.
+    pub fn new(reader: KvReader) -> Arc<Self> {
+        let table = Arc::new(LeaseTable {
+            reader,
+            deadlines: Mutex::new(HashMap::new()),
+        });
+        table.reload();
+        table
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Deadline>> {
+        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read every lease again; each gets "now + its recorded remaining time".
+    pub fn reload(&self) {
+        let leases = match self.reader.leases() {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the leases; their deadlines are not tracked");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let fresh = leases
+            .into_iter()
+            .map(|l| {
+                let deadline = Deadline {
+                    at: now + Duration::from_millis(l.lease.remaining_ms),
+                    epoch: l.lease.epoch,
+                    proposed: None,
+                };
+                (l.id, deadline)
+            })
+            .collect();
+        *self.lock() = fresh;
+    }
+
+    /// Apply what an entry did to leases, at this moment.
+    pub fn changed(&self, events: &[LeaseEvent]) {
+        let now = Instant::now();
+        let mut deadlines = self.lock();
+        for e in events {
+            match e.remaining_ms {
+                Some(ms) => {
+                    let deadline = Deadline {
+                        at: now + Duration::from_millis(ms),
+                        epoch: e.epoch,
+                        proposed: None,
+                    };
+                    deadlines.insert(e.id, deadline);
+                }
+                None => {
+                    deadlines.remove(&e.id);
+                }
+            }
+        }
+    }
+
+    /// Time left for lease `id` on this member's clock (zero once its deadline passed), or
+    /// `None` if this member does not know the lease.
+    pub fn remaining(&self, id: LeaseId) -> Option<Duration> {
+        let at = self.lock().get(&id)?.at;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Number of leases.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are no leases.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The leases whose deadline has passed at `now` and whose expiry is not proposed yet (or was
+    /// proposed long ago), with their epochs; marks them proposed.
+    pub fn due(&self, now: Instant) -> Vec<(LeaseId, u64)> {
+        let mut due = Vec::new();
+        for (id, d) in self.lock().iter_mut() {
+            let fresh = d.proposed.is_none_or(|p| now.duration_since(p) >= PROPOSE_AGAIN);
+            if d.at <= now && fresh {
+                d.proposed = Some(now);
+                due.push((*id, d.epoch));
+            }
+        }
+        due
+    }
+
+    /// Every lease's remaining time at `now`, for a checkpoint.
+    pub fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
+        let mut points: Vec<LeaseCheckpoint> = self
+            .lock()
+            .iter()
+            .map(|(id, d)| LeaseCheckpoint {
+                id: *id,
+                remaining_ms: d.at.saturating_duration_since(now).as_millis() as u64,
+            })
+            .collect();
+        points.sort_by_key(|p| p.id);
+        points
+    }
+}
+
+/// The state machine's observer on a member: metrics, and lease deadlines.
+pub struct Observers {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub leases: Arc<LeaseTable>,
+}
+
+impl Observer for Observers {
+    fn applied(&self, entries: usize, took: Duration) {
+        self.metrics.applied(entries, took);
+    }
+    fn snapshot_built(&self, bytes: u64, took: Duration) {
+        self.metrics.snapshot_built(bytes, took);
+    }
+    fn snapshot_installed(&self, took: Duration) {
+        self.metrics.snapshot_installed(took);
+    }
+    fn leases_changed(&self, events: &[LeaseEvent]) {
+        self.leases.changed(events);
+    }
+    fn leases_reloaded(&self) {
+        self.leases.reload();
+    }
+}

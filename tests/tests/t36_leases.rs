@@ -1,0 +1,194 @@
+//! Leases (issue 15): keys put with a lease live while the lease is kept alive, across a leader
+//! change, and go, all in one revision, when the keep-alives stop (not before the last
+//! acknowledged keep-alive's TTL is up, and within TTL + an election + a bounded delay after it)
+//! or when the lease is revoked; unknown leases are refused with NotFound and nothing applied.
+
+use std::time::{Duration, Instant};
+
+mod common;
+
+use keel_proto::v1::lease_client::LeaseClient;
+use keel_proto::v1::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    PutRequest, RangeRequest,
+};
+use keel_testkit::{Backend, Cluster, Options};
+use tonic::transport::Channel;
+
+const TTL: i64 = 2;
+
+fn leased_put(key: &str, lease: i64) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    }
+}
+
+async fn exists(cluster: &Cluster, id: u64, key: &str) -> anyhow::Result<bool> {
+    let resp = cluster
+        .kv(id)
+        .range(RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(!resp.kvs.is_empty())
+}
+
+async fn lease_client(cluster: &Cluster, id: u64) -> LeaseClient<Channel> {
+    LeaseClient::new(cluster.channel(id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_lease_outlives_a_leader_change_and_an_abandoned_one_expires_in_time() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).expect("a follower");
+    // Everything through a follower, which forwards to whichever member leads.
+    let mut leases = lease_client(&cluster, follower).await;
+    let granted = leases.grant(LeaseGrantRequest { ttl: TTL, id: 0 }).await?.into_inner();
+    assert!(granted.id > 0);
+    assert_eq!(granted.ttl, TTL);
+    let mut kv = cluster.kv(follower);
+    for key in ["svc/a", "svc/b"] {
+        kv.put(leased_put(key, granted.id)).await?;
+    }
+
+    // Keep alive for three TTLs; stop the leader one TTL in.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = leases
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    let mut stopped_leader = false;
+    let mut last_acked_send = started;
+    while started.elapsed() < Duration::from_secs(3 * TTL as u64) {
+        let sent = Instant::now();
+        tx.send(LeaseKeepAliveRequest { id: granted.id }).await?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await??
+            .expect("an answer per keep-alive");
+        assert_eq!((answer.id, answer.ttl), (granted.id, TTL), "kept alive");
+        last_acked_send = sent;
+        for key in ["svc/a", "svc/b"] {
+            assert!(
+                exists(&cluster, follower, key).await?,
+                "{key} vanished while its lease was kept alive"
+            );
+        }
+        if !stopped_leader && started.elapsed() >= Duration::from_secs(TTL as u64) {
+            cluster.stop(leader).await?;
+            stopped_leader = true;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(stopped_leader);
+    drop(tx);
+
+    // Abandoned: gone no sooner than TTL after the last acknowledged keep-alive was sent, and
+    // within TTL + an election + a bounded delay (generous here: the machine may be busy).
+    let gone_at = loop {
+        if !exists(&cluster, follower, "svc/a").await? {
+            break Instant::now();
+        }
+        assert!(
+            last_acked_send.elapsed() < Duration::from_secs(TTL as u64 + 10),
+            "the lease outlived its TTL by far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        gone_at >= last_acked_send + Duration::from_secs(TTL as u64),
+        "expired {:?} after the last acknowledged keep-alive, before its TTL",
+        gone_at - last_acked_send
+    );
+    assert!(!exists(&cluster, follower, "svc/b").await?, "both keys go together");
+    let ttl = leases
+        .time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ttl.ttl, -1, "the lease is gone");
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_and_unknown_leases() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let mut leases = lease_client(&cluster, leader).await;
+    let mut kv = cluster.kv(leader);
+    // A TTL below the minimum is raised to it; a chosen id is kept.
+    let granted = leases.grant(LeaseGrantRequest { ttl: 1, id: 42 }).await?.into_inner();
+    assert_eq!(granted.id, 42);
+    assert!(granted.ttl >= 1);
+    let again = leases.grant(LeaseGrantRequest { ttl: 60, id: 42 }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    let long = leases.grant(LeaseGrantRequest { ttl: 600, id: 0 }).await?.into_inner();
+    for key in ["a", "b", "c"] {
+        kv.put(leased_put(key, long.id)).await?;
+    }
+    kv.put(PutRequest {
+        key: b"plain".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let listed = leases.leases(LeaseLeasesRequest {}).await?.into_inner();
+    let mut ids: Vec<i64> = listed.leases.iter().map(|l| l.id).collect();
+    ids.sort();
+    let mut want = vec![42, long.id];
+    want.sort();
+    assert_eq!(ids, want);
+    let ttl = leases
+        .time_to_live(LeaseTimeToLiveRequest {
+            id: long.id,
+            keys: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 600);
+    assert!(ttl.ttl > 500 && ttl.ttl <= 600, "{ttl:?}");
+    assert_eq!(ttl.keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+
+    // Revoke: the three keys go in one revision.
+    let before = kv
+        .range(RangeRequest {
+            key: b"plain".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let revoked = leases.revoke(LeaseRevokeRequest { id: long.id }).await?.into_inner();
+    let before_rev = before.header.unwrap().revision;
+    assert_eq!(revoked.header.unwrap().revision, before_rev + 1);
+    for key in ["a", "b", "c"] {
+        assert!(!exists(&cluster, leader, key).await?);
+    }
+    assert!(exists(&cluster, leader, "plain").await?);
+    let e = leases.revoke(LeaseRevokeRequest { id: long.id }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // A put naming an unknown lease: NotFound, nothing applied.
+    let e = kv.put(leased_put("d", long.id)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(!exists(&cluster, leader, "d").await?);
+    let e = kv.put(leased_put("d", -5)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A keep-alive of an unknown lease answers TTL 0.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers = leases
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tx.send(LeaseKeepAliveRequest { id: long.id }).await?;
+    let answer = answers.message().await?.expect("an answer");
+    assert_eq!((answer.id, answer.ttl), (long.id, 0));
+    cluster.shutdown().await
+}
