@@ -284,43 +284,9 @@ async fn sessions_travel_in_snapshots() {
     assert_eq!(session_state(&with.store), (vec![], vec![]));
 }
 
-/// A build captures the sessions as of its applied index, while applies keep replacing, refreshing
-/// and evicting them: some before the build starts (found only through the preserved records),
-/// some during the build. A node that installs the snapshot and replays the later entries ends up
-/// exactly where the source is, response for response.
-#[tokio::test]
-async fn a_snapshot_with_a_session_from_after_its_index_is_refused() {
-    let mut src = Node::with_defaults();
-    src.send(with_session(1, 1, put(b"k", b"v"))).await;
-    let (meta, bytes) = build(&mut src.store).await;
-    // Rewrite the file with the session moved past the snapshot's index.
-    let (mut reader, header) = SnapshotReader::open(&bytes[..]).unwrap();
-    let mut writer = SnapshotWriter::new(Vec::new(), &header).unwrap();
-    while let Some(record) = reader.next_record().unwrap() {
-        match record {
-            SnapshotRecord::Kv(kv) => writer.push(&kv).unwrap(),
-            SnapshotRecord::Session(s) => writer
-                .push_session(&SnapshotSession {
-                    last_index: s.last_index + 1,
-                    ..s
-                })
-                .unwrap(),
-            other => panic!("no leases here: {other:?}"),
-        }
-    }
-    let bad = writer.finish().unwrap().0;
-    let mut dst = Node::with_defaults();
-    let mut rx = dst.store.sm.snapshot_inbox().create_file().unwrap();
-    rx.write_all(&bad).await.unwrap();
-    rx.flush().await.unwrap();
-    assert!(dst.store.sm.install_snapshot(&meta, rx).await.is_err());
-    assert_eq!(dst.sessions(), 0);
-}
-
-/// A session record whose remembered response does not decode (a forged file: the CRCs match) is
-/// refused when the snapshot is installed, not found later by a retry that needs the response.
-#[tokio::test]
-async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
+/// A one-session node's snapshot with its session record changed by `forge`, and the node that
+/// installs it: the install must fail and leave no session.
+async fn install_forged_session(forge: impl Fn(SnapshotSession) -> SnapshotSession) {
     let mut src = Node::with_defaults();
     src.send(with_session(1, 1, put(b"k", b"v"))).await;
     let (meta, bytes) = build(&mut src.store).await;
@@ -331,14 +297,8 @@ async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
         match record {
             SnapshotRecord::Kv(kv) => writer.push(&kv).unwrap(),
             SnapshotRecord::Session(s) => {
-                assert!(!s.response.is_empty(), "the put's response is remembered");
                 forged += 1;
-                writer
-                    .push_session(&SnapshotSession {
-                        response: vec![0xEE; 9],
-                        ..s
-                    })
-                    .unwrap()
+                writer.push_session(&forge(s)).unwrap()
             }
             other => panic!("no leases here: {other:?}"),
         }
@@ -351,4 +311,27 @@ async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
     rx.flush().await.unwrap();
     assert!(dst.store.sm.install_snapshot(&meta, rx).await.is_err());
     assert_eq!(dst.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_snapshot_with_a_session_from_after_its_index_is_refused() {
+    install_forged_session(|s| SnapshotSession {
+        last_index: s.last_index + 1,
+        ..s
+    })
+    .await;
+}
+
+/// A session record whose remembered response does not decode (a forged file: the CRCs match) is
+/// refused when the snapshot is installed, not found later by a retry that needs the response.
+#[tokio::test]
+async fn a_snapshot_session_whose_response_does_not_decode_is_refused() {
+    install_forged_session(|s| {
+        assert!(!s.response.is_empty(), "the put's response is remembered");
+        SnapshotSession {
+            response: vec![0xEE; 9],
+            ..s
+        }
+    })
+    .await;
 }
