@@ -70,10 +70,10 @@
 //! openraft awaits every log call in its core loop. The vote, committed index and purge point
 //! are therefore queued to the flusher too (`Flush::Record`, `Flush::Purge`), which writes them
 //! in order with the appends: `save_committed` and `purge` return at once (their values are
-//! also kept in memory, for `get_log_state` and the metrics), and `save_vote` waits for the
-//! sync after its record. The flusher writes a purge point before it hands the deletion to the
-//! purger, so no deletion is durable without its record (the crash test catches the reverse
-//! order: an acknowledged entry went missing). Records alone start no sync.
+//! also kept in memory, for `get_log_state`, `read_committed` and the metrics), and `save_vote`
+//! waits for the sync after its record. The flusher writes a purge point before it hands the
+//! deletion to the purger, so no deletion is durable without its record (the crash test catches
+//! the reverse order: an acknowledged entry went missing). Records alone start no sync.
 //!
 //! ## Applies wait for the write
 //! The state machine lives in the same sled database, and sled recovers a prefix of what it was
@@ -181,6 +181,9 @@ pub struct LogStore {
     readable_from: Arc<AtomicU64>,
     /// The last purge point, which the flusher may not have recorded yet.
     purged: Arc<std::sync::Mutex<Option<LogId>>>,
+    /// The last committed log id saved, which the flusher may not have recorded yet:
+    /// `read_committed` answers from here, not from sled.
+    committed: Arc<std::sync::Mutex<Option<LogId>>>,
     /// The state machine's progress: a purge waits for it (see "Purging").
     sm_progress: Option<watch::Receiver<crate::sm::Progress>>,
     tail: SharedTail,
@@ -197,9 +200,10 @@ impl LogStore {
         let (flush_tx, flush_rx) = mpsc::channel();
         let stats = Arc::new(LogStats::default());
         let committed: Option<Option<LogId>> = read_meta_from(&meta, COMMITTED_KEY)?;
-        let committed = committed.flatten().map_or(0, |l| l.index);
-        stats.committed.store(committed, Ordering::Relaxed);
-        stats.committed_at_open.store(committed, Ordering::Relaxed);
+        let committed = committed.flatten();
+        let committed_index = committed.map_or(0, |l| l.index);
+        stats.committed.store(committed_index, Ordering::Relaxed);
+        stats.committed_at_open.store(committed_index, Ordering::Relaxed);
         let tail = SharedTail::default();
         let last_written = tree
             .scan_prefix([ENTRY_PREFIX])
@@ -243,6 +247,7 @@ impl LogStore {
             stats,
             readable_from: Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1))),
             purged: Arc::new(std::sync::Mutex::new(purged)),
+            committed: Arc::new(std::sync::Mutex::new(committed)),
             sm_progress: None,
             tail,
             written,
@@ -367,8 +372,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Under the lock, so that the flusher receives the records in the order readers see.
+        let mut last = lock(&self.committed);
         self.flusher
             .send(Flush::Record(COMMITTED_KEY, codec::encode(&committed)))?;
+        *last = committed;
+        drop(last);
         if let Some(c) = committed {
             self.stats.committed.fetch_max(c.index, Ordering::Relaxed);
         }
@@ -376,8 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        let committed: Option<Option<LogId>> = self.read_meta(COMMITTED_KEY)?;
-        Ok(committed.flatten())
+        Ok(*lock(&self.committed))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
