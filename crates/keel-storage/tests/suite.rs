@@ -10,7 +10,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
         let dir = tempfile::tempdir().expect("temp dir");
         let store = keel_storage::open(dir.path(), &StoreConfig::default()).expect("open store");
         // The suite purges logs it never applied; keel's purge waits for the state machine
-        // (log_store.rs, "Purging"), a restriction the suite's log-only contract does not know.
+        // (log_store/mod.rs, "Purging"), a restriction the suite's log-only contract does not know.
         Ok((dir, store.log.without_purge_gate(), store.sm.without_apply_gate()))
     }
 }

@@ -152,7 +152,7 @@ pub(crate) struct SmShared {
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
-/// machine does not hold yet (`log_store.rs`, "Purging").
+/// machine does not hold yet (`log_store/mod.rs`, "Purging").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The applied index (after an install: the snapshot's).
