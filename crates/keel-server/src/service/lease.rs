@@ -148,7 +148,9 @@ impl Lease for LeaseService {
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
         let stopping = node.stopping.clone();
-        tokio::spawn(async move {
+        // On the node's tracker, as every task is: it ends when the stream does, when shutdown
+        // begins, or when the node stops.
+        self.node.spawn(async move {
             loop {
                 let next = tokio::select! {
                     _ = stopping.cancelled() => break,
