@@ -152,7 +152,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let reader = store.sm.reader();
     let inbox = store.sm.snapshot_inbox();
     let metrics = crate::metrics::Metrics::new(config.id);
-    let leases = crate::lease::LeaseTable::new(reader.clone());
+    let leases = crate::lease::LeaseTable::new(&reader.leases().map_err(|e| ServerError::Io {
+        dir: config.data_dir.clone(),
+        source: std::io::Error::other(format!("reading the leases: {e}")),
+    })?);
     store.sm.set_observer(Arc::new(crate::lease::Observers {
         metrics: metrics.clone(),
         leases: leases.clone(),

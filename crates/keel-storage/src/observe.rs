@@ -22,8 +22,10 @@ pub trait Observer: Send + Sync {
     fn leases_changed(&self, events: &[crate::sm::LeaseEvent]) {
         let _ = events;
     }
-    /// The whole state was replaced (a snapshot was installed or seeded): read every lease again.
-    fn leases_reloaded(&self) {}
+    /// The whole state was replaced (a snapshot was installed): these are every lease now.
+    fn leases_reloaded(&self, leases: &[crate::sm::LeaseInfo]) {
+        let _ = leases;
+    }
 }
 
 /// The observer used when none is set.

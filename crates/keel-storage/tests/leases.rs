@@ -229,15 +229,15 @@ fn clients_cannot_send_what_the_leader_decides() {
 #[derive(Default)]
 struct Seen {
     events: Mutex<Vec<LeaseEvent>>,
-    reloads: Mutex<u32>,
+    reloads: Mutex<Vec<LeaseInfo>>,
 }
 
 impl Observer for Seen {
     fn leases_changed(&self, events: &[LeaseEvent]) {
         self.events.lock().unwrap().extend_from_slice(events);
     }
-    fn leases_reloaded(&self) {
-        *self.reloads.lock().unwrap() += 1;
+    fn leases_reloaded(&self, leases: &[LeaseInfo]) {
+        *self.reloads.lock().unwrap() = leases.to_vec();
     }
 }
 
@@ -258,8 +258,12 @@ async fn leases_travel_in_snapshots_and_survive_restarts() {
     let seen = Arc::new(Seen::default());
     dst.store.sm.set_observer(seen.clone());
     install(&mut dst.store, &meta, &bytes).await;
-    assert_eq!(*seen.reloads.lock().unwrap(), 1);
     let all = |n: &Node| n.store.sm.reader().leases().unwrap();
+    assert_eq!(
+        *seen.reloads.lock().unwrap(),
+        all(&src),
+        "the observer hears every lease"
+    );
     assert_eq!(all(&dst), all(&src));
     for id in 1..=3 {
         assert_eq!(lease(&dst, id), lease(&src, id));

@@ -4,7 +4,9 @@
 //! what it cannot hold is time. [`LeaseTable`] keeps, for every lease, a deadline on this member's
 //! monotonic clock: "when the entry that last set the lease's remaining time was applied here,
 //! plus that time". It learns of every such entry through the state machine's observer
-//! ([`Observers`]), and reads every lease again at start and after a snapshot install.
+//! ([`Observers`]), and takes every lease anew at start and after a snapshot install. It holds
+//! no reader of the state machine: the state machine holds it (as its observer), and a reader
+//! would make that a cycle that keeps the database open after the node stops.
 //!
 //! Every member keeps the table; only the leader acts on it ([`expiry::run`]): when a deadline
 //! passes it proposes an expiry naming the lease's epoch, which the state machine ignores if a
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_storage::{KvReader, LeaseCheckpoint, LeaseEvent, LeaseId, Observer};
+use keel_storage::{LeaseCheckpoint, LeaseEvent, LeaseId, LeaseInfo, Observer};
 
 /// One lease's deadline on this member.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +33,6 @@ struct Deadline {
 
 /// Every lease's deadline on this member.
 pub struct LeaseTable {
-    reader: KvReader,
     deadlines: Mutex<HashMap<LeaseId, Deadline>>,
 }
 
@@ -40,13 +41,12 @@ pub struct LeaseTable {
 const PROPOSE_AGAIN: Duration = Duration::from_secs(2);
 
 impl LeaseTable {
-    /// The table of the leases in `reader`'s state, each starting now.
-    pub fn new(reader: KvReader) -> Arc<Self> {
+    /// The table of `leases`, each starting now.
+    pub fn new(leases: &[LeaseInfo]) -> Arc<Self> {
         let table = Arc::new(LeaseTable {
-            reader,
             deadlines: Mutex::new(HashMap::new()),
         });
-        table.reload();
+        table.reload(leases);
         table
     }
 
@@ -54,18 +54,11 @@ impl LeaseTable {
         self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Read every lease again; each gets "now + its recorded remaining time".
-    pub fn reload(&self) {
-        let leases = match self.reader.leases() {
-            Ok(leases) => leases,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the leases; their deadlines are not tracked");
-                return;
-            }
-        };
+    /// Take `leases` as every lease there is; each gets "now + its recorded remaining time".
+    pub fn reload(&self, leases: &[LeaseInfo]) {
         let now = Instant::now();
         let fresh = leases
-            .into_iter()
+            .iter()
             .map(|l| {
                 let deadline = Deadline {
                     at: now + Duration::from_millis(l.lease.remaining_ms),
@@ -164,7 +157,7 @@ impl Observer for Observers {
     fn leases_changed(&self, events: &[LeaseEvent]) {
         self.leases.changed(events);
     }
-    fn leases_reloaded(&self) {
-        self.leases.reload();
+    fn leases_reloaded(&self, leases: &[LeaseInfo]) {
+        self.leases.reload(leases);
     }
 }

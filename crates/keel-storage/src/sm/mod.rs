@@ -692,7 +692,10 @@ impl StateMachine {
         self.membership = membership;
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
-        self.shared.observer().leases_reloaded();
+        match self.reader().leases() {
+            Ok(leases) => self.shared.observer().leases_reloaded(&leases),
+            Err(e) => tracing::error!(error = %e, "cannot read the installed snapshot's leases"),
+        }
         Ok(())
     }
 }
