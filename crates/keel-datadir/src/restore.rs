@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,14 +68,21 @@ pub enum RestoreError {
 pub fn verify(path: &Path) -> Result<Verified, SnapshotError> {
     let file = File::open(path)?;
     let bytes = file.metadata()?.len();
-    let (reader, header) = SnapshotReader::open(BufReader::with_capacity(256 * 1024, file))?;
-    let (records, sha256, _) = reader.finish()?;
-    Ok(Verified {
+    Ok(read_through(BufReader::with_capacity(256 * 1024, file), bytes)?.0)
+}
+
+/// Read a snapshot file of `bytes` bytes from `input` to its end, checking everything; hands
+/// the input back.
+fn read_through<R: Read>(input: R, bytes: u64) -> Result<(Verified, R), SnapshotError> {
+    let (reader, header) = SnapshotReader::open(input)?;
+    let (records, sha256, input) = reader.finish()?;
+    let verified = Verified {
         header,
         records,
         sha256,
         bytes,
-    })
+    };
+    Ok((verified, input))
 }
 
 /// The staged plan: who this member is and who its new cluster's members are.
@@ -169,8 +176,7 @@ fn copy_verified(from: &Path, to: &Path) -> Result<Verified, RestoreError> {
         input: BufReader::with_capacity(256 * 1024, input),
         copy: BufWriter::with_capacity(256 * 1024, output),
     };
-    let (reader, header) = SnapshotReader::open(tee).map_err(refused)?;
-    let (records, sha256, tee) = reader.finish().map_err(refused)?;
+    let (verified, tee) = read_through(tee, bytes).map_err(refused)?;
     let synced = tee
         .copy
         .into_inner()
@@ -180,12 +186,7 @@ fn copy_verified(from: &Path, to: &Path) -> Result<Verified, RestoreError> {
         path: to.to_path_buf(),
         source,
     })?;
-    Ok(Verified {
-        header,
-        records,
-        sha256,
-        bytes,
-    })
+    Ok(verified)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -64,11 +64,10 @@ pub async fn open(dir: &Path, config: &StoreConfig) -> Result<Store, RestoreErro
 }
 
 async fn finish(store: &mut Store, pending: &PendingRestore) -> io::Result<()> {
-    let (header, _) = crate::sm::read_snapshot_header(&pending.snapshot).map_err(io::Error::other)?;
-    let Some(last) = header.raft.last_log else {
+    let (_, meta) = crate::sm::read_snapshot_header(&pending.snapshot).map_err(io::Error::other)?;
+    let Some(last) = meta.last_log_id else {
         return Err(io::Error::other("the snapshot holds no applied entries"));
     };
-    let last = crate::types::log_id_at(last.term, last.node_id, last.index);
     let (applied, _) = store.sm.applied_state().await?;
     match applied {
         // A start before this one loaded the snapshot and stopped before it was done.

@@ -275,6 +275,10 @@ async fn leases_travel_in_snapshots_and_survive_restarts() {
     let b = dst.send(revoke(2)).await;
     assert_eq!(a, b);
     assert_eq!(all_kvs(&src.store), all_kvs(&dst.store));
+    // The lease indexes too, byte for byte: the revoked lease's keys are detached on both.
+    for prefix in [codec::KEY_LEASE_PREFIX, codec::LEASE_KEY_PREFIX, codec::LEASE_PREFIX] {
+        assert_eq!(raw_prefix(&src.store, prefix), raw_prefix(&dst.store, prefix));
+    }
     assert_eq!(
         *seen.events.lock().unwrap(),
         [LeaseEvent {

@@ -41,11 +41,11 @@ pub async fn run(node: Arc<Node>, table: Arc<LeaseTable>) {
         }
         let now = Instant::now();
         for (id, epoch) in table.due(now) {
-            let node = node.clone();
+            let proposer = node.clone();
             // Each on its own: the proposer batches them with whatever else is waiting.
-            node.clone().spawn(async move {
+            node.spawn(async move {
                 let expire = Request::new(Command::LeaseExpire(LeaseExpire { id, epoch }));
-                if let Err(e) = node.write(expire, Instant::now() + PROPOSE_TIMEOUT).await {
+                if let Err(e) = proposer.write(expire, Instant::now() + PROPOSE_TIMEOUT).await {
                     tracing::debug!(lease = id, error = %e, "proposing a lease expiry failed; it is tried again");
                 }
             });

@@ -99,14 +99,9 @@ impl LeaseTable {
         Some(at.saturating_duration_since(Instant::now()))
     }
 
-    /// Number of leases.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Whether there are no leases.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
     /// The leases whose deadline has passed at `now` and whose expiry is not proposed yet (or was

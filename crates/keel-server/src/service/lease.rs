@@ -28,6 +28,8 @@ use crate::node::Node;
 
 /// Keep-alive requests one stream may have waiting for their renewals.
 const KEEP_ALIVE_BUFFER: usize = 16;
+/// How long one renewal may take (a stream carries no deadline of its own).
+const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct LeaseService {
     pub node: Arc<Node>,
@@ -226,7 +228,7 @@ async fn renew(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let lease = lease_id(id).map_err(|e| fail(node, e))?;
     let request = Request::new(Command::LeaseRenew(LeaseRef { id: lease }));
     let resp = node
-        .write(request, deadline_in(super::MAX_TIMEOUT.min(Duration::from_secs(5))))
+        .write(request, deadline_in(RENEW_TIMEOUT))
         .await
         .map_err(|e| fail(node, e))?;
     let ttl = match resp.result {

@@ -97,11 +97,14 @@ pub struct Apply<'a> {
     pub(super) key_leases: BTreeMap<Vec<u8>, LeaseId>,
     /// What to tell the observer once the entry is applied.
     pub lease_events: Vec<LeaseEvent>,
+    /// Some key may be attached to a lease. While none can be, a put or delete skips the lookup
+    /// of the key's lease (see `sm::leases`), so the write path pays nothing for leases unused.
+    pub leased_keys: bool,
 }
 
 impl<'a> Apply<'a> {
-    /// Prepare an entry on top of `current_revision`.
-    pub fn new(tree: &'a sled::Tree, current_revision: u64) -> Self {
+    /// Prepare an entry on top of `current_revision`; `leased_keys`: see the field.
+    pub fn new(tree: &'a sled::Tree, current_revision: u64, leased_keys: bool) -> Self {
         Apply {
             tree,
             revision: current_revision,
@@ -114,6 +117,7 @@ impl<'a> Apply<'a> {
             leases: BTreeMap::new(),
             key_leases: BTreeMap::new(),
             lease_events: Vec::new(),
+            leased_keys,
         }
     }
 

@@ -86,6 +86,10 @@ impl Apply<'_> {
 
     /// Attach `key` to lease `id` (0: to none). Called for every put and every deleted key.
     pub(super) fn attach(&mut self, key: &[u8], id: LeaseId) -> Result<(), MvccError> {
+        if id == 0 && !self.leased_keys {
+            return Ok(());
+        }
+        self.leased_keys = true;
         let old = self.key_lease(key)?;
         if old == id {
             return Ok(());
@@ -198,6 +202,17 @@ impl Apply<'_> {
             _ => Ok(CommandResult::Lease(LeaseResult::NotExpired { id: e.id })),
         }
     }
+}
+
+/// Whether any key in `tree` is attached to a lease.
+pub(super) fn any_leased_key(tree: &sled::Tree) -> Result<bool, MvccError> {
+    Ok(tree
+        .scan_prefix([codec::KEY_LEASE_PREFIX])
+        .keys()
+        .next()
+        .transpose()
+        .map_err(MvccError::Sled)?
+        .is_some())
 }
 
 /// A lease as a reader sees it.

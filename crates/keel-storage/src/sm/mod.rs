@@ -238,6 +238,8 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Preserved session records may exist (see [`sessions`]).
     preserved: bool,
+    /// Some key may be attached to a lease (see `apply::Apply::leased_keys`).
+    leased_keys: bool,
     /// The highest index the log store has written into sled: no entry above it is applied (the
     /// log store's "Applies wait for the write"). None: apply at once (tests of the state machine
     /// alone).
@@ -275,6 +277,7 @@ impl StateMachine {
             Some(bytes) => codec::decode(&bytes).map_err(io_err)?,
             None => StoredMembership::default(),
         };
+        let leased_keys = leases::any_leased_key(&tree).map_err(io_err)?;
         let snapshots = SnapshotStore::open(snapshot_dir)?;
         if let Some(snap) = snapshots.current_meta() {
             if snap.last_log_id > meta.applied {
@@ -308,6 +311,7 @@ impl StateMachine {
             membership,
             // Left over from a build that a restart interrupted.
             preserved: true,
+            leased_keys,
             log_written: None,
         })
     }
@@ -331,6 +335,7 @@ impl StateMachine {
         let (meta, membership, header) = snapshot::seed(&self.shared, input, membership)?;
         self.meta = meta;
         self.membership = membership;
+        self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
         self.shared.publish(&self.meta);
         Ok(header)
     }
@@ -453,7 +458,7 @@ impl StateMachine {
                 index: log_id.index,
                 max_pin,
             },
-            apply: apply::Apply::new(tree, meta.revision),
+            apply: apply::Apply::new(tree, meta.revision, self.leased_keys),
             sessions: sessions::Written::new(),
             session_count: meta.session_count,
         };
@@ -487,6 +492,7 @@ impl StateMachine {
         batch.insert(META_KEY, codec::encode(&meta));
         tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
         self.meta = meta;
+        self.leased_keys = ctx.apply.leased_keys;
         if let Some(m) = membership {
             self.membership = m;
         }
@@ -690,6 +696,7 @@ impl StateMachine {
             .map_err(context)?;
         self.meta = new_meta;
         self.membership = membership;
+        self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
         match self.reader().leases() {
