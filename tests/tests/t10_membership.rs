@@ -388,3 +388,82 @@ async fn a_membership_change_answers_with_the_membership_after_it() -> anyhow::R
     }
     cluster.shutdown().await
 }
+
+/// A voter change takes two entries (a joint configuration, then the final one). Another change
+/// landing between them (an operator's, or a member publishing its addresses after an election)
+/// made openraft refuse the second step ("last membership log id mismatch"), failing the
+/// operator's removal and leaving the joint configuration in place. The leader takes changes one
+/// at a time: here learners come and go as fast as they can while two voters are removed, and
+/// every change succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_change_is_not_split_by_another_change() -> anyhow::Result<()> {
+    let cluster = Cluster::start(
+        Backend::InProcess,
+        Options {
+            nodes: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let others: Vec<u64> = cluster.nodes.keys().copied().filter(|id| *id != leader).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = |first: u64| {
+        let mut c = cluster.cluster_client(leader);
+        let stop = stop.clone();
+        async move {
+            let mut changes = 0u32;
+            // Nothing listens on these ports: the learners never catch up, and need not.
+            for id in first..first + 1000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                c.member_add(MemberAddRequest {
+                    id,
+                    peer_addr: format!("127.0.0.1:{}", id),
+                    client_addr: String::new(),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("adding learner {id}: {e}"))?;
+                c.member_remove(MemberRemoveRequest { id, force: false })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("removing learner {id}: {e}"))?;
+                changes += 2;
+            }
+            anyhow::Ok(changes)
+        }
+    };
+    let removals = async {
+        let mut c = cluster.cluster_client(leader);
+        let mut result = Ok(());
+        for id in &others[..2] {
+            if let Err(e) = c.member_remove(MemberRemoveRequest { id: *id, force: false }).await {
+                result = Err(anyhow::anyhow!("removing voter {id}: {e}"));
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    };
+    let mut churners = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        churners.spawn(churn(100 + 1000 * i));
+    }
+    removals.await?;
+    let mut changes = 0;
+    for c in churners.join_all().await {
+        changes += c?;
+    }
+    assert!(changes > 0, "the learner churn made no change");
+    let members = cluster
+        .cluster_client(leader)
+        .member_list(MemberListRequest {})
+        .await?
+        .into_inner()
+        .members;
+    let voters: Vec<u64> = members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+    assert_eq!(voters.len(), 3, "{members:?}");
+    assert!(members.iter().all(|m| !others[..2].contains(&m.id)), "{members:?}");
+    cluster.kv(leader).put(put("after")).await?;
+    cluster.shutdown().await
+}

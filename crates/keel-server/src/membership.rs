@@ -6,6 +6,10 @@
 //! removing the last voter, or a removal that would leave the remaining voters without a
 //! reachable majority (unless forced; reachability is probed over the peer port).
 //!
+//! The leader makes one change at a time (`Node::membership_turn`), from its checks to its
+//! commit, hand-offs included: a voter change is two entries, and anything proposed between
+//! them made openraft refuse the second.
+//!
 //! ## Leader transfer
 //! A transfer stops proposing here (new writes and read indexes wait, server-side, for the next
 //! leader), waits until the target has every entry, and then uses openraft's transfer
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 use keel_proto::wire::Outcome;
 use keel_storage::{Member, NodeId};
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::raft::Precondition;
 use openraft::ChangeMembers;
 
 use crate::error::NodeError;
@@ -45,9 +50,8 @@ type ChangeError = RaftError<keel_storage::TypeConfig, ClientWriteError<keel_sto
 type ChangeResult = Result<openraft::raft::ClientWriteResponse<keel_storage::TypeConfig>, ChangeError>;
 
 /// Propose a membership change, waiting out what makes openraft refuse one for a moment: a
-/// change still in progress (openraft takes one at a time, and members publish their client
-/// addresses, a change, right after an election, so an operator's `member add` just after a
-/// start can meet one), or a new leader whose first entry is not committed yet. Both pass within
+/// change not yet committed that this leader did not make (a previous leader's, which it
+/// inherited), or a new leader whose first entry is not committed yet. Both pass within
 /// a round trip or two: waiting a bounded while beats failing with openraft's message.
 pub(crate) async fn change_patiently<F, Fut>(node: &Node, change: F) -> ChangeResult
 where
@@ -65,6 +69,36 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// How long a membership change waits for the one before it on this leader to finish.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Take this leader's turn to change the membership; hold it from the checks that decide a
+    /// change until the change is committed. openraft makes a voter change in two entries (a
+    /// joint configuration, then the final one) and proposes the second only if the membership
+    /// is still the joint one: a change proposed between them (an operator's, or a member
+    /// publishing its addresses after an election) made it refuse the second step with "last
+    /// membership log id mismatch", failing a change that had in fact been made. Taking turns
+    /// also keeps a check (is the id new? is a majority reachable?) true until its change is
+    /// proposed. The lock is fair, so no change starves, as changes retrying on their own did.
+    /// Waits at most [`TURN_WAIT`], and not past `deadline`.
+    pub(crate) async fn membership_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, NodeError> {
+        let started = Instant::now();
+        let until = deadline.map_or(started + TURN_WAIT, |d| d.min(started + TURN_WAIT));
+        tokio::time::timeout_at(until.into(), self.membership_turn.lock())
+            .await
+            .map_err(|_| {
+                NodeError::Unavailable(format!(
+                    "another membership change was still in progress on the leader after {:?}; try again",
+                    started.elapsed()
+                ))
+            })
     }
 }
 
@@ -179,6 +213,7 @@ impl Node {
 
     /// Add `id` as a learner; it then receives the log or a snapshot.
     pub(crate) async fn add_learner_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
+        let _turn = self.membership_turn(None).await?;
         self.check_leader_with_quorum()?;
         if id == 0 {
             return Err(NodeError::InvalidArgument("member ids start at 1".into()));
@@ -212,6 +247,7 @@ impl Node {
 
     /// Make the learner `id` a voter, if it has caught up.
     pub(crate) async fn promote_local(&self, id: NodeId) -> Result<(), NodeError> {
+        let _turn = self.membership_turn(None).await?;
         self.check_leader_with_quorum()?;
         let view = self.view();
         if !view.nodes.contains_key(&id) {
@@ -246,6 +282,7 @@ impl Node {
 
     /// Remove member `id`.
     pub(crate) async fn remove_local(&self, id: NodeId, force: bool, deadline: Instant) -> Result<(), NodeError> {
+        let turn = self.membership_turn(Some(deadline)).await?;
         self.check_leader_with_quorum()?;
         let view = self.view();
         if !view.nodes.contains_key(&id) {
@@ -255,6 +292,7 @@ impl Node {
         if !view.voters.contains(&id) {
             let change = ChangeMembers::RemoveNodes([id].into());
             membership_result(change_patiently(self, || self.raft.change_membership(change.clone(), false)).await)?;
+            drop(turn);
             self.tell_removed(id, &addr, deadline).await;
             return Ok(());
         }
@@ -282,6 +320,7 @@ impl Node {
         }
         let change = ChangeMembers::RemoveVoters([id].into());
         membership_result(change_patiently(self, || self.raft.change_membership(change.clone(), false)).await)?;
+        drop(turn);
         self.tell_removed(id, &addr, deadline).await;
         Ok(())
     }
@@ -322,6 +361,8 @@ impl Node {
 
     /// Hand leadership to `to` (None: the most up-to-date other voter). Returns the new leader.
     pub(crate) async fn transfer_local(&self, to: Option<NodeId>, deadline: Instant) -> Result<NodeId, NodeError> {
+        // A hand-off between the two steps of a voter change would leave the joint configuration.
+        let _turn = self.membership_turn(Some(deadline)).await?;
         self.check_leader_with_quorum()?;
         let view = self.view();
         let target = match to {
@@ -471,12 +512,36 @@ impl Node {
 
     /// On the leader: record a member's addresses.
     pub(crate) async fn set_node_local(&self, id: NodeId, member: Member) -> Result<(), NodeError> {
+        let _turn = self.membership_turn(None).await?;
         self.check_running()?;
-        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
-        match change_patiently(self, || self.raft.change_membership(change.clone(), true)).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(change_error(e)),
+        // openraft's SetNodes adds a node it does not know, as a learner: a member that read its
+        // entry just before its removal committed would put itself back. So the change is made
+        // only on the membership read here, from the Raft core itself (the metrics may lag it),
+        // and only if the member is still in it.
+        let (membership_id, published) = self
+            .raft
+            .with_raft_state(move |st| {
+                let effective = st.membership_state.effective();
+                (*effective.log_id(), effective.membership().get_node(&id).cloned())
+            })
+            .await
+            .map_err(|f| NodeError::Unavailable(format!("raft stopped: {f}")))?;
+        match published {
+            None => return Err(precondition(format!("there is no member {id}"))),
+            Some(published) if published == member => return Ok(()),
+            Some(_) => {}
         }
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+        let unchanged = Precondition::LastMembershipLogId {
+            last_membership_log_id: membership_id,
+        };
+        membership_result(
+            change_patiently(self, || {
+                self.raft
+                    .change_membership_if(change.clone(), true, [unchanged.clone()])
+            })
+            .await,
+        )
     }
 
     /// Keep this node's advertised addresses in the membership up to date (etcd "publishes" its

@@ -52,6 +52,9 @@ pub struct Node {
     pub(crate) transferring: AtomicBool,
     /// This member was removed from the cluster.
     pub(crate) removed: AtomicBool,
+    /// Held by each membership change this node makes as leader, from its checks to its commit
+    /// (see `membership.rs`, `Node::membership_turn`).
+    pub(crate) membership_turn: tokio::sync::Mutex<()>,
     /// When this member last accepted replication from a current leader, in milliseconds since
     /// `started` (0: never). openraft's metrics keep naming the last leader while a member that
     /// is cut off asks in vain for votes (a pre-vote changes nothing), so readiness asks this.
@@ -138,6 +141,7 @@ impl Node {
             disk,
             shutting_down: AtomicBool::new(false),
             transferring: AtomicBool::new(false),
+            membership_turn: tokio::sync::Mutex::new(()),
             removed: AtomicBool::new(false),
             leader_contact: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
