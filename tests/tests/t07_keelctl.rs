@@ -150,3 +150,85 @@ async fn keelctl_exit_codes_and_messages() -> anyhow::Result<()> {
     }
     cluster.shutdown().await
 }
+
+/// The lease verbs, end to end: grant, put --lease, timetolive --keys, list, keep-alive --once
+/// and the keep-alive loop, revoke (the key goes with it), and the errors of unknown and
+/// malformed ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keelctl_lease_verbs() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let endpoints = cluster.endpoints().join(",");
+    let run = |args: Vec<String>| {
+        let ctl = Ctl {
+            endpoints: endpoints.clone(),
+        };
+        tokio::task::spawn_blocking(move || ctl.run(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+
+    let granted = run(args("-o json lease grant 60")).await?;
+    expect(&granted, 0, "");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&granted))?;
+    let id = doc["id_hex"].as_str().expect("id_hex").to_string();
+    assert_eq!(doc["ttl"], 60, "{doc}");
+    assert_eq!(i64::from_str_radix(&id, 16)?, doc["id"].as_i64().expect("id"), "{doc}");
+
+    expect(&run(args(&format!("put svc/a on --lease {id}"))).await?, 0, "");
+    let ttl = run(args(&format!("-o json lease timetolive {id} --keys"))).await?;
+    expect(&ttl, 0, "");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&ttl))?;
+    assert_eq!(doc["granted_ttl"], 60, "{doc}");
+    assert!(doc["ttl"].as_i64().is_some_and(|t| t > 0 && t <= 60), "{doc}");
+    assert_eq!(doc["keys"][0]["key"], "svc/a", "{doc}");
+    let table = run(args(&format!("lease timetolive {id} --keys"))).await?;
+    assert!(
+        stdout(&table).starts_with(&format!("lease {id} granted with TTL(60s), remaining(")),
+        "{}",
+        stdout(&table)
+    );
+    assert!(stdout(&table).contains("attached keys([svc/a])"), "{}", stdout(&table));
+    let list = run(args("-o simple lease list")).await?;
+    assert_eq!(stdout(&list).lines().collect::<Vec<_>>(), [id.as_str()]);
+    let once = run(args(&format!("-o simple lease keep-alive --once {id}"))).await?;
+    expect(&once, 0, "");
+    assert_eq!(stdout(&once).trim(), "60");
+
+    // The loop prints a line per renewal; stopped after the first.
+    let mut keeper = Command::new(keelctl_binary()?)
+        .args(["--endpoints", &endpoints, "-o", "json", "lease", "keep-alive", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let out = keeper.stdout.take().expect("piped stdout");
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .take(1)
+            .collect::<Result<Vec<String>, _>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(20), reader).await;
+    keeper.kill()?;
+    keeper.wait()?;
+    let lines = lines.expect("a renewal within 20 s")??;
+    let doc: serde_json::Value = serde_json::from_str(&lines[0])?;
+    assert_eq!(
+        (doc["id_hex"].as_str(), doc["ttl"].as_i64()),
+        (Some(id.as_str()), Some(60))
+    );
+
+    expect(&run(args(&format!("lease revoke {id}"))).await?, 0, "");
+    let gone = run(args("get svc/a")).await?;
+    assert_eq!((gone.status.code(), stdout(&gone)), (Some(0), String::new()));
+    // The lease is gone: each verb says so, exit 1.
+    expect(&run(args(&format!("lease timetolive {id}"))).await?, 1, "not found");
+    expect(&run(args(&format!("lease revoke {id}"))).await?, 1, "not found");
+    expect(&run(args(&format!("lease keep-alive {id}"))).await?, 1, "not found");
+    expect(&run(args(&format!("put svc/b x --lease {id}"))).await?, 1, "not found");
+    assert_eq!(stdout(&run(args("get svc/b")).await?), "");
+    // Malformed ids and TTLs are usage errors.
+    expect(&run(args("lease revoke zz")).await?, 2, "hexadecimal");
+    expect(&run(args("lease revoke 0")).await?, 2, "greater than zero");
+    expect(&run(args("put k v --lease -1")).await?, 2, "");
+    expect(&run(args("lease grant 0")).await?, 2, "");
+    cluster.shutdown().await
+}

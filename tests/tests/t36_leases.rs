@@ -192,3 +192,62 @@ async fn revoke_and_unknown_leases() -> anyhow::Result<()> {
     assert_eq!((answer.id, answer.ttl), (long.id, 0));
     cluster.shutdown().await
 }
+
+/// keel-client's keeper keeps a lease alive while the members it talks to are killed one after
+/// another (SIGKILL, then a restart), and the deadline it reports is safe: the lease's keys are
+/// never gone before the last deadline reported. Once the keeper is dropped they go within TTL +
+/// an election + a bounded delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_keeper_moves_between_members_and_its_deadline_holds() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Backend::Process, Options::default()).await?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let client = keel_client::Client::connect(cluster.endpoints(), keel_client::ClientConfig::default()).await?;
+    let granted = client.lease_grant(TTL).await?;
+    client.put_request(leased_put("svc/kept", granted.id)).await?;
+    let mut keeper = client.keep_alive(granted.id);
+    let (ttl, mut deadline) = keeper.started().await?;
+    assert_eq!(ttl, Duration::from_secs(TTL as u64));
+
+    // Kill whichever member leads, twice, restarting each: the keeper's stream breaks (or its
+    // renewals stall on a dead leader) and it carries on at another member.
+    let started = Instant::now();
+    let mut killed = 0;
+    while started.elapsed() < Duration::from_secs(5 * TTL as u64) {
+        match keeper.state() {
+            keel_client::LeaseState::Alive { deadline: d, .. } => deadline = d,
+            other => panic!("the kept lease is {other:?}"),
+        }
+        assert!(
+            client.get("svc/kept").await?.is_some(),
+            "the key vanished while its lease was kept alive"
+        );
+        if killed < 2 && started.elapsed() >= Duration::from_secs(TTL as u64 * (2 * killed + 1)) {
+            let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+            cluster.kill(leader).await?;
+            cluster.restart(leader).await?;
+            killed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(killed, 2);
+    if let keel_client::LeaseState::Alive { deadline: d, .. } = keeper.state() {
+        deadline = d;
+    }
+    drop(keeper);
+    let gone_at = loop {
+        if client.get("svc/kept").await?.is_none() {
+            break tokio::time::Instant::now();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "the abandoned lease outlived its deadline by far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        gone_at >= deadline,
+        "the lease expired {:?} before the deadline the keeper reported",
+        deadline - gone_at
+    );
+    cluster.shutdown().await
+}

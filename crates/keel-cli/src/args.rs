@@ -63,6 +63,55 @@ pub enum Command {
     /// Backups: save a snapshot from the leader, inspect one, restore a new cluster from one.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Leases: keys put with a lease are deleted when it expires or is revoked. Lease ids are
+    /// printed and read in hexadecimal, as etcdctl does.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL seconds (the cluster may raise it to its minimum); prints its id.
+    Grant {
+        /// Seconds.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+        ttl: i64,
+    },
+    /// Revoke a lease: its keys are deleted at once.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+    },
+    /// Keep a lease alive until interrupted, printing each renewal; exits 1 once it is gone
+    /// (expired or revoked) or cannot be renewed before it runs out.
+    KeepAlive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// A lease's granted TTL, the time it has left, and (with --keys) its keys. Exits 1 if it
+    /// does not exist.
+    Timetolive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// List the keys attached to it.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Every lease's id.
+    List,
+}
+
+/// A lease id in hexadecimal (as etcdctl prints and reads them), with or without `0x`.
+pub fn parse_lease_id(raw: &str) -> Result<i64, String> {
+    let digits = raw.strip_prefix("0x").unwrap_or(raw);
+    match i64::from_str_radix(digits, 16) {
+        Ok(id) if id > 0 => Ok(id),
+        Ok(_) => Err("a lease id is greater than zero".into()),
+        Err(e) => Err(format!("not a hexadecimal lease id: {e}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +155,9 @@ pub struct StatusArgs {
 pub struct PutArgs {
     pub key: String,
     pub value: String,
+    /// Attach the key to this lease (hexadecimal id): it is deleted when the lease ends.
+    #[arg(long, value_name = "ID", value_parser = parse_lease_id)]
+    pub lease: Option<i64>,
 }
 
 /// Which keys a get or a watch addresses: KEY alone, or a range starting at KEY.

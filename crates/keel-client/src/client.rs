@@ -54,7 +54,7 @@ struct Inner {
 }
 
 /// Responses that carry a [`ResponseHeader`].
-trait HasHeader {
+pub(crate) trait HasHeader {
     fn header(&self) -> Option<&ResponseHeader>;
 }
 
@@ -84,7 +84,12 @@ has_header!(
     MemberAddResponse,
     MemberPromoteResponse,
     MemberRemoveResponse,
-    LeaderTransferResponse
+    LeaderTransferResponse,
+    keel_proto::v1::LeaseGrantResponse,
+    keel_proto::v1::LeaseRevokeResponse,
+    keel_proto::v1::LeaseKeepAliveResponse,
+    keel_proto::v1::LeaseTimeToLiveResponse,
+    keel_proto::v1::LeaseLeasesResponse
 );
 
 impl Client {
@@ -387,7 +392,7 @@ impl Client {
     ///
     /// Within one round every endpoint is tried at most once, without pausing, starting with the
     /// preferred one and following leader hints; between rounds the loop backs off.
-    async fn call<Req, Resp, F, Fut>(&self, kind: Kind, req: Req, send: F) -> Result<Resp, Error>
+    pub(crate) async fn call<Req, Resp, F, Fut>(&self, kind: Kind, req: Req, send: F) -> Result<Resp, Error>
     where
         Req: Clone,
         Resp: HasHeader,

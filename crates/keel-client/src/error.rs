@@ -46,6 +46,12 @@ pub enum Error {
     /// this revision): read the current state, then watch from after it.
     #[error("required revision has been compacted (history kept from {} on)", .0 + 1)]
     Compacted(u64),
+    /// What the request names does not exist (a lease).
+    #[error("{0}")]
+    NotFound(String),
+    /// What the request would create exists already (a lease id in use).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Any other status the server answered with.
     #[error("{}: {}", .0.code(), .0.message())]
     Other(tonic::Status),
@@ -61,6 +67,8 @@ impl Error {
             Error::OutcomeUnknown(_) => Code::Unknown,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::Compacted(_) => Code::OutOfRange,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Other(status) => status.code(),
         }
     }

@@ -39,6 +39,7 @@ mod client;
 mod config;
 mod endpoint;
 mod error;
+mod lease;
 mod retry;
 mod watch;
 
@@ -49,4 +50,5 @@ pub use error::Error;
 pub use keel_proto::v1 as proto;
 /// The conditions an error can name beyond its code ([`Error::Session`], [`Error::Refused`]).
 pub use keel_proto::wire::Outcome;
+pub use lease::{KeepAlive, LeaseState};
 pub use watch::{Watch, WatchBatch};

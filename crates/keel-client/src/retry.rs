@@ -108,6 +108,8 @@ fn answered_error(status: Status, kind: Kind) -> Error {
             None => Error::FailedPrecondition(message),
         },
         Code::Unavailable => Error::Unavailable(message),
+        Code::NotFound => Error::NotFound(message),
+        Code::AlreadyExists => Error::AlreadyExists(message),
         Code::DeadlineExceeded | Code::Unknown | Code::Cancelled if kind.writes() => {
             Error::OutcomeUnknown(format!("{}: {message}", status.code()))
         }

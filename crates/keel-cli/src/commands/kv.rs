@@ -10,7 +10,15 @@ use crate::output::kv::{self as out, CasResult, GetView};
 
 pub async fn put(client: &Client, args: &PutArgs, format: Format) -> anyhow::Result<Outcome> {
     require_key(&args.key)?;
-    let resp = client.put(args.key.as_bytes(), args.value.as_bytes()).await?;
+    let resp = client
+        .put_request(PutRequest {
+            key: args.key.as_bytes().to_vec(),
+            value: args.value.as_bytes().to_vec(),
+            prev_kv: false,
+            lease: args.lease.unwrap_or(0),
+            session: None,
+        })
+        .await?;
     Ok(Outcome::Done(out::put(&resp, format)))
 }
 

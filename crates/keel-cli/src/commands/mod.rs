@@ -2,6 +2,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod membership;
 mod snapshot;
 mod watch;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use keel_client::{Client, ClientConfig};
 
-use crate::args::{Cli, Command, KeyRangeArgs, LeaderCommand, MemberCommand, SnapshotCommand};
+use crate::args::{Cli, Command, KeyRangeArgs, LeaderCommand, LeaseCommand, MemberCommand, SnapshotCommand};
 
 /// What a verb printed, and how keelctl should exit.
 #[derive(Debug)]
@@ -49,6 +50,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Snapshot(SnapshotCommand::Save { file }) => snapshot::save(&client, file, format).await,
         Command::Snapshot(SnapshotCommand::Inspect { file }) => snapshot::inspect(file, format),
         Command::Snapshot(SnapshotCommand::Restore(args)) => snapshot::restore(args, format),
+        Command::Lease(LeaseCommand::Grant { ttl }) => lease::grant(&client, *ttl, format).await,
+        Command::Lease(LeaseCommand::Revoke { id }) => lease::revoke(&client, *id, format).await,
+        Command::Lease(LeaseCommand::KeepAlive { id, once }) => lease::keep_alive(&client, *id, *once, format).await,
+        Command::Lease(LeaseCommand::Timetolive { id, keys }) => lease::time_to_live(&client, *id, *keys, format).await,
+        Command::Lease(LeaseCommand::List) => lease::list(&client, format).await,
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),

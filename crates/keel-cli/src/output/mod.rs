@@ -70,6 +70,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 
 use base64::Engine as _;
 use keel_client::proto::ResponseHeader;
