@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use keel_proto::v1::lease_client::LeaseClient;
+use keel_proto::v1::watch_client::WatchClient;
 use keel_proto::v1::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest,
+    PutRequest, RangeRequest, WatchRequest,
 };
 use keel_testkit::{Backend, Cluster, Options};
 use tonic::transport::Channel;
@@ -249,5 +250,148 @@ async fn the_client_keeper_moves_between_members_and_its_deadline_holds() -> any
         "the lease expired {:?} before the deadline the keeper reported",
         deadline - gone_at
     );
+    cluster.shutdown().await
+}
+
+/// Limits on leases and streams refuse with ResourceExhausted naming the limit, nothing done,
+/// and lift once the clients hold less; a TTL past etcd's maximum is InvalidArgument. Leases,
+/// renewals, expiries and keep-alive streams are in the metrics, and leases in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_and_stream_limits_refuse_precisely_and_metrics_count() -> anyhow::Result<()> {
+    let flags = [
+        "--max-leases",
+        "3",
+        "--max-keepalive-streams",
+        "2",
+        "--max-watch-streams",
+        "2",
+    ];
+    let cluster = Cluster::start(
+        Backend::InProcess,
+        Options {
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let mut leases = lease_client(&cluster, leader).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            leases
+                .grant(LeaseGrantRequest { ttl: TTL, id: 0 })
+                .await?
+                .into_inner()
+                .id,
+        );
+    }
+    let full = leases.grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("--max-leases"), "{full:?}");
+    let listed = leases.leases(LeaseLeasesRequest {}).await?.into_inner();
+    assert_eq!(listed.leases.len(), 3, "the refused grant applied nothing");
+    let too_long = leases
+        .grant(LeaseGrantRequest {
+            ttl: 9_000_000_001,
+            id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument, "{too_long:?}");
+    leases
+        .revoke(LeaseRevokeRequest {
+            id: ids.pop().expect("an id"),
+        })
+        .await?;
+    ids.push(
+        leases
+            .grant(LeaseGrantRequest { ttl: TTL, id: 0 })
+            .await?
+            .into_inner()
+            .id,
+    );
+
+    // Two keep-alive streams, each proven open by an answer; the third is refused.
+    let mut streams = Vec::new();
+    for id in &ids[..2] {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut answers = leases
+            .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        tx.send(LeaseKeepAliveRequest { id: *id }).await?;
+        assert!(answers.message().await?.expect("an answer").ttl > 0);
+        streams.push((tx, answers));
+    }
+    let (_tx3, rx3) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
+    let third = leases
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx3))
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    assert!(third.message().contains("--max-keepalive-streams"), "{third:?}");
+
+    // The same for watch streams.
+    let mut watches = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
+        let stream = WatchClient::new(cluster.channel(leader))
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        watches.push((tx, stream));
+    }
+    let (_wtx, wrx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
+    let refused = WatchClient::new(cluster.channel(leader))
+        .watch(tokio_stream::wrappers::ReceiverStream::new(wrx))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("--max-watch-streams"), "{refused:?}");
+
+    // The metrics count leases, keep-alive streams and renewals; the status counts leases.
+    let (_, metrics) = common::http_get(cluster.nodes[&leader].metrics_addr, "/metrics").await?;
+    let value = |name: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name}{{")));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(value("keel_leases"), Some(3.0), "{metrics}");
+    assert_eq!(value("keel_lease_keepalive_streams"), Some(2.0), "{metrics}");
+    assert_eq!(value("keel_lease_renewals_total"), Some(2.0), "{metrics}");
+    assert_eq!(cluster.status(leader).await.expect("status").leases, 3);
+
+    // Closing a stream frees its place once the member sees it close.
+    drop(streams.pop());
+    let freed = Instant::now();
+    loop {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
+        match leases.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && freed.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("a closed stream's place was not freed: {e:?}"),
+        }
+    }
+    drop(streams);
+
+    // Abandoned, the leases expire: the leader counts each expiry.
+    let expired = Instant::now();
+    loop {
+        let (_, metrics) = common::http_get(cluster.nodes[&leader].metrics_addr, "/metrics").await?;
+        let count = metrics
+            .lines()
+            .find(|l| l.starts_with("keel_lease_expiries_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if count == Some(3.0) {
+            break;
+        }
+        assert!(expired.elapsed() < Duration::from_secs(20), "{count:?}: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.status(leader).await.expect("status").leases, 0);
+    drop(watches);
     cluster.shutdown().await
 }

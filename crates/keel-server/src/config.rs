@@ -97,6 +97,15 @@ pub struct Settings {
     /// one value at --max-value-bytes if that is more]
     #[arg(long, env = "KEEL_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Leases the cluster holds at most; grants beyond are refused with ResourceExhausted.
+    #[arg(long, env = "KEEL_MAX_LEASES", default_value_t = ServiceLimits::default().max_leases)]
+    pub max_leases: usize,
+    /// Watch streams this member serves at once (each carries up to 1024 watches).
+    #[arg(long, env = "KEEL_MAX_WATCH_STREAMS", default_value_t = ServiceLimits::default().max_watch_streams)]
+    pub max_watch_streams: i64,
+    /// Lease keep-alive streams this member serves at once (each can renew many leases).
+    #[arg(long, env = "KEEL_MAX_KEEPALIVE_STREAMS", default_value_t = ServiceLimits::default().max_keepalive_streams)]
+    pub max_keepalive_streams: i64,
     /// Directory for scheduled backups, taken by the leader (none if not set).
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -194,9 +203,29 @@ pub struct Config {
     /// Free bytes kept on the data dir's filesystem (see `disk/`); 0: not checked.
     pub min_free_bytes: u64,
     pub limits: keel_storage::Limits,
+    pub service_limits: ServiceLimits,
     pub backup: Option<BackupConfig>,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// Limits on what one member holds for its clients, beyond the input limits of each request.
+/// Each refusal is ResourceExhausted, naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    pub max_leases: usize,
+    pub max_watch_streams: i64,
+    pub max_keepalive_streams: i64,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            max_leases: 100_000,
+            max_watch_streams: 10_000,
+            max_keepalive_streams: 10_000,
+        }
+    }
 }
 
 /// Scheduled backups.
@@ -340,6 +369,11 @@ impl Config {
             cache_bytes: s.cache_mb.saturating_mul(1024 * 1024),
             min_free_bytes: s.min_free_mb.saturating_mul(1024 * 1024),
             limits,
+            service_limits: ServiceLimits {
+                max_leases: s.max_leases,
+                max_watch_streams: s.max_watch_streams,
+                max_keepalive_streams: s.max_keepalive_streams,
+            },
             backup,
             log_format,
             log_level: s.log_level,

@@ -44,6 +44,10 @@ pub enum NodeError {
     /// A grant of a lease id in use; nothing was applied.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A limit on what a member holds (leases, streams) is reached; nothing was done. Unlike a
+    /// full disk, it is lifted by the clients, not the operator: fewer leases or streams.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 impl NodeError {
@@ -64,6 +68,7 @@ impl NodeError {
             }
             NodeError::NotFound(m) => Status::not_found(m),
             NodeError::AlreadyExists(m) => Status::already_exists(m),
+            NodeError::LimitReached(m) => Status::resource_exhausted(m),
             NodeError::Refused { outcome, message } => {
                 let mut status = Status::failed_precondition(message);
                 if let Some(o) = Outcome::named(outcome) {

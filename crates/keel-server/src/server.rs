@@ -156,6 +156,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         dir: config.data_dir.clone(),
         source: std::io::Error::other(format!("reading the leases: {e}")),
     })?);
+    metrics.leases.set(leases.len() as i64);
     store.sm.set_observer(Arc::new(crate::lease::Observers {
         metrics: metrics.clone(),
         leases: leases.clone(),
@@ -206,6 +207,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
             client_addr: config.advertise_client_addr.clone(),
         },
         limits: config.limits,
+        service_limits: config.service_limits,
         election_timeout_max: config.election_timeout.1,
         data_dir: config.data_dir.clone(),
         batch: config.batch,

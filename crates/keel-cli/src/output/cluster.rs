@@ -98,6 +98,7 @@ enum StatusRowJson<'a> {
         db_size: u64,
         key_count: u64,
         watchers: u64,
+        leases: u64,
         version: &'a str,
         /// Raised alarms (a full disk), one line each.
         alarms: &'a [String],
@@ -141,6 +142,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 db_size: s.db_size,
                 key_count: s.key_count,
                 watchers: s.watchers,
+                leases: s.leases,
                 version: &s.version,
                 alarms: &s.alarms,
             },
@@ -174,6 +176,7 @@ pub fn status(rows: &[StatusRow], format: Format) -> String {
                 "DB SIZE",
                 "KEYS",
                 "WATCHERS",
+                "LEASES",
                 "VERSION",
             ];
             if any_unreachable || any_alarm {
@@ -212,6 +215,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
             db_size,
             key_count,
             watchers,
+            leases,
             version,
             alarms,
             ..
@@ -229,6 +233,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
                 human_bytes(*db_size),
                 key_count.to_string(),
                 watchers.to_string(),
+                leases.to_string(),
                 version.to_string(),
             ];
             if any_alarm {
@@ -253,7 +258,7 @@ fn table_status(doc: &StatusRowJson<'_>, any_alarm: bool) -> Vec<String> {
                 or_dash(peer_addr),
                 "unreachable".into(),
             ];
-            cells.extend(std::iter::repeat_n("-".to_string(), 9));
+            cells.extend(std::iter::repeat_n("-".to_string(), 10));
             cells.push(error.replace('\n', " "));
             cells
         }
@@ -275,13 +280,14 @@ fn simple_status(doc: &StatusRowJson<'_>) -> String {
             db_size,
             key_count,
             watchers,
+            leases,
             version,
             alarms,
             ..
         } => {
             let mut line = format!(
             "{id}, {client_addr}, {peer_addr}, {role}, {term}, {leader_id}, {last_log_index}, {applied_index}, {}, {db_size}, \
-             {key_count}, {watchers}, {version}",
+             {key_count}, {watchers}, {leases}, {version}",
             opt(*lag)
         );
             for alarm in alarms.iter() {
@@ -360,6 +366,7 @@ mod tests {
             db_size: 2048,
             key_count: 5,
             watchers: 7,
+            leases: 4,
             version: "0.1.0".into(),
             ..StatusResponse::default()
         };
@@ -399,6 +406,7 @@ mod tests {
             member2[12], "7",
             "watchers on member 2 (\"2.0 KiB\" is two words): {out}"
         );
+        assert_eq!(member2[13], "4", "leases on member 2: {out}");
         assert!(
             lines[3].contains("unreachable") && lines[3].ends_with("connection refused"),
             "{out}"
@@ -410,7 +418,7 @@ mod tests {
             json!({
                 "id": 2, "client_addr": "b:1", "peer_addr": "b:2", "reachable": true, "role": "follower", "term": 3, "leader_id": 1,
                 "last_log_index": 38, "applied_index": 35, "lag": 5, "db_size": 2048, "key_count": 5,
-                "watchers": 7, "version": "0.1.0", "alarms": []
+                "watchers": 7, "leases": 4, "version": "0.1.0", "alarms": []
             })
         );
         assert_eq!(
@@ -421,7 +429,7 @@ mod tests {
         let out = status(&rows(), Format::Simple);
         assert_eq!(
             out.lines().nth(1),
-            Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 0.1.0")
+            Some("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 4, 0.1.0")
         );
     }
 
@@ -444,7 +452,7 @@ mod tests {
         let out = status(&rows, Format::Simple);
         assert_eq!(
             out.lines().nth(1),
-            Some(format!("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 0.1.0, {alarm}").as_str())
+            Some(format!("2, b:1, b:2, follower, 3, 1, 38, 35, 5, 2048, 5, 7, 4, 0.1.0, {alarm}").as_str())
         );
     }
 

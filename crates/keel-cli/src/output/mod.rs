@@ -57,7 +57,8 @@
 //! A status row for a member that answered:
 //! ```json
 //! {"id":1,"client_addr":"10.0.0.1:7001","reachable":true,"role":"leader","term":3,"leader_id":1,
-//!  "last_log_index":40,"applied_index":40,"lag":0,"db_size":1048576,"key_count":12,"version":"0.1.0",
+//!  "last_log_index":40,"applied_index":40,"lag":0,"db_size":1048576,"key_count":12,"watchers":0,
+//!  "leases":0,"version":"0.1.0",
 //!  "alarms":[]}
 //! ```
 //! `alarms` lists the member's raised alarms, one line each (e.g. `"disk full on member 1: ..."`);

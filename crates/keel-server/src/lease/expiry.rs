@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_storage::{Command, LeaseExpire, Request};
+use keel_storage::{Command, CommandResult, LeaseExpire, LeaseResult, Request};
 
 use super::LeaseTable;
 use crate::node::Node;
@@ -45,8 +45,16 @@ pub async fn run(node: Arc<Node>, table: Arc<LeaseTable>) {
             // Each on its own: the proposer batches them with whatever else is waiting.
             node.spawn(async move {
                 let expire = Request::new(Command::LeaseExpire(LeaseExpire { id, epoch }));
-                if let Err(e) = proposer.write(expire, Instant::now() + PROPOSE_TIMEOUT).await {
-                    tracing::debug!(lease = id, error = %e, "proposing a lease expiry failed; it is tried again");
+                match proposer.write(expire, Instant::now() + PROPOSE_TIMEOUT).await {
+                    Ok(resp) => {
+                        if let CommandResult::Lease(LeaseResult::Revoked { deleted, .. }) = resp.result {
+                            proposer.metrics.lease_expiries.inc();
+                            tracing::debug!(lease = id, keys = deleted, "lease expired");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(lease = id, error = %e, "proposing a lease expiry failed; it is tried again")
+                    }
                 }
             });
         }

@@ -104,6 +104,11 @@ impl LeaseTable {
         self.lock().is_empty()
     }
 
+    /// How many leases there are.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The leases whose deadline has passed at `now` and whose expiry is not proposed yet (or was
     /// proposed long ago), with their epochs; marks them proposed.
     pub fn due(&self, now: Instant) -> Vec<(LeaseId, u64)> {
@@ -151,8 +156,10 @@ impl Observer for Observers {
     }
     fn leases_changed(&self, events: &[LeaseEvent]) {
         self.leases.changed(events);
+        self.metrics.leases.set(self.leases.len() as i64);
     }
     fn leases_reloaded(&self, leases: &[LeaseInfo]) {
         self.leases.reload(leases);
+        self.metrics.leases.set(self.leases.len() as i64);
     }
 }

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub watch_events: IntCounter,
     /// Watchers waiting for their client to read (see `service/watch.rs`).
     pub slow_watchers: IntGauge,
+    pub leases: IntGauge,
+    pub lease_expiries: IntCounter,
+    pub lease_renewals: IntCounter,
+    pub lease_keepalive_streams: IntGauge,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -121,6 +125,16 @@ impl Metrics {
             slow_watchers: gauge(
                 "slow_watchers",
                 "Watches waiting for their client to read; they read on from the history once it does.",
+            ),
+            leases: gauge("leases", "Leases in the store, as this member has applied them."),
+            lease_expiries: counter(
+                "lease_expiries_total",
+                "Leases this member expired as leader (their keys deleted through Raft).",
+            ),
+            lease_renewals: counter("lease_renewals_total", "Keep-alives this member answered."),
+            lease_keepalive_streams: gauge(
+                "lease_keepalive_streams",
+                "Lease keep-alive streams open on this member.",
             ),
             proposals_committed: counter("proposals_committed_total", "Writes proposed here and committed."),
             proposals_failed: counter("proposals_failed_total", "Writes proposed here that failed."),
@@ -329,6 +343,22 @@ where
                 .observe(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+/// A gauge raised for as long as this lives (an open stream, a watch).
+pub struct Gauge(IntGauge);
+
+impl Gauge {
+    pub fn up(g: &IntGauge) -> Gauge {
+        g.inc();
+        Gauge(g.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

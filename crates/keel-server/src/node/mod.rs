@@ -40,6 +40,8 @@ pub struct Node {
     pub inbox: keel_storage::SnapshotInbox,
     pub channels: Arc<PeerChannels>,
     pub limits: Limits,
+    /// Limits on leases and streams (see `config.rs`).
+    pub service_limits: crate::config::ServiceLimits,
     pub cluster: Arc<keel_datadir::identity::ClusterId>,
     /// This node's addresses as it publishes them in the membership.
     pub advertise: Member,
@@ -96,6 +98,7 @@ pub struct Parts {
     /// This node's addresses as it publishes them in the membership.
     pub advertise: Member,
     pub limits: Limits,
+    pub service_limits: crate::config::ServiceLimits,
     pub election_timeout_max: Duration,
     pub data_dir: std::path::PathBuf,
     pub batch: crate::config::BatchLimits,
@@ -117,6 +120,7 @@ impl Node {
             cluster,
             advertise,
             limits,
+            service_limits,
             election_timeout_max,
             data_dir,
             batch,
@@ -134,6 +138,7 @@ impl Node {
             inbox,
             channels,
             limits,
+            service_limits,
             cluster,
             advertise,
             election_timeout_max,

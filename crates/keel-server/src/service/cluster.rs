@@ -158,6 +158,7 @@ impl Cluster for ClusterService {
                 purged_index: m.purged.map_or(0, |l| l.index),
                 alarms: node.disk.alarm().into_iter().collect(),
                 watchers: node.metrics.watchers.get().max(0) as u64,
+                leases: node.leases.len() as u64,
             },
         ))
     }

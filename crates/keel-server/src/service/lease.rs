@@ -24,10 +24,14 @@ use tonic::{Status, Streaming};
 use super::kv::unexpected;
 use super::{deadline, deadline_in, fail, respond};
 use crate::error::NodeError;
+use crate::metrics::Gauge;
 use crate::node::Node;
 
 /// Keep-alive requests one stream may have waiting for their renewals.
 const KEEP_ALIVE_BUFFER: usize = 16;
+/// The longest TTL granted, in seconds (etcd's limit).
+pub const MAX_TTL_SECS: i64 = 9_000_000_000;
+
 /// How long one renewal may take (a stream carries no deadline of its own).
 const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,10 +84,24 @@ impl Lease for LeaseService {
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let req = req.into_inner();
-        if req.ttl <= 0 {
+        if req.ttl <= 0 || req.ttl > MAX_TTL_SECS {
             return Err(fail(
                 node,
-                NodeError::InvalidArgument(format!("lease TTL {} is not positive", req.ttl)),
+                NodeError::InvalidArgument(format!(
+                    "lease TTL {} is out of range (1 to {MAX_TTL_SECS} seconds)",
+                    req.ttl
+                )),
+            ));
+        }
+        // Counted as this member has applied them: each costs the leader a look every expiry
+        // tick, and every member a deadline.
+        let max = node.service_limits.max_leases;
+        if node.leases.len() >= max {
+            return Err(fail(
+                node,
+                NodeError::LimitReached(format!(
+                    "the cluster holds {max} leases, its limit (--max-leases); revoke some, or share one lease among keys"
+                )),
             ));
         }
         let ttl = req.ttl.max(min_ttl_secs(node));
@@ -146,13 +164,27 @@ impl Lease for LeaseService {
         &self,
         req: tonic::Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::KeepAliveStream>, Status> {
+        let max = self.node.service_limits.max_keepalive_streams;
+        if self.node.metrics.lease_keepalive_streams.get() >= max {
+            return Err(fail(
+                &self.node,
+                NodeError::LimitReached(format!(
+                    "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
+                    self.node.id
+                )),
+            ));
+        }
         let node = self.node.clone();
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
         let stopping = node.stopping.clone();
         // On the node's tracker, as every task is: it ends when the stream does, when shutdown
         // begins, or when the node stops.
+        // Counted from here, not from when the task first runs, so the limit holds for streams
+        // opened back to back.
+        let open = Gauge::up(&node.metrics.lease_keepalive_streams);
         self.node.spawn(async move {
+            let _open = open;
             loop {
                 let next = tokio::select! {
                     _ = stopping.cancelled() => break,
@@ -232,7 +264,10 @@ async fn renew(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         .await
         .map_err(|e| fail(node, e))?;
     let ttl = match resp.result {
-        CommandResult::Lease(LeaseResult::Renewed { ttl_ms, .. }) => (ttl_ms / 1000) as i64,
+        CommandResult::Lease(LeaseResult::Renewed { ttl_ms, .. }) => {
+            node.metrics.lease_renewals.inc();
+            (ttl_ms / 1000) as i64
+        }
         CommandResult::LeaseNotFound { .. } => 0,
         other => return Err(unexpected(node, &other)),
     };

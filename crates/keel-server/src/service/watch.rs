@@ -32,7 +32,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::fail;
 use crate::convert;
+use crate::error::NodeError;
+use crate::metrics::Gauge;
 use crate::node::Node;
 
 /// Responses a stream holds for a client that does not read; past them, watches wait.
@@ -56,9 +59,22 @@ impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let max = self.node.service_limits.max_watch_streams;
+        if self.node.metrics.watch_streams.get() >= max {
+            return Err(fail(
+                &self.node,
+                NodeError::LimitReached(format!(
+                    "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
+                    self.node.id
+                )),
+            ));
+        }
         let (tx, rx) = mpsc::channel(OUT_BUFFER);
         let node = self.node.clone();
-        self.node.spawn(serve_stream(node, req.into_inner(), tx));
+        // Counted from here, not from when its task first runs, so the limit holds for streams
+        // opened back to back.
+        let open = Gauge::up(&node.metrics.watch_streams);
+        self.node.spawn(serve_stream(node, req.into_inner(), tx, open));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -71,8 +87,7 @@ struct Handle {
 
 /// Serve one stream's requests until the client closes it or the node begins to shut down;
 /// every watch of the stream ends with it (through `stream`'s token).
-async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx: Out) {
-    let _open = Gauge::up(&node.metrics.watch_streams);
+async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx: Out, _open: Gauge) {
     let stream = node.stopping.child_token();
     let _stop_all = stream.clone().drop_guard();
     let mut watches: HashMap<i64, Handle> = HashMap::new();
@@ -349,22 +364,6 @@ fn ended(node: &Node, id: i64, compact_revision: u64, reason: &str) -> WatchResp
         compact_revision,
         cancel_reason: reason.to_string(),
         ..Default::default()
-    }
-}
-
-/// A gauge raised for as long as this lives.
-struct Gauge(prometheus::IntGauge);
-
-impl Gauge {
-    fn up(g: &prometheus::IntGauge) -> Gauge {
-        g.inc();
-        Gauge(g.clone())
-    }
-}
-
-impl Drop for Gauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
