@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let protos: Vec<PathBuf> = ["kv", "cluster", "maintenance", "watch", "lease", "raft"]
+    let protos: Vec<PathBuf> = ["kv", "cluster", "maintenance", "watch", "lease", "lock", "raft"]
         .iter()
         .map(|p| root.join(format!("keel/v1/{p}.proto")))
         .collect();

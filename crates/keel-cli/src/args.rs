@@ -67,6 +67,44 @@ pub enum Command {
     /// printed and read in hexadecimal, as etcdctl does.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Take the lock NAME (waiting for it), print its key and fencing token, and hold it while
+    /// COMMAND runs (its exit code is keelctl's) or, without COMMAND, until interrupted. The
+    /// lock is attached to a lease of --ttl seconds kept alive meanwhile; if the lease is lost,
+    /// COMMAND is killed and keelctl exits 1. COMMAND gets KEEL_LOCK_KEY and KEEL_LOCK_TOKEN.
+    Lock(LockArgs),
+    /// Campaign in election NAME with PROPOSAL, print each leader as it changes, and resign when
+    /// interrupted; with --listen, only print the leaders.
+    Elect(ElectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The lock's name (a key prefix).
+    pub name: String,
+    /// The lease's TTL in seconds: how long the lock outlives keelctl if it dies.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+    pub ttl: i64,
+    /// How long to wait for the lock (default: for ever).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+    /// The command to run while holding the lock.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The election's name (a key prefix).
+    pub name: String,
+    /// The value to lead with.
+    #[arg(required_unless_present = "listen")]
+    pub proposal: Option<String>,
+    /// Only print the leaders as they change.
+    #[arg(long, conflicts_with = "proposal")]
+    pub listen: bool,
+    /// The lease's TTL in seconds: how long leadership outlives keelctl if it dies.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+    pub ttl: i64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             print_stdout(&text);
             ExitCode::from(3)
         }
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Ok(Outcome::NotPromoted { output, message }) => {
             print_stdout(&output);
             let _ = writeln!(std::io::stderr(), "{}", message.replace('\n', " "));

@@ -89,7 +89,13 @@ has_header!(
     keel_proto::v1::LeaseRevokeResponse,
     keel_proto::v1::LeaseKeepAliveResponse,
     keel_proto::v1::LeaseTimeToLiveResponse,
-    keel_proto::v1::LeaseLeasesResponse
+    keel_proto::v1::LeaseLeasesResponse,
+    keel_proto::v1::LockResponse,
+    keel_proto::v1::UnlockResponse,
+    keel_proto::v1::CampaignResponse,
+    keel_proto::v1::ProclaimResponse,
+    keel_proto::v1::LeaderResponse,
+    keel_proto::v1::ResignResponse
 );
 
 impl Client {
@@ -399,9 +405,28 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        self.call_for(kind, self.inner.config.timeout, req, send).await
+    }
+
+    /// [`Client::call`] with a deadline of its own (a lock may be waited for longer than any
+    /// other request takes).
+    pub(crate) async fn call_for<Req, Resp, F, Fut>(
+        &self,
+        kind: Kind,
+        timeout: Duration,
+        req: Req,
+        send: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: HasHeader,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
         let inner = &*self.inner;
         let n = inner.targets.len();
-        let deadline = Instant::now() + inner.config.timeout;
+        let timeout = timeout.min(crate::config::MAX_TIMEOUT);
+        let deadline = Instant::now() + timeout;
         let mut backoff = Backoff::new(inner.config.backoff_initial, inner.config.backoff_max);
         let mut attempts = Attempts::new(n);
         let mut index = inner.preferred.load(Ordering::Relaxed) % n;
@@ -410,7 +435,7 @@ impl Client {
             if remaining.is_zero() {
                 return Err(attempts.give_up(kind));
             }
-            let attempt_timeout = attempt_timeout(kind, n, remaining, inner.config.timeout);
+            let attempt_timeout = attempt_timeout(kind, n, remaining, timeout);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(attempt_timeout);
             let target = &inner.targets[index];

@@ -40,6 +40,7 @@ mod config;
 mod endpoint;
 mod error;
 mod lease;
+mod lock;
 mod retry;
 mod watch;
 
@@ -51,4 +52,5 @@ pub use keel_proto::v1 as proto;
 /// The conditions an error can name beyond its code ([`Error::Session`], [`Error::Refused`]).
 pub use keel_proto::wire::Outcome;
 pub use lease::{KeepAlive, LeaseState};
+pub use lock::{fenced_put, Observe};
 pub use watch::{Watch, WatchBatch};

@@ -103,6 +103,9 @@ pub struct Settings {
     /// Watch streams this member serves at once (each carries up to 1024 watches).
     #[arg(long, env = "KEEL_MAX_WATCH_STREAMS", default_value_t = ServiceLimits::default().max_watch_streams)]
     pub max_watch_streams: i64,
+    /// Lockers and campaigners waiting on this member at once.
+    #[arg(long, env = "KEEL_MAX_LOCK_WAITERS", default_value_t = ServiceLimits::default().max_lock_waiters)]
+    pub max_lock_waiters: i64,
     /// Lease keep-alive streams this member serves at once (each can renew many leases).
     #[arg(long, env = "KEEL_MAX_KEEPALIVE_STREAMS", default_value_t = ServiceLimits::default().max_keepalive_streams)]
     pub max_keepalive_streams: i64,
@@ -216,6 +219,7 @@ pub struct ServiceLimits {
     pub max_leases: usize,
     pub max_watch_streams: i64,
     pub max_keepalive_streams: i64,
+    pub max_lock_waiters: i64,
 }
 
 impl Default for ServiceLimits {
@@ -224,6 +228,7 @@ impl Default for ServiceLimits {
             max_leases: 100_000,
             max_watch_streams: 10_000,
             max_keepalive_streams: 10_000,
+            max_lock_waiters: 10_000,
         }
     }
 }
@@ -373,6 +378,7 @@ impl Config {
                 max_leases: s.max_leases,
                 max_watch_streams: s.max_watch_streams,
                 max_keepalive_streams: s.max_keepalive_streams,
+                max_lock_waiters: s.max_lock_waiters,
             },
             backup,
             log_format,

@@ -259,6 +259,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
             .add_service(keel_proto::v1::lease_server::LeaseServer::new(
                 crate::service::lease::LeaseService { node: node.clone() },
             ))
+            .add_service(keel_proto::v1::lock_server::LockServer::new(
+                crate::service::lock::LockService { node: node.clone() },
+            ))
+            .add_service(keel_proto::v1::election_server::ElectionServer::new(
+                crate::service::election::ElectionService { node: node.clone() },
+            ))
             .add_service(
                 keel_proto::v1::watch_server::WatchServer::new(crate::service::watch::WatchService {
                     node: node.clone(),

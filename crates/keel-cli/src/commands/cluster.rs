@@ -90,6 +90,7 @@ pub async fn watch(client: &Client, format: Format, every: std::time::Duration) 
             Ok(Outcome::Done(text) | Outcome::CompareFailed(text) | Outcome::NotPromoted { output: text, .. }) => {
                 print!("{text}")
             }
+            Ok(Outcome::Exit(_)) => {}
             Err(e) => println!("{e:#}"),
         }
         if redraw {

@@ -3,6 +3,7 @@
 mod cluster;
 mod kv;
 mod lease;
+mod lock;
 mod membership;
 mod snapshot;
 mod watch;
@@ -24,6 +25,8 @@ pub enum Outcome {
     /// `member add` added the learner but did not promote it: exit 4. `output` (the membership)
     /// goes to stdout, `message` (one line saying so, and why) to stderr.
     NotPromoted { output: String, message: String },
+    /// `lock -- COMMAND` ran COMMAND: exit with its code.
+    Exit(u8),
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
@@ -55,6 +58,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Lease(LeaseCommand::KeepAlive { id, once }) => lease::keep_alive(&client, *id, *once, format).await,
         Command::Lease(LeaseCommand::Timetolive { id, keys }) => lease::time_to_live(&client, *id, *keys, format).await,
         Command::Lease(LeaseCommand::List) => lease::list(&client, format).await,
+        Command::Lock(args) => lock::lock(&client, args, format).await,
+        Command::Elect(args) => lock::elect(&client, args, format).await,
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),

@@ -72,6 +72,7 @@
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 
 use base64::Engine as _;
 use keel_client::proto::ResponseHeader;

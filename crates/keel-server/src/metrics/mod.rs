@@ -78,6 +78,7 @@ pub struct Metrics {
     pub lease_expiries: IntCounter,
     pub lease_renewals: IntCounter,
     pub lease_keepalive_streams: IntGauge,
+    pub lock_waiters: IntGauge,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -135,6 +136,10 @@ impl Metrics {
             lease_keepalive_streams: gauge(
                 "lease_keepalive_streams",
                 "Lease keep-alive streams open on this member.",
+            ),
+            lock_waiters: gauge(
+                "lock_waiters",
+                "Lock and Campaign calls waiting on this member for their turn.",
             ),
             proposals_committed: counter("proposals_committed_total", "Writes proposed here and committed."),
             proposals_failed: counter("proposals_failed_total", "Writes proposed here that failed."),

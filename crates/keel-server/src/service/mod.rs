@@ -1,10 +1,13 @@
-//! The client-facing gRPC services (KV, Cluster, Maintenance, Watch, Lease) and what they share: deadlines and leader
-//! hints.
+//! The client-facing gRPC services (KV, Cluster, Maintenance, Watch, Lease, Lock, Election) and what they
+//! share: deadlines and leader hints.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod queue;
 pub mod watch;
 
 use std::time::{Duration, Instant};
