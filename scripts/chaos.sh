@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Chaos soaks: a workload of puts, linearizable gets and compare-and-swaps under random faults,
-# checked for linearizability and lost writes. Each run starts its own cluster and prints the
+# checked for linearizability and lost writes, beside watchers, lock users (a fenced counter) and
+# lease holders, each checked as well. Each run starts its own cluster and prints the
 # seed, the fault timeline, the ok/failed/unknown counts and the verdict; several runs end with
 # a summary table.
 #

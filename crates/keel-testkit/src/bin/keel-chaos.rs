@@ -223,13 +223,13 @@ async fn main() -> ExitCode {
             }
         }
     }
-    println!("\n| run | seed | ops ok / failed / unknown | writes acked | after heal | recovery | linearizable | lost writes | replicas agree | watchers agree | verdict |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| run | seed | ops ok / failed / unknown | writes acked | after heal | recovery | linearizable | lost writes | replicas agree | watchers agree | locks: increments = counter, fenced off | leases kept / lost, expired | verdict |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_passed = true;
     for (i, (seed, report)) in summary.iter().enumerate() {
         let Some(r) = report else {
             all_passed = false;
-            println!("| {} | {seed} | - | - | - | - | - | - | - | - | ERROR |", i + 1);
+            println!("| {} | {seed} | - | - | - | - | - | - | - | - | - | - | ERROR |", i + 1);
             continue;
         };
         all_passed &= r.passed();
@@ -238,7 +238,7 @@ async fn main() -> ExitCode {
         let unknown = r.puts.unknown + r.gets.unknown + r.cases.unknown;
         let yes = |b: bool| if b { "yes" } else { "NO" };
         println!(
-            "| {} | {seed} | {ok} / {failed} / {unknown} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {seed} | {ok} / {failed} / {unknown} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             r.acknowledged_writes(),
             r.writes_after_heal,
@@ -251,6 +251,14 @@ async fn main() -> ExitCode {
             r.watches
                 .as_ref()
                 .map_or("NO".to_string(), |(n, moves)| format!("yes ({n}, {moves} moves)")),
+            r.coordination.as_ref().map_or("NO".to_string(), |c| format!(
+                "{} = {}, {}",
+                c.increments, c.counter, c.fenced_off
+            )),
+            r.coordination.as_ref().map_or("NO".to_string(), |c| format!(
+                "{} / {}, {} all",
+                c.leases_kept, c.leases_lost, c.abandoned
+            )),
             if r.passed() { "PASS" } else { "FAIL" },
         );
     }

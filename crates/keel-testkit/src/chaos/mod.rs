@@ -13,11 +13,16 @@
 //!    write, and that every replica holds the same data;
 //! 5. meanwhile one [`watchers`] task per member watched every key from revision 1, moving to
 //!    another member whenever its own went away: each must have seen the same changes, in order,
-//!    once each, ending in the final state.
+//!    once each, ending in the final state;
+//! 6. meanwhile [`coordination`] lock users increment a counter under a lock, fenced by their
+//!    token, and lease holders keep leases alive and then abandon them: the counter must equal
+//!    the acknowledged increments, no two holders may overlap, no lease may expire before its
+//!    keeper's deadline, and every abandoned lease must expire.
 //!
 //! The seed decides the faults and their timing and the clients' choices; the interleaving is up
 //! to the machine, so a seed reproduces the scenario, not the exact history.
 
+pub mod coordination;
 pub mod nemesis;
 pub mod resources;
 pub mod target;
@@ -111,6 +116,8 @@ pub struct Report {
     /// Every member's watcher saw the same changes, in order, once each, ending in the final
     /// state (Ok: how many changes, and how often the watches moved between members).
     pub watches: Result<(usize, u64), String>,
+    /// The lock users' and lease holders' checks.
+    pub coordination: Result<coordination::Summary, String>,
     pub check_time: Duration,
     /// Each member's memory and open files over the run.
     pub resources: Resources,
@@ -125,6 +132,7 @@ impl Report {
         self.linearizable.is_ok()
             && self.no_lost_writes.is_ok()
             && self.watches.is_ok()
+            && self.coordination.as_ref().is_ok_and(|c| c.increments > 0)
             && self.replicas_agree.is_ok()
             && self.recovery.is_ok()
             && self.puts.ok + self.cases.ok > 0
@@ -181,6 +189,21 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         watch_tasks.spawn(watchers::run(i, endpoints_rx.clone(), stop.clone(), stop_at.clone()));
     }
 
+    // Lock users and lease holders, through every fault.
+    let mut lock_users = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        lock_users.spawn(coordination::lock_user(endpoints_rx.clone(), stop.clone()));
+    }
+    let mut lease_holders = tokio::task::JoinSet::new();
+    for h in 0..2 {
+        lease_holders.spawn(coordination::lease_holder(
+            h,
+            config.seed,
+            endpoints_rx.clone(),
+            stop.clone(),
+        ));
+    }
+
     let mut nemesis = nemesis::Nemesis::new(config.seed, start, acked);
     let faults_end = start + config.duration.saturating_sub(config.settle);
     nemesis.run(target, &config.schedule, faults_end, &endpoints_tx).await;
@@ -198,6 +221,13 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
     stop.store(true, Ordering::Relaxed);
     // Each client finishes its operation in flight, bounded by the request deadline.
     while clients.join_next().await.is_some() {}
+    let (mut lock_logs, mut lease_logs) = (Vec::new(), Vec::new());
+    while let Some(log) = lock_users.join_next().await {
+        lock_logs.extend(log.ok());
+    }
+    while let Some(log) = lease_holders.join_next().await {
+        lease_logs.extend(log.ok());
+    }
     nemesis.log("workload stopped");
 
     let waited = Instant::now();
@@ -238,6 +268,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
             ..Default::default()
         }));
     }
+    let coordination = coordination::check(&lock_logs, &lease_logs, target.endpoints(), Duration::from_secs(30)).await;
     let watches = match (state, final_revision) {
         (Some(state), Ok(_)) => watchers::check(&logs, &state),
         (None, _) => Err("no final state".into()),
@@ -258,6 +289,7 @@ pub async fn run<T: Target>(target: &mut T, config: &Config) -> anyhow::Result<R
         no_lost_writes,
         replicas_agree,
         watches,
+        coordination,
         check_time: checked.elapsed(),
         resources: nemesis.resources,
         history,
@@ -359,6 +391,23 @@ impl fmt::Display for Report {
                  their watches moved between members {moves} times"
             )?,
             Err(e) => writeln!(f, "watchers: NO: {e}")?,
+        }
+        match &self.coordination {
+            Ok(c) => writeln!(
+                f,
+                "locks: {} acquisitions, {} fenced increments = counter {} ({} refused by the fence, {} unknown), \
+                 no overlap; leases: {} kept, {} lost, {} reads in time found every key, {} abandoned all expired",
+                c.acquisitions,
+                c.increments,
+                c.counter,
+                c.fenced_off,
+                c.unknown,
+                c.leases_kept,
+                c.leases_lost,
+                c.lease_checks,
+                c.abandoned
+            )?,
+            Err(e) => writeln!(f, "locks and leases: NO: {e}")?,
         }
         writeln!(f, "checked in {:.2} s", self.check_time.as_secs_f64())?;
         if !self.resources.samples.is_empty() {
