@@ -68,9 +68,17 @@ pub struct LeaseLog {
     pub abandoned: Vec<String>,
 }
 
-async fn connect(endpoints: &watch::Receiver<Vec<String>>) -> Option<Client> {
-    let list = endpoints.borrow().clone();
-    Client::connect(list, ClientConfig::with_timeout(TIMEOUT)).await.ok()
+/// A client of the current members: `client`, or a new one when membership changed them (a
+/// fault replaced a member). None, after a pause, if none can be made.
+async fn current(client: &mut Option<Client>, endpoints: &mut watch::Receiver<Vec<String>>) -> Option<Client> {
+    if client.is_none() || endpoints.has_changed().unwrap_or(false) {
+        let list = endpoints.borrow_and_update().clone();
+        *client = Client::connect(list, ClientConfig::with_timeout(TIMEOUT)).await.ok();
+    }
+    if client.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.clone()
 }
 
 fn revision(header: &Option<ResponseHeader>) -> u64 {
@@ -82,12 +90,7 @@ pub async fn lock_user(mut endpoints: watch::Receiver<Vec<String>>, stop: Arc<At
     let mut log = LockLog::default();
     let mut client = None;
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() || endpoints.has_changed().unwrap_or(false) {
-            endpoints.borrow_and_update();
-            client = connect(&endpoints).await;
-        }
-        let Some(c) = client.clone() else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(c) = current(&mut client, &mut endpoints).await else {
             continue;
         };
         if let Err(e) = one_increment(&c, &mut log).await {
@@ -145,12 +148,7 @@ pub async fn lease_holder(
     let mut client = None;
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() || endpoints.has_changed().unwrap_or(false) {
-            endpoints.borrow_and_update();
-            client = connect(&endpoints).await;
-        }
-        let Some(c) = client.clone() else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(c) = current(&mut client, &mut endpoints).await else {
             continue;
         };
         round += 1;
