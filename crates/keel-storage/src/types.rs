@@ -146,6 +146,9 @@ pub struct LeaseRef {
 pub struct LeaseCheckpoint {
     pub id: LeaseId,
     pub remaining_ms: u64,
+    /// The lease's epoch in the table the leader computed `remaining_ms` from: a renewal
+    /// applied since (a newer epoch) makes this point stale, and it is skipped.
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,6 +130,7 @@ impl LeaseTable {
             .iter()
             .map(|(id, d)| LeaseCheckpoint {
                 id: *id,
+                epoch: d.epoch,
                 remaining_ms: d.at.saturating_duration_since(now).as_millis() as u64,
             })
             .collect();

@@ -18,7 +18,10 @@
 //!   leader, which was after the client sent it. Every member applies that renewal after it was
 //!   proposed, so each member's deadline is at least "the client's send time + TTL". A leader that
 //!   decides an expiry on a stale table (it has not applied a renewal yet) names an old epoch,
-//!   and the expiry is ignored where it is applied: after the renewal, in log order.
+//!   and the expiry is ignored where it is applied: after the renewal, in log order. A checkpoint
+//!   names the epochs it was computed at in the same way, and a point older than the lease is
+//!   skipped: otherwise a checkpoint computed just before a renewal was applied would give the
+//!   renewed lease its old time left back (the chaos runs' lease holders caught that).
 //! - **Not extended by leader changes.** A new leader's deadlines come from the entries it
 //!   applied as a follower, not from the moment it was elected: a lease whose holder died expires
 //!   at its old deadline (plus the new leader's replication lag), or as soon as the new leader
@@ -187,7 +190,9 @@ impl Apply<'_> {
 
     pub(super) fn lease_checkpoint(&mut self, points: &[LeaseCheckpoint]) -> Result<CommandResult, MvccError> {
         for p in points {
-            if let Some(mut lease) = self.lease(p.id)? {
+            // A point computed before a renewal (or another checkpoint) was applied would give
+            // the lease back its old time left: skipped, as a stale expiry is.
+            if let Some(mut lease) = self.lease(p.id)?.filter(|l| l.epoch == p.epoch) {
                 lease.remaining_ms = p.remaining_ms.min(lease.ttl_ms);
                 lease.epoch += 1;
                 self.set_lease(p.id, Some(lease));
