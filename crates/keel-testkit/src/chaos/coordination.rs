@@ -9,9 +9,9 @@
 //! - in token order, each acknowledged increment wrote the value after the one before, and was
 //!   applied before the next holder took the lock (revisions): no two holders overlap.
 //!
-//! *Lease holders* put a key on a lease they keep alive, and read it back all the while: the key
-//! must never be gone while the keeper's deadline (send time of the last acknowledged keep-alive
-//! plus the TTL) is still ahead at the read's invocation. Then they abandon the lease; at the end
+//! *Lease holders* put a key on a lease they keep alive, and read it back all the while: a read
+//! answered before the keeper's deadline (send time of the last acknowledged keep-alive plus the
+//! TTL, as known when the read was invoked) must find the key. Then they abandon the lease; at the end
 //! every abandoned lease must have expired, its key with it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,7 @@ pub async fn lease_holder(
 ) -> LeaseLog {
     let mut rng = StdRng::seed_from_u64(seed ^ holder.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut log = LeaseLog::default();
+    let started = Instant::now();
     let mut client = None;
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -154,7 +155,7 @@ pub async fn lease_holder(
         round += 1;
         let key = format!("coord/lease/{holder}/{round}");
         let stint = Duration::from_millis(rng.random_range(2_000..6_000));
-        if let Err(e) = one_stint(&c, &key, stint, &stop, &mut log).await {
+        if let Err(e) = one_stint(&c, &key, stint, &stop, started, &mut log).await {
             tracing::debug!(error = %e, "lease holder: stint failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -162,7 +163,14 @@ pub async fn lease_holder(
     log
 }
 
-async fn one_stint(c: &Client, key: &str, stint: Duration, stop: &AtomicBool, log: &mut LeaseLog) -> Result<(), Error> {
+async fn one_stint(
+    c: &Client,
+    key: &str,
+    stint: Duration,
+    stop: &AtomicBool,
+    started: Instant,
+    log: &mut LeaseLog,
+) -> Result<(), Error> {
     let lease = c.lease_grant(TTL_SECS).await?.id;
     let put = keel_client::proto::PutRequest {
         key: key.as_bytes().to_vec(),
@@ -178,8 +186,9 @@ async fn one_stint(c: &Client, key: &str, stint: Duration, stop: &AtomicBool, lo
     let until = Instant::now() + stint;
     let mut lost = false;
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        // The deadline known before the read is invoked: the key must exist at any instant
-        // before it.
+        // The deadline known before the read is invoked. The read takes effect at some instant
+        // between its invocation and its answer, so only a read answered before the deadline
+        // must find the key (under faults a read may wait seconds for a leader).
         let deadline = match keeper.state() {
             LeaseState::Alive { deadline, .. } => Some(deadline),
             LeaseState::Starting => None,
@@ -191,12 +200,16 @@ async fn one_stint(c: &Client, key: &str, stint: Duration, stop: &AtomicBool, lo
         let invoked = Instant::now();
         match c.get(key).await {
             Ok(found) => {
-                if let Some(deadline) = deadline.filter(|d| invoked < *d) {
+                let answered = Instant::now();
+                if let Some(deadline) = deadline.filter(|d| answered < *d) {
                     log.checks += 1;
                     if found.is_none() {
                         log.early.push(format!(
-                            "{key}: gone at a read invoked {:?} before the keeper's deadline",
-                            deadline - invoked
+                            "{key} (lease {lease:x}): gone at a read invoked {:.2} s into the run and answered \
+                             {:?} later, {:?} before the keeper's deadline",
+                            (invoked - started).as_secs_f64(),
+                            answered - invoked,
+                            deadline - answered
                         ));
                     }
                 }
