@@ -203,42 +203,43 @@ impl Client {
 /// Renew every third of the TTL, over one stream at a time; move to the next member when the
 /// stream breaks or an acknowledgement is late; stop when the lease is gone or lost.
 async fn keep_alive_loop(client: Client, id: i64, state: watch::Sender<LeaseState>) {
-    let started = Instant::now();
-    // Before the first acknowledgement there is no deadline: give up after the client's timeout.
-    let mut deadline: Option<Instant> = None;
-    let mut ttl = Duration::ZERO;
-    let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
-    let mut attempt = 0usize;
-    let mut last_error = String::from("no member answered");
     if id <= 0 {
         let _ = state.send(LeaseState::Lost(format!("lease id {id} is out of range")));
         return;
     }
+    let keeper = Keeper {
+        give_up_unacked: Instant::now() + client.config().timeout,
+        client,
+        id,
+        state,
+    };
+    let fresh = || Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
+    let mut backoff = fresh();
+    let mut attempt = 0usize;
+    let mut last_error = String::from("no member answered");
     loop {
-        let give_up = deadline.unwrap_or(started + client.config().timeout);
-        if Instant::now() >= give_up {
-            let _ = state.send(LeaseState::Lost(format!(
+        if Instant::now() >= keeper.give_up() {
+            let _ = keeper.state.send(LeaseState::Lost(format!(
                 "no keep-alive of lease {id} was acknowledged in time ({last_error})"
             )));
             return;
         }
-        let channels = client.channels();
+        let channels = keeper.client.channels();
         let (endpoint, channel) = channels[attempt % channels.len()].clone();
         attempt += 1;
-        match Stream::open(channel, give_up).await {
+        match Stream::open(channel, keeper.give_up()).await {
             Ok(mut stream) => {
-                if let Err(e) = renew_on(&mut stream, id, &mut deadline, &mut ttl, started, &client, &state).await {
-                    match e {
-                        Ended::Gone => {
-                            let _ = state.send(LeaseState::Gone);
-                            return;
-                        }
-                        Ended::Failed(e) => last_error = format!("{endpoint}: {e}"),
+                let (acked, ended) = keeper.renew_on(&mut stream).await;
+                match ended {
+                    Ended::Gone => {
+                        let _ = keeper.state.send(LeaseState::Gone);
+                        return;
                     }
+                    Ended::Failed(e) => last_error = format!("{endpoint}: {e}"),
                 }
-                if deadline.is_some() {
+                if acked {
                     // It answered before it failed: the next member gets a fresh round.
-                    backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
+                    backoff = fresh();
                 }
             }
             Err(e) => last_error = format!("{endpoint}: {e}"),
@@ -246,8 +247,8 @@ async fn keep_alive_loop(client: Client, id: i64, state: watch::Sender<LeaseStat
         // A round of members tried with no success: pause before the next (a cluster without a
         // leader answers at once, and would be asked again at once).
         if attempt.is_multiple_of(channels.len()) {
-            let give_up = deadline.unwrap_or(started + client.config().timeout);
-            tokio::time::sleep(backoff.pause().min(give_up.saturating_duration_since(Instant::now()))).await;
+            let left = keeper.give_up().saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.pause().min(left)).await;
         }
     }
 }
@@ -258,35 +259,56 @@ enum Ended {
     Failed(String),
 }
 
-/// Renew over `stream` every third of the TTL until it fails or the lease is gone.
-async fn renew_on(
-    stream: &mut Stream,
+/// One lease's keeper: what it reports is also what it goes by (the TTL, the deadline).
+struct Keeper {
+    client: Client,
     id: i64,
-    deadline: &mut Option<Instant>,
-    ttl: &mut Duration,
-    started: Instant,
-    client: &Client,
-    state: &watch::Sender<LeaseState>,
-) -> Result<(), Ended> {
-    loop {
-        let sent = Instant::now();
-        let give_up = deadline.unwrap_or(started + client.config().timeout);
-        // A late acknowledgement is as good as none: try elsewhere while the lease still
-        // lives, rather than wait out a member that is paused or cut off.
-        let patience = (*ttl / 3).max(Duration::from_secs(1));
-        let wait_until = (sent + patience).min(give_up);
-        let resp = stream.renew(id, wait_until).await.map_err(Ended::Failed)?;
-        if resp.ttl <= 0 {
-            return Err(Ended::Gone);
+    state: watch::Sender<LeaseState>,
+    /// Before the first acknowledgement there is no deadline: give up after the client's timeout.
+    give_up_unacked: Instant,
+}
+
+impl Keeper {
+    /// When to count the lease lost: its deadline, once one is known.
+    fn give_up(&self) -> Instant {
+        match *self.state.borrow() {
+            LeaseState::Alive { deadline, .. } => deadline,
+            _ => self.give_up_unacked,
         }
-        *ttl = Duration::from_secs(resp.ttl as u64);
-        let until = sent + *ttl;
-        *deadline = Some(until);
-        let _ = state.send(LeaseState::Alive {
-            ttl: *ttl,
-            deadline: until,
-        });
-        tokio::time::sleep_until(sent + *ttl / 3).await;
+    }
+
+    fn ttl(&self) -> Duration {
+        match *self.state.borrow() {
+            LeaseState::Alive { ttl, .. } => ttl,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Renew over `stream` every third of the TTL until it fails or the lease is gone; says
+    /// whether the stream acknowledged anything, and why it stopped.
+    async fn renew_on(&self, stream: &mut Stream) -> (bool, Ended) {
+        let mut acked = false;
+        loop {
+            let sent = Instant::now();
+            // A late acknowledgement is as good as none: try elsewhere while the lease still
+            // lives, rather than wait out a member that is paused or cut off.
+            let patience = (self.ttl() / 3).max(Duration::from_secs(1));
+            let resp = match stream.renew(self.id, (sent + patience).min(self.give_up())).await {
+                Ok(resp) => resp,
+                Err(e) => return (acked, Ended::Failed(e)),
+            };
+            if resp.ttl <= 0 {
+                return (acked, Ended::Gone);
+            }
+            acked = true;
+            let ttl = Duration::from_secs(resp.ttl as u64);
+            // Kept even with no one watching: the keeper goes by it.
+            self.state.send_replace(LeaseState::Alive {
+                ttl,
+                deadline: sent + ttl,
+            });
+            tokio::time::sleep_until(sent + ttl / 3).await;
+        }
     }
 }
 

@@ -359,6 +359,13 @@ impl Gauge {
         g.inc();
         Gauge(g.clone())
     }
+
+    /// [`Gauge::up`], unless the gauge stands at `max` already (a limit on streams or waiters).
+    /// Taken in the request's handler, not in the task that serves it, so the limit holds for
+    /// requests that arrive back to back.
+    pub fn up_within(g: &IntGauge, max: i64) -> Option<Gauge> {
+        (g.get() < max).then(|| Gauge::up(g))
+    }
 }
 
 impl Drop for Gauge {

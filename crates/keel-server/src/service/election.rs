@@ -136,9 +136,7 @@ impl Election for ElectionService {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BUFFER);
         let stopping = node.stopping.clone();
-        let task_node = node.clone();
-        node.spawn(async move {
-            let node = task_node;
+        self.node.spawn(async move {
             let mut revisions = node.reader.revisions();
             // (key, mod revision) of the leader last sent: a new leader or a proclamation.
             let mut sent: Option<(Vec<u8>, u64)> = None;

@@ -47,19 +47,24 @@ pub fn scan_slots() -> usize {
 
 static SCAN_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(scan_slots()));
 
+/// What a failed read of the local state machine means for the client, and for the member.
+pub(crate) fn read_failed(node: &Node, e: keel_storage::ReadError) -> NodeError {
+    if let keel_storage::ReadError::Storage(e) = &e {
+        // The disk failed a read (or returned what its checksums reject): stop rather than serve
+        // from a store that may be missing data. The cluster carries on.
+        node.fail(format!("reading the store in {} failed: {e}", node.db_path().display()));
+    }
+    NodeError::Unavailable(format!("read failed on member {}: {e}", node.id))
+}
+
 /// Read `op` from the local state machine. A one-key read is one lookup and runs here; any
 /// other waits (until `deadline`) for one of the [`scan_slots`] and runs on a blocking thread,
 /// which keeps the slot until the read is done, even when the client has gone.
 async fn read_range(node: &Node, op: RangeOp, deadline: Instant) -> Result<(RangeResult, u64), NodeError> {
     let read = |node: &Node, op: &RangeOp| {
-        node.reader.range_bounded(op, MAX_RANGE_RESPONSE_BYTES).map_err(|e| {
-            if let keel_storage::ReadError::Storage(e) = &e {
-                // The disk failed a read (or returned what its checksums reject): stop rather
-                // than serve from a store that may be missing data. The cluster carries on.
-                node.fail(format!("reading the store in {} failed: {e}", node.db_path().display()));
-            }
-            NodeError::Unavailable(format!("read failed on member {}: {e}", node.id))
-        })
+        node.reader
+            .range_bounded(op, MAX_RANGE_RESPONSE_BYTES)
+            .map_err(|e| read_failed(node, e))
     };
     if matches!(op.range, KeyRange::Key(_)) {
         return read(node, &op);

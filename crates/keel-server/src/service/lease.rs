@@ -165,24 +165,21 @@ impl Lease for LeaseService {
         req: tonic::Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::KeepAliveStream>, Status> {
         let max = self.node.service_limits.max_keepalive_streams;
-        if self.node.metrics.lease_keepalive_streams.get() >= max {
-            return Err(fail(
+        let open = Gauge::up_within(&self.node.metrics.lease_keepalive_streams, max).ok_or_else(|| {
+            fail(
                 &self.node,
                 NodeError::LimitReached(format!(
                     "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
                     self.node.id
                 )),
-            ));
-        }
+            )
+        })?;
         let node = self.node.clone();
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
         let stopping = node.stopping.clone();
         // On the node's tracker, as every task is: it ends when the stream does, when shutdown
         // begins, or when the node stops.
-        // Counted from here, not from when the task first runs, so the limit holds for streams
-        // opened back to back.
-        let open = Gauge::up(&node.metrics.lease_keepalive_streams);
         self.node.spawn(async move {
             let _open = open;
             loop {

@@ -21,13 +21,12 @@ pub struct LockService {
 /// `--max-lock-waiters` already.
 pub fn waiter(node: &Node) -> Result<Gauge, NodeError> {
     let max = node.service_limits.max_lock_waiters;
-    if node.metrics.lock_waiters.get() >= max {
-        return Err(NodeError::LimitReached(format!(
+    Gauge::up_within(&node.metrics.lock_waiters, max).ok_or_else(|| {
+        NodeError::LimitReached(format!(
             "member {} has {max} lockers and campaigners waiting already (--max-lock-waiters); try another member or later",
             node.id
-        )));
-    }
-    Ok(Gauge::up(&node.metrics.lock_waiters))
+        ))
+    })
 }
 
 #[tonic::async_trait]

@@ -25,6 +25,7 @@ use keel_storage::{
 };
 use tonic::metadata::MetadataMap;
 
+use super::kv::read_failed;
 use crate::error::NodeError;
 use crate::node::Node;
 
@@ -204,10 +205,7 @@ pub fn members(node: &Node, name: &[u8]) -> Result<(Vec<KeyValue>, u64), NodeErr
         keys_only: true,
         ..RangeOp::new(KeyRange::Prefix(prefix_of(name)))
     };
-    let (result, revision) = node
-        .reader
-        .range(&op)
-        .map_err(|e| NodeError::Unavailable(format!("read failed on member {}: {e}", node.id)))?;
+    let (result, revision) = node.reader.range(&op).map_err(|e| read_failed(node, e))?;
     let mut kvs = result.kvs;
     kvs.sort_by_key(|kv| kv.create_revision);
     Ok((kvs, revision))
@@ -219,18 +217,12 @@ pub fn first(node: &Node, name: &[u8]) -> Result<(Option<KeyValue>, u64), NodeEr
     let Some(first) = kvs.into_iter().next() else {
         return Ok((None, revision));
     };
-    let (kv, revision) = node
-        .reader
-        .get(&first.key)
-        .map_err(|e| NodeError::Unavailable(format!("read failed on member {}: {e}", node.id)))?;
+    let (kv, revision) = node.reader.get(&first.key).map_err(|e| read_failed(node, e))?;
     Ok((kv, revision))
 }
 
 fn get(node: &Node, key: &[u8]) -> Result<Option<KeyValue>, NodeError> {
-    node.reader
-        .get(key)
-        .map(|(kv, _)| kv)
-        .map_err(|e| NodeError::Unavailable(format!("read failed on member {}: {e}", node.id)))
+    node.reader.get(key).map(|(kv, _)| kv).map_err(|e| read_failed(node, e))
 }
 
 /// Wait until `place` is first in queue `name`; returns the revision at which it is. Fails if

@@ -60,20 +60,17 @@ impl Watch for WatchService {
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let max = self.node.service_limits.max_watch_streams;
-        if self.node.metrics.watch_streams.get() >= max {
-            return Err(fail(
+        let open = Gauge::up_within(&self.node.metrics.watch_streams, max).ok_or_else(|| {
+            fail(
                 &self.node,
                 NodeError::LimitReached(format!(
                     "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
                     self.node.id
                 )),
-            ));
-        }
+            )
+        })?;
         let (tx, rx) = mpsc::channel(OUT_BUFFER);
         let node = self.node.clone();
-        // Counted from here, not from when its task first runs, so the limit holds for streams
-        // opened back to back.
-        let open = Gauge::up(&node.metrics.watch_streams);
         self.node.spawn(serve_stream(node, req.into_inner(), tx, open));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
