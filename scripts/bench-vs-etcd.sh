@@ -4,12 +4,23 @@
 # directories, one after the other (never at the same time). 8-byte keys, 256-byte values.
 #
 #   scripts/bench-vs-etcd.sh           put C=1,64,256; linearizable and serializable get C=1,64;
-#                                      failover x5; 10 s per point, 3 repetitions (about 12 min)
-#   scripts/bench-vs-etcd.sh --quick   put C=1 and C=256, linearizable get C=64, failover x3;
-#                                      4 s per point, 3 repetitions (about 3 min)
+#                                      lease churn C=1,64; lock hand-off C=16; watch fan-out
+#                                      (1,000 watchers, 1,000 puts/s); failover x5; 10 s per
+#                                      point, 3 repetitions (about 20 min)
+#   scripts/bench-vs-etcd.sh --quick   put C=1 and C=256, linearizable get C=64, lease churn C=64,
+#                                      lock C=16, watch fan-out, failover x3; 4 s per point, 3
+#                                      repetitions (about 6 min)
+#   scripts/bench-vs-etcd.sh --coord   only lease churn C=1,64, lock C=2,16 and watch fan-out;
+#                                      10 s per point, 3 repetitions (about 8 min)
 #   KEEL_NODE_BIN_DIR=DIR ...          run the keel members from DIR (keel, keelctl of another build)
 #
-# Prints one table (medians of the repetitions, keel/etcd ratios) and, as its last line, one
+# Lease churn: grant a lease, put a key with it, revoke it (one op = the three calls). Lock
+# hand-off: all clients lock one lock, each with its own lease, and unlock at once (one op = the
+# wait plus the unlock). Watch fan-out: 1,000 watchers of one prefix on a follower, while puts
+# under the prefix arrive at 1,000/s; delivery latency from each put's send to each event's
+# arrival, events/s over all watchers, and the serving member's RSS.
+#
+# Prints the tables (medians of the repetitions, keel/etcd ratios) and, as its last line, one
 # JSON object (keel_put_c1, etcd_put_c1, keel_put_c256, ..., keel_failover_ms_median, ...).
 # Installs etcd-server, protobuf-compiler and libprotobuf-dev from apt if missing (root).
 # Everything it starts runs under one work directory and is stopped on exit.
@@ -17,15 +28,25 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
-if [ $quick = 1 ]; then
-  secs=4 reps=3 rounds=3
-  matrix=("put 1" "put 256" "get 64")
-else
-  secs=10 reps=3 rounds=5
-  matrix=("put 1" "put 64" "put 256" "get 1" "get 64" "sget 1" "sget 64")
-fi
+mode=full
+case "${1:-}" in
+  --quick) mode=quick ;;
+  --coord) mode=coord ;;
+  "") ;;
+  *) echo "usage: $0 [--quick|--coord]" >&2; exit 2 ;;
+esac
+case $mode in
+  quick)
+    secs=4 reps=3 rounds=3
+    matrix=("put 1" "put 256" "get 64" "lease 64" "lock 16" "watch 1000") ;;
+  coord)
+    secs=10 reps=3 rounds=0
+    matrix=("lease 1" "lease 64" "lock 2" "lock 16" "watch 1000") ;;
+  full)
+    secs=10 reps=3 rounds=5
+    matrix=("put 1" "put 64" "put 256" "get 1" "get 64" "sget 1" "sget 64" "lease 1" "lease 64" "lock 16"
+      "watch 1000") ;;
+esac
 
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
@@ -73,21 +94,31 @@ EOS
 chmod +x "$work/start-etcd.sh"
 
 results="$work/results.jsonl"
-# bench SYSTEM ENDPOINTS WORKLOAD CLIENTS: one point, $reps times.
+# pids SYSTEM: the members' process ids, in the order of the endpoints (for the watch's RSS).
+pids() {
+  case $1 in
+    keel) cat "$work"/keel/node{1,2,3}.pid | paste -sd, ;;
+    etcd) cat "$work"/etcd{1,2,3}.pid | paste -sd, ;;
+  esac
+}
+# bench SYSTEM ENDPOINTS WORKLOAD CLIENTS: one point, $reps times (CLIENTS: watchers, for watch).
 bench() {
   local system=$1 endpoints=$2 workload=$3 clients=$4 args=()
   case $workload in
-    put) args=(put) ;;
-    get) args=(get --keys 10000) ;;
-    sget) args=(get --keys 10000 --serializable) ;;
+    put) args=(put --clients "$clients") ;;
+    get) args=(get --keys 10000 --clients "$clients") ;;
+    sget) args=(get --keys 10000 --serializable --clients "$clients") ;;
+    lease) args=(lease --clients "$clients") ;;
+    lock) args=(lock --clients "$clients") ;;
+    watch) args=(watch --watchers "$clients" --rate 1000 --pids "$(pids "$system")") ;;
   esac
-  if [ "$workload" != put ] && [ ! -f "$work/$system.preloaded" ]; then
+  if [[ $workload == *get ]] && [ ! -f "$work/$system.preloaded" ]; then
     "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 --clients 64 --ops 10000 \
       --duration 60s >/dev/null
     touch "$work/$system.preloaded"
   fi
   for r in $(seq "$reps"); do
-    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" --clients "$clients" \
+    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" \
       --duration "${secs}s" | tee -a /dev/stderr | tail -n 1 |
       sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
   done
@@ -96,9 +127,11 @@ bench() {
 echo "== keel" >&2
 KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh up >&2
 for point in "${matrix[@]}"; do bench keel "$keel_endpoints" $point; done
-"$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
-  --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
-  tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+if [ "$rounds" -gt 0 ]; then
+  "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
+    --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
+    tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+fi
 KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >&2
 
 echo "== etcd $(etcd --version | head -n 1)" >&2
@@ -109,39 +142,67 @@ until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 
   sleep 0.3
 done
 for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
-"$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" failover --rounds "$rounds" \
-  --restart-cmd "$work/start-etcd.sh {id}" |
-  tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+if [ "$rounds" -gt 0 ]; then
+  "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" failover --rounds "$rounds" \
+    --restart-cmd "$work/start-etcd.sh {id}" |
+    tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+fi
 
 python3 - "$results" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(system, point, field):
-    v = [r[field] for r in rows if r["system"] == system and r["point"] == point]
+    v = [r[field] for r in rows if r["system"] == system and r["point"] == point and r.get(field) is not None]
     return statistics.median(v) if v else None
 points = []
 for r in rows:
-    if r["point"] != "failover" and r["point"] not in points:
+    if r["point"] != "failover" and not r["point"].startswith("watch") and r["point"] not in points:
         points.append(r["point"])
-names = {"put": "put", "get": "get linearizable", "sget": "get serializable"}
+names = {"put": "put", "get": "get linearizable", "sget": "get serializable",
+         "lease": "lease churn (grant+put+revoke)", "lock": "lock hand-off (lock+unlock)"}
+f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
 print("| workload | clients | keel ops/s | keel p50 ms | keel p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | keel/etcd |")
 print("|---|---|---|---|---|---|---|---|---|")
 for p in points:
     w, c = p.rsplit("-c", 1)
     k, e = med("keel", p, "ops_per_sec"), med("etcd", p, "ops_per_sec")
-    f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
     ratio = f"{k / e:.2f}x" if k and e else "-"
     print(f"| {names.get(w, w)} | {c} | {f(k)} | {f(med('keel', p, 'p50_ms'), 2)} | {f(med('keel', p, 'p99_ms'), 2)} "
           f"| {f(e)} | {f(med('etcd', p, 'p50_ms'), 2)} | {f(med('etcd', p, 'p99_ms'), 2)} | {ratio} |")
 kf, ef = med("keel", "failover", "median_ms"), med("etcd", "failover", "median_ms")
-print(f"| failover (kill -9 leader → first write) | - | {kf:.0f} ms median | | | {ef:.0f} ms median | | | {ef / kf:.2f}x faster |" if kf and ef else "| failover | - | - | | | - | | | - |")
+if kf or ef:
+    print(f"| failover (kill -9 leader → first write) | - | {kf:.0f} ms median | | | {ef:.0f} ms median | | | {ef / kf:.2f}x faster |" if kf and ef else "| failover | - | - | | | - | | | - |")
+for p in sorted({r["point"] for r in rows if r["point"].startswith("watch")}):
+    watchers = p.rsplit("-c", 1)[1]
+    print()
+    print(f"Watch fan-out: {watchers} watchers of one prefix on a follower, puts under it at 1,000/s "
+          "(medians of the repetitions; lower is better except events/s)")
+    print()
+    print("| measure | keel | etcd | keel/etcd |")
+    print("|---|---|---|---|")
+    for field, label, d in [("p50_ms", "delivery latency p50, ms", 2), ("p99_ms", "delivery latency p99, ms", 2),
+                            ("events_per_sec", "events delivered per second", 0), ("puts_per_sec", "puts per second achieved", 0),
+                            ("missing", "events missing", 0), ("setup_seconds", "time to create the watchers, s", 2),
+                            ("rss_mib_before", "serving member RSS before the watchers, MiB", 1),
+                            ("rss_mib_watching", "serving member RSS with the watchers, MiB", 1),
+                            ("rss_mib_peak", "serving member RSS peak under the load, MiB", 1)]:
+        k, e = med("keel", p, field), med("etcd", p, field)
+        ratio = f"{k / e:.2f}x" if k and e else "-"
+        print(f"| {label} | {f(k, d)} | {f(e, d)} | {ratio} |")
 summary = {}
-for p, key in [("put-c1", "put_c1"), ("put-c64", "put_c64"), ("put-c256", "put_c256"), ("get-c64", "lin_get_c64"),
-               ("get-c1", "lin_get_c1"), ("sget-c64", "ser_get_c64"), ("sget-c1", "ser_get_c1")]:
+for p in points:
+    w, c = p.rsplit("-c", 1)
+    key = {"get": "lin_get", "sget": "ser_get"}.get(w, w) + "_c" + c
     for s in ("keel", "etcd"):
         v = med(s, p, "ops_per_sec")
         if v is not None:
             summary[f"{s}_{key}"] = round(v)
+for p in {r["point"] for r in rows if r["point"].startswith("watch")}:
+    for s in ("keel", "etcd"):
+        for field in ("p50_ms", "p99_ms", "events_per_sec", "rss_mib_peak"):
+            v = med(s, p, field)
+            if v is not None:
+                summary[f"{s}_{p.replace('-', '_')}_{field}"] = v
 summary["keel_failover_ms_median"] = kf
 summary["etcd_failover_ms_median"] = ef
 print(json.dumps(summary))

@@ -30,6 +30,14 @@ pub enum Workload {
         serializable: bool,
     },
     Txn,
+    /// Lease churn: grant a lease, put a key attached to it, revoke it (which deletes the key);
+    /// one operation is the three calls.
+    LeaseChurn,
+    /// Lock hand-off: every client locks the same lock with its own lease, then unlocks it at
+    /// once; one operation is the wait for the lock plus the unlock.
+    Lock {
+        name: Vec<u8>,
+    },
     /// Puts of every key of the key space, each exactly once, in order (for `--preload`).
     Fill,
 }
@@ -76,6 +84,18 @@ pub async fn run(target: &Target, shape: &Shape, progress: impl Fn(u64) + Send +
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let (mut errors, mut first_error) = (0u64, None);
             let value = vec![b'v'; shape.value_size];
+            // A lock's owner is a lease, one per client, held for the whole run (its TTL
+            // outlasts the run, so no keep-alive is needed) and revoked at the end.
+            let lease = match &shape.workload {
+                Workload::Lock { .. } => {
+                    let ttl = shape.duration.as_secs() as i64 + 60;
+                    match target.lease_grant(c, ttl).await {
+                        Ok(id) => Some(id),
+                        Err(e) => return (hist, 1, Some(format!("lease grant: {e:#}"))),
+                    }
+                }
+                _ => None,
+            };
             loop {
                 let n = done.fetch_add(1, Ordering::Relaxed);
                 if Instant::now() >= deadline || n >= shape.max_ops {
@@ -104,6 +124,8 @@ pub async fn run(target: &Target, shape: &Shape, progress: impl Fn(u64) + Send +
                         }
                     }
                     Workload::Txn => target.txn(c, k, value.clone()).await,
+                    Workload::LeaseChurn => target.lease_cycle(c, k, value.clone()).await,
+                    Workload::Lock { name } => target.lock_cycle(c, name, lease.unwrap_or_default()).await,
                 };
                 match result {
                     Ok(()) => {
@@ -114,6 +136,9 @@ pub async fn run(target: &Target, shape: &Shape, progress: impl Fn(u64) + Send +
                         first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
+            }
+            if let Some(id) = lease {
+                let _ = target.lease_revoke(c, id).await;
             }
             (hist, errors, first_error)
         }));

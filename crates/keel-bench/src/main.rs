@@ -7,11 +7,16 @@
 //!   keel-bench get --prefix '' --limit 1          (range reads; --all-pages: read whole ranges)
 //!   keel-bench mixed --read-percent 90 --clients 64
 //!   keel-bench txn --clients 16
+//!   keel-bench lease --clients 64                  (grant + put with the lease + revoke)
+//!   keel-bench lock --clients 8                    (lock hand-off: lock + unlock, one lock)
+//!   keel-bench watch --watchers 1000 --rate 1000 --pids P1,P2,P3   (watch fan-out)
 //!   keel-bench --system etcd --endpoints 127.0.0.1:2379,... put --clients 256
 //!   keel-bench failover --rounds 5 --restart-cmd 'scripts/cluster.sh start {id}'
 //!   keel-bench transfer --rounds 10 --clients 16   (leader transfers under writes; keel only)
 
+mod coord;
 mod failover;
+mod fanout;
 mod load;
 mod stats;
 mod target;
@@ -21,6 +26,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -61,6 +67,13 @@ enum Cmd {
     Mixed(LoadArgs),
     /// Transactions: compare version, put.
     Txn(LoadArgs),
+    /// Lease churn: grant a lease, put a key attached to it, revoke it.
+    Lease(LoadArgs),
+    /// Lock hand-off: all clients lock one lock (each with its own lease) and unlock it at once.
+    Lock(LoadArgs),
+    /// Watch fan-out: watchers on one prefix of one member while puts under it arrive at a
+    /// fixed rate; delivery latency, events/s, the member's RSS.
+    Watch(WatchArgs),
     /// Kill the leader, time the first successful write; N rounds.
     Failover(FailoverArgs),
     /// Hand leadership to the next voter under a write load, N rounds: the longest write gap
@@ -118,6 +131,33 @@ struct LoadArgs {
 }
 
 #[derive(Args, Debug)]
+struct WatchArgs {
+    /// Watchers, each with its own watch stream.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    watchers: u32,
+    /// Connections the watchers share.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    conns: u32,
+    /// Puts per second under the prefix.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rate: u64,
+    /// How long to write.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Bytes per value (at least 8: the send time).
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    #[arg(long, default_value = "bench-watch/")]
+    prefix: String,
+    /// The member that serves the watchers (default: the first follower).
+    #[arg(long)]
+    serving: Option<String>,
+    /// The members' process ids, in the order of --endpoints, to read the serving member's RSS.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+}
+
+#[derive(Args, Debug)]
 struct FailoverArgs {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -148,6 +188,8 @@ fn name(cmd: &Cmd, a: &LoadArgs) -> &'static str {
         (Cmd::Get(_), false) => "get-linearizable",
         (Cmd::Get(_), true) => "get-serializable",
         (Cmd::Mixed(_), _) => "mixed",
+        (Cmd::Lease(_), _) => "lease-churn",
+        (Cmd::Lock(_), _) => "lock",
         _ => "txn",
     }
 }
@@ -173,6 +215,10 @@ async fn load(cli: &Cli, a: &LoadArgs) -> anyhow::Result<()> {
         Cmd::Mixed(_) => Workload::Mixed {
             read_percent: a.read_percent.min(100),
             serializable: a.serializable,
+        },
+        Cmd::Lease(_) => Workload::LeaseChurn,
+        Cmd::Lock(_) => Workload::Lock {
+            name: b"bench-lock".to_vec(),
         },
         _ => Workload::Txn,
     };
@@ -288,6 +334,84 @@ async fn raft_state(cli: &Cli) -> Option<RaftState> {
     })
 }
 
+async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    if !a.pids.is_empty() && a.pids.len() != cli.endpoints.len() {
+        anyhow::bail!(
+            "--pids: {} given for {} endpoints (one per endpoint, in their order)",
+            a.pids.len(),
+            cli.endpoints.len()
+        );
+    }
+    let serving = match &a.serving {
+        Some(e) => cli
+            .endpoints
+            .iter()
+            .position(|x| x == e)
+            .with_context(|| format!("--serving {e} is not one of --endpoints"))?,
+        None => fanout::first_follower(&cli.system, &cli.endpoints).await?,
+    };
+    let f = fanout::FanOut {
+        system: cli.system.clone(),
+        endpoints: cli.endpoints.clone(),
+        serving: cli.endpoints[serving].clone(),
+        pid: a.pids.get(serving).copied(),
+        watchers: a.watchers as usize,
+        conns: a.conns as usize,
+        rate: a.rate,
+        duration: a.duration,
+        value_size: a.value_size,
+        prefix: a.prefix.clone().into_bytes(),
+    };
+    let out = fanout::run(&f).await?;
+    let h = &out.latency_us;
+    let ms = |q: f64| (h.value_at_quantile(q) as f64 / 10.0).round() / 100.0;
+    let put_rate = out.puts as f64 / out.put_seconds.max(1e-9);
+    let events_rate = out.delivered as f64 / out.delivery_seconds.max(1e-9);
+    let mib = |kib: u64| round1(kib as f64 / 1024.0);
+    println!(
+        "{} watch fan-out: {} watchers on {} (created in {:.1} s), {} puts at {put_rate:.0}/s ({} failed); {} events at {events_rate:.0}/s, {} missing; delivery ms p50 {:.2} p99 {:.2} max {:.2}{}",
+        cli.system,
+        a.watchers,
+        f.serving,
+        out.setup_seconds,
+        out.puts,
+        out.put_errors,
+        out.delivered,
+        out.missing,
+        ms(0.5),
+        ms(0.99),
+        h.max() as f64 / 1000.0,
+        match out.rss {
+            Some(r) => format!(
+                "; RSS MiB {} before, {} watching, {} peak",
+                mib(r.before),
+                mib(r.watching),
+                mib(r.peak)
+            ),
+            None => String::new(),
+        }
+    );
+    if let Some(e) = &out.first_error {
+        println!("first error: {e}");
+    }
+    println!(
+        "{}",
+        json!({
+            "system": cli.system, "workload": "watch", "watchers": a.watchers, "serving": f.serving,
+            "rate": a.rate, "puts": out.puts, "put_errors": out.put_errors, "puts_per_sec": put_rate,
+            "events": out.delivered, "events_per_sec": events_rate, "missing": out.missing,
+            "setup_seconds": out.setup_seconds, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+            "max_ms": h.max() as f64 / 1000.0,
+            "rss_mib_before": out.rss.map(|r| mib(r.before)), "rss_mib_watching": out.rss.map(|r| mib(r.watching)),
+            "rss_mib_peak": out.rss.map(|r| mib(r.peak)),
+        })
+    );
+    if out.missing > 0 {
+        anyhow::bail!("{} acknowledged events never reached their watchers", out.missing);
+    }
+    Ok(())
+}
+
 async fn failover(cli: &Cli, a: &FailoverArgs) -> anyhow::Result<()> {
     let f = failover::Failover {
         system: cli.system.clone(),
@@ -385,7 +509,8 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Cmd::Failover(a) => failover(&cli, a).await,
         Cmd::Transfer(a) => transfer(&cli, a).await,
-        Cmd::Put(a) | Cmd::Get(a) | Cmd::Mixed(a) | Cmd::Txn(a) => load(&cli, a).await,
+        Cmd::Watch(a) => watch(&cli, a).await,
+        Cmd::Put(a) | Cmd::Get(a) | Cmd::Mixed(a) | Cmd::Txn(a) | Cmd::Lease(a) | Cmd::Lock(a) => load(&cli, a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

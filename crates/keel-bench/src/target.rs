@@ -59,6 +59,20 @@ pub fn keel_channel(addr: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
+/// A put without a client session (as etcd's have none), attached to `lease` unless it is 0.
+pub async fn keel_put(ch: Channel, key: Vec<u8>, value: Vec<u8>, lease: i64) -> anyhow::Result<()> {
+    KvClient::new(ch)
+        .put(PutRequest {
+            key,
+            value,
+            prev_kv: false,
+            lease,
+            session: None,
+        })
+        .await?;
+    Ok(())
+}
+
 /// Every member's status, skipping members that do not answer.
 pub async fn keel_statuses(endpoints: &[String]) -> Vec<(String, StatusResponse)> {
     let mut out = Vec::new();
@@ -139,18 +153,7 @@ impl Target {
 
     pub async fn put(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Target::Keel { channels } => {
-                let ch = channels[conn % channels.len()].clone();
-                KvClient::new(ch)
-                    .put(PutRequest {
-                        key,
-                        value,
-                        prev_kv: false,
-                        lease: 0,
-                        session: None,
-                    })
-                    .await?;
-            }
+            Target::Keel { channels } => keel_put(channels[conn % channels.len()].clone(), key, value, 0).await?,
             #[cfg(feature = "etcd")]
             Target::Etcd { clients } => {
                 let mut kv = clients[conn % clients.len()].kv_client();

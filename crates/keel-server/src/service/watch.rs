@@ -1,7 +1,8 @@
 //! The Watch service: one bidirectional stream per client carries many watches.
 //!
 //! Each watch is a task that reads the change history of its range from its next revision
-//! (`KvReader::changes`), sends what it read, and waits for the store revision to move past it.
+//! (`KvReader::changes`: from memory while it keeps up, else from sled), sends what it read, and
+//! waits for the store revision to move past it.
 //! Nothing is buffered per watch beyond one read: the responses of a stream go through one
 //! bounded channel, and a watch whose client reads slowly waits on it and reads on from the
 //! history later, as etcd's unsynced watchers do. A watch that falls behind the retained history
@@ -262,10 +263,23 @@ impl Watcher {
     /// Read and send one batch of changes. `Some(true)`: every applied change has been sent;
     /// `Some(false)`: more to read now; `None`: the watch ended.
     async fn step(&mut self) -> Option<bool> {
-        let reader = self.node.reader.clone();
-        let (range, from, prev_kv) = (self.range.clone(), self.next, self.prev_kv);
-        let read =
-            tokio::task::spawn_blocking(move || reader.changes(&range, from, READ_BATCH, READ_BYTES, prev_kv)).await;
+        let (from, prev_kv) = (self.next, self.prev_kv);
+        // A watch that keeps up finds its changes in memory; one that fell behind reads sled,
+        // off the async threads.
+        let read = match self
+            .node
+            .reader
+            .recent_changes(&self.range, from, READ_BATCH, READ_BYTES, prev_kv)
+        {
+            Some(read) => Ok(read),
+            None => {
+                let (reader, range) = (self.node.reader.clone(), self.range.clone());
+                tokio::task::spawn_blocking(move || {
+                    reader.history_changes(&range, from, READ_BATCH, READ_BYTES, prev_kv)
+                })
+                .await
+            }
+        };
         let changes = match read {
             Ok(Ok(c)) => c,
             Ok(Err(ChangesError::Compacted(c))) => {

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::changes::Change;
 use super::mvcc::{self, LiveIter, MvccError};
+use super::recent::RevisionChanges;
 use crate::codec::{self, StoredLease, StoredVersion};
 use crate::types::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, LeaseId, OpResult,
@@ -89,6 +91,9 @@ pub struct Apply<'a> {
     events: Vec<HistoryEvent>,
     /// The changes of the entry's earlier commands, by revision.
     history: Vec<RevisionEvents>,
+    /// The same changes in full (each key's new version and the one it superseded), for the
+    /// in-memory window of recent changes (`recent.rs`); the running command's last.
+    changes: Vec<RevisionChanges>,
     /// Change in the number of live keys.
     pub key_delta: i64,
     /// Lease records this entry changed (`None`: revoked).
@@ -113,6 +118,7 @@ impl<'a> Apply<'a> {
             overlay: BTreeMap::new(),
             events: Vec::new(),
             history: Vec::new(),
+            changes: Vec::new(),
             key_delta: 0,
             leases: BTreeMap::new(),
             key_leases: BTreeMap::new(),
@@ -131,6 +137,7 @@ impl<'a> Apply<'a> {
     pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
         self.write_revision = self.revision + 1;
         self.events.clear();
+        self.changes.push((self.write_revision, Vec::new()));
         let result = match cmd {
             Command::Put(put) => CommandResult::Put(self.put(put, 0)?),
             Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
@@ -160,8 +167,24 @@ impl<'a> Apply<'a> {
                 events,
             });
             self.revision = self.write_revision;
+        } else {
+            self.changes.pop();
         }
         Ok(result)
+    }
+
+    /// The full changes of the entry's revisions, ascending, for `recent.rs`.
+    pub(super) fn take_changes(&mut self) -> Vec<RevisionChanges> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The running command's full changes.
+    fn running(&mut self) -> &mut Vec<Change> {
+        &mut self
+            .changes
+            .last_mut()
+            .expect("execute opened the running command's changes")
+            .1
     }
 
     /// Add the entry's history record, if it changed anything, to the batch.
@@ -212,7 +235,7 @@ impl<'a> Apply<'a> {
         };
         let state = KeyState {
             revision: self.write_revision,
-            kv: Some(kv),
+            kv: Some(kv.clone()),
         };
         self.overlay.insert(op.key.clone(), state);
         self.events.push(HistoryEvent {
@@ -220,10 +243,16 @@ impl<'a> Apply<'a> {
             deleted: false,
             prev_revision,
         });
+        let revision = self.write_revision;
+        let answer = if op.prev_kv { prev_kv.clone() } else { None };
+        self.running().push(Change {
+            revision,
+            deleted: false,
+            kv,
+            prev_kv,
+        });
         self.attach(&op.key, lease)?;
-        Ok(PutResult {
-            prev_kv: if op.prev_kv { prev_kv } else { None },
-        })
+        Ok(PutResult { prev_kv: answer })
     }
 
     pub(super) fn delete(&mut self, op: &DeleteOp) -> Result<DeleteResult, MvccError> {
@@ -242,6 +271,17 @@ impl<'a> Apply<'a> {
                 key: kv.key.clone(),
                 deleted: true,
                 prev_revision: kv.mod_revision,
+            });
+            let revision = self.write_revision;
+            self.running().push(Change {
+                revision,
+                deleted: true,
+                kv: KeyValue {
+                    key: kv.key.clone(),
+                    mod_revision: revision,
+                    ..KeyValue::default()
+                },
+                prev_kv: Some(kv.clone()),
             });
             self.key_delta -= 1;
             self.attach(&kv.key, 0)?;

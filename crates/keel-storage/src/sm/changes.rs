@@ -10,9 +10,10 @@
 //! compacted revision. As for `read.rs`, a compaction or snapshot install during the read is
 //! noticed afterwards.
 //!
-//! Watchers do not hold events in memory: each reads the history from its next revision when
-//! told that the store revision moved ([`KvReader::revisions`]), so a slow watcher costs nothing
-//! but the history it has yet to read.
+//! Watchers do not hold events: each reads the history from its next revision when told that the
+//! store revision moved ([`KvReader::revisions`]), so a slow watcher costs nothing but the
+//! history it has yet to read. The newest changes are also kept in memory by apply
+//! (`recent.rs`), and a watcher that keeps up reads them from there.
 
 use std::sync::atomic::Ordering;
 
@@ -69,8 +70,61 @@ impl KvReader {
     /// The changes to `range` from revision `from` (at least 1) up to the current revision,
     /// stopping after the first revision that takes the count of changes to `limit`, or their
     /// keys and values to `max_bytes`. With `prev_kv`, each change also carries the version it
-    /// superseded. Runs on the calling thread.
+    /// superseded. Read from memory when the window of recent changes holds them, else from the
+    /// history in sled; runs on the calling thread.
     pub fn changes(
+        &self,
+        range: &KeyRange,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+        prev_kv: bool,
+    ) -> Result<Changes, ChangesError> {
+        match self.recent_changes(range, from, limit, max_bytes, prev_kv) {
+            Some(read) => read,
+            None => self.history_changes(range, from, limit, max_bytes, prev_kv),
+        }
+    }
+
+    /// [`KvReader::changes`] from the window of recent changes in memory alone (`recent.rs`):
+    /// `None` when the window does not hold them all, and the history in sled must be read.
+    /// Never waits for IO, so an async task may call it.
+    pub fn recent_changes(
+        &self,
+        range: &KeyRange,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+        prev_kv: bool,
+    ) -> Option<Result<Changes, ChangesError>> {
+        let from = from.max(1);
+        let (_, generation, current) = self.shared.tree();
+        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        if from <= compacted {
+            return Some(Err(ChangesError::Compacted(compacted)));
+        }
+        if from > current {
+            return Some(Ok(Changes {
+                changes: Vec::new(),
+                next: from,
+                revision: current,
+            }));
+        }
+        let out = self
+            .shared
+            .recent
+            .read((generation, current), range, from, limit, max_bytes, prev_kv)?;
+        // As for a read from sled: an install or a compaction during the read is noticed
+        // afterwards (the window is of one generation, so only compaction can move under it).
+        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        if from <= compacted {
+            return Some(Err(ChangesError::Compacted(compacted)));
+        }
+        Some(Ok(out))
+    }
+
+    /// [`KvReader::changes`] from the history in sled alone.
+    pub fn history_changes(
         &self,
         range: &KeyRange,
         from: u64,

@@ -37,6 +37,7 @@ mod changes;
 pub mod leases;
 pub mod mvcc;
 mod read;
+mod recent;
 pub mod sessions;
 mod snapshot;
 
@@ -149,6 +150,8 @@ pub(crate) struct SmShared {
     progress: tokio::sync::watch::Sender<Progress>,
     /// The store revision, for watchers waiting for changes (`changes.rs`).
     revisions: tokio::sync::watch::Sender<u64>,
+    /// The newest changes in memory, for watchers that keep up (`recent.rs`).
+    recent: recent::Recent,
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
@@ -303,6 +306,7 @@ impl StateMachine {
             observer: std::sync::OnceLock::new(),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             revisions: tokio::sync::watch::Sender::new(meta.revision),
+            recent: recent::Recent::new(0, meta.revision.saturating_add(1), recent::MAX_BYTES),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -491,6 +495,9 @@ impl StateMachine {
         meta.applied = Some(log_id);
         batch.insert(META_KEY, codec::encode(&meta));
         tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
+        // Before the revision is published: a watcher told of it finds its changes there.
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        self.shared.recent.push(generation, ctx.apply.take_changes());
         self.meta = meta;
         self.leased_keys = ctx.apply.leased_keys;
         if let Some(m) = membership {
