@@ -6,6 +6,8 @@
 //! compaction point stays at or below R. Snapshot builds pin R; short reads check afterwards (see
 //! `read.rs`).
 
+use std::ops::Bound;
+
 use crate::codec::{self, DecodeError, StoredVersion, VERSION_PREFIX};
 use crate::types::{KeyRange, KeyValue, RangeOp, RangeResult};
 
@@ -42,29 +44,62 @@ pub fn get(tree: &sled::Tree, key: &[u8], at_rev: u64) -> Result<Option<KeyValue
     Ok(latest(tree, key, at_rev)?.and_then(|(rev, v)| v.into_kv(key.to_vec(), rev)))
 }
 
-/// The sled iterator over every version of every key in `range`.
-fn raw_range(tree: &sled::Tree, range: &KeyRange) -> sled::Iter {
+/// The bounds, in sled keys, of every version of every key in `range`.
+fn raw_bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     match range {
-        KeyRange::Key(k) => tree.scan_prefix(codec::version_group(k)),
+        KeyRange::Key(k) => prefix_bounds(codec::version_group(k)),
         KeyRange::Prefix(p) => {
             let mut prefix = vec![VERSION_PREFIX];
             codec::escape_body_into(p, &mut prefix);
-            tree.scan_prefix(prefix)
+            prefix_bounds(prefix)
         }
-        KeyRange::Between { start, end } => tree.range(codec::version_group(start)..codec::version_group(end)),
-        KeyRange::From(start) => tree.range(codec::version_group(start)..vec![VERSION_PREFIX + 1]),
+        KeyRange::Between { start, end } => (
+            Bound::Included(codec::version_group(start)),
+            Bound::Excluded(codec::version_group(end)),
+        ),
+        KeyRange::From(start) => (
+            Bound::Included(codec::version_group(start)),
+            Bound::Excluded(vec![VERSION_PREFIX + 1]),
+        ),
     }
 }
+
+/// Every sled key that starts with `prefix` (which starts with [`VERSION_PREFIX`], so it has a
+/// successor).
+fn prefix_bounds(prefix: Vec<u8>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut end = prefix.clone();
+    while end.last() == Some(&0xFF) {
+        end.pop();
+    }
+    match end.last_mut() {
+        Some(last) => {
+            *last += 1;
+            (Bound::Included(prefix), Bound::Excluded(end))
+        }
+        None => (Bound::Included(prefix), Bound::Unbounded),
+    }
+}
+
+/// Older versions of a key a [`LiveIter`] steps over before it seeks past the rest of them.
+const SEEK_AFTER: u32 = 8;
 
 /// Iterates the live key-value pairs of a range at one revision, in key order.
 ///
 /// The work is proportional to what is pulled: each `next` reads the sled entries up to the next
 /// live pair and no further, so a caller that stops early (a limit) pays only for what it took.
+/// Once a key's version is decided, its older versions are stepped over; past a few of them (a
+/// key rewritten often keeps up to `--history-revisions` versions) the iterator seeks to the next
+/// key instead, so a range of hot keys costs a seek per key, not a read per version.
 pub struct LiveIter {
+    tree: sled::Tree,
     iter: sled::Iter,
+    /// The upper bound of the range, to seek within it.
+    end: Bound<Vec<u8>>,
     at_rev: u64,
     /// The group (escaped key) whose version at `at_rev` was already decided.
     decided: Option<sled::IVec>,
+    /// Older versions of the decided group stepped over so far.
+    skipped: u32,
     /// The range is one key: once its version is decided there is nothing more to find (the
     /// rest of the group is older versions), so stop without reading them.
     one_key: bool,
@@ -74,10 +109,14 @@ pub struct LiveIter {
 
 impl LiveIter {
     pub fn new(tree: &sled::Tree, range: &KeyRange, at_rev: u64) -> Self {
+        let (start, end) = raw_bounds(range);
         LiveIter {
-            iter: raw_range(tree, range),
+            tree: tree.clone(),
+            iter: tree.range((start, end.clone())),
+            end,
             at_rev,
             decided: None,
+            skipped: 0,
             one_key: matches!(range, KeyRange::Key(_)),
             values: true,
         }
@@ -98,13 +137,25 @@ impl LiveIter {
         if self.one_key && self.decided.is_some() {
             return Ok(None);
         }
-        for item in self.iter.by_ref() {
+        while let Some(item) = self.iter.next() {
             let (k, v) = item?;
             let (group, rev) = codec::split_version_key(&k)?;
-            if rev > self.at_rev || self.decided.as_deref() == Some(group) {
+            if self.decided.as_deref() == Some(group) {
+                self.skipped += 1;
+                if self.skipped >= SEEK_AFTER {
+                    // Past every version of this group: its keys are the group and 8 bytes.
+                    let mut past = group.to_vec();
+                    past.extend_from_slice(&[0xFF; 8]);
+                    self.iter = self.tree.range((Bound::Excluded(past), self.end.clone()));
+                    self.skipped = 0;
+                }
+                continue;
+            }
+            if rev > self.at_rev {
                 continue;
             }
             self.decided = Some(sled::IVec::from(group));
+            self.skipped = 0;
             let key = codec::group_user_key(group)?;
             // A stored version is its fixed fields, then the value (see `StoredVersion::encode`):
             // cut off, it decodes to the same version with an empty value.
