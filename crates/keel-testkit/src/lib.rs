@@ -34,7 +34,7 @@ use keel_server::{Config, Listeners, NodeHandle};
 use keel_storage::NodeId;
 use tonic::transport::Channel;
 
-pub use process::{keel_bench_binary, keel_binary, keelctl_binary};
+pub use process::{keel_binary, keelctl_binary};
 
 /// Call `call` again (for up to 20 s) while it fails with one of `codes`: a test machine busy
 /// with several clusters may see an election, which clients see as Unavailable (and, for a

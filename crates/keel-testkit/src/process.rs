@@ -40,11 +40,6 @@ pub fn keelctl_binary() -> anyhow::Result<PathBuf> {
     workspace_binary("keelctl")
 }
 
-/// The `keel-bench` load generator.
-pub fn keel_bench_binary() -> anyhow::Result<PathBuf> {
-    workspace_binary("keel-bench")
-}
-
 /// A running `keel` process; killed when dropped.
 pub struct Child {
     child: Option<std::process::Child>,

@@ -98,29 +98,17 @@ impl KvReader {
         prev_kv: bool,
     ) -> Option<Result<Changes, ChangesError>> {
         let from = from.max(1);
-        let (_, generation, current) = self.shared.tree();
-        let compacted = self.shared.compacting.load(Ordering::Acquire);
-        if from <= compacted {
-            return Some(Err(ChangesError::Compacted(compacted)));
-        }
-        if from > current {
-            return Some(Ok(Changes {
-                changes: Vec::new(),
-                next: from,
-                revision: current,
-            }));
-        }
+        let (_, generation, current) = match self.begin(from) {
+            Ok(Begin::Read(view)) => view,
+            Ok(Begin::Done(out)) => return Some(Ok(out)),
+            Err(e) => return Some(Err(e)),
+        };
         let out = self
             .shared
             .recent
             .read((generation, current), range, from, limit, max_bytes, prev_kv)?;
-        // As for a read from sled: an install or a compaction during the read is noticed
-        // afterwards (the window is of one generation, so only compaction can move under it).
-        let compacted = self.shared.compacting.load(Ordering::Acquire);
-        if from <= compacted {
-            return Some(Err(ChangesError::Compacted(compacted)));
-        }
-        Some(Ok(out))
+        // The window is of one generation, so only a compaction can have moved under the read.
+        Some(self.held(from).map(|()| out))
     }
 
     /// [`KvReader::changes`] from the history in sled alone.
@@ -133,19 +121,15 @@ impl KvReader {
         prev_kv: bool,
     ) -> Result<Changes, ChangesError> {
         let from = from.max(1);
-        let (tree, generation, current) = self.shared.tree();
-        let compacted = self.shared.compacting.load(Ordering::Acquire);
-        if from <= compacted {
-            return Err(ChangesError::Compacted(compacted));
-        }
+        let (tree, generation, current) = match self.begin(from)? {
+            Begin::Read(view) => view,
+            Begin::Done(out) => return Ok(out),
+        };
         let mut out = Changes {
             changes: Vec::new(),
-            next: from.max(current + 1),
+            next: current + 1,
             revision: current,
         };
-        if from > current {
-            return Ok(out);
-        }
         let mut taken = 0;
         let mut read = || -> Result<Option<u64>, MvccError> {
             for record in tree.range(codec::history_key(from)..=codec::history_key(current)) {
@@ -189,13 +173,42 @@ impl KvReader {
         if self.shared.generation.load(Ordering::Acquire) != generation {
             return Err(ReadError::Interrupted.into());
         }
-        let compacted = self.shared.compacting.load(Ordering::Acquire);
-        if from <= compacted {
-            return Err(ChangesError::Compacted(compacted));
-        }
+        self.held(from)?;
         if let Some(next) = stopped_at {
             out.next = next;
         }
         Ok(out)
     }
+
+    /// The start of a read of the changes from `from`: refused if they have been compacted,
+    /// answered at once if there are none yet, else the tree, its generation and the current
+    /// revision, read together.
+    fn begin(&self, from: u64) -> Result<Begin, ChangesError> {
+        let (tree, generation, current) = self.shared.tree();
+        self.held(from)?;
+        if from > current {
+            return Ok(Begin::Done(Changes {
+                changes: Vec::new(),
+                next: from,
+                revision: current,
+            }));
+        }
+        Ok(Begin::Read((tree, generation, current)))
+    }
+
+    /// Refused if the history from `from` on has been compacted. Checked before a read and again
+    /// after it, so that a compaction that overlapped the read is noticed.
+    fn held(&self, from: u64) -> Result<(), ChangesError> {
+        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        match from <= compacted {
+            true => Err(ChangesError::Compacted(compacted)),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Where a read of the changes starts (`KvReader::begin`).
+enum Begin {
+    Read((sled::Tree, u64, u64)),
+    Done(Changes),
 }

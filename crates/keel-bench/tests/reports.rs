@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use keel_proto::v1::lease_client::LeaseClient;
 use keel_proto::v1::{LeaseLeasesRequest, RangeRequest};
-use keel_testkit::{keel_bench_binary, Backend, Cluster, Options};
+use keel_testkit::{Backend, Cluster, Options};
 
 /// Run keel-bench against `endpoints`.
 async fn run(endpoints: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let mut cmd = Command::new(keel_bench_binary()?);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel-bench"));
     cmd.args(["--system", "keel", "--endpoints", endpoints]).args(args);
     Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
 }
