@@ -1,6 +1,6 @@
 //! The window of recent changes in memory (`sm/recent.rs`) answers exactly as the history in sled
 //! does: for random workloads of puts, deletes, txns that touch one key twice, leased keys and
-//! their revocation, applied one entry or several at a time, every read the window answers equals
+//! their revocation, applied one entry or several at a time or as batch entries, every read the window answers equals
 //! the read of sled, for every start, several ranges, limits and with and without previous
 //! values. The window forgets, and says so, what it was not given: revisions from before a
 //! restart, or older than its byte budget.
@@ -30,6 +30,21 @@ impl Node {
         Node { dir, store, index }
     }
 
+    /// Apply `commands` as one batch entry (as the leader's proposer groups them).
+    fn apply_batch(&mut self, commands: Vec<Command>) {
+        let requests = commands.into_iter().map(Request::new).collect::<Vec<_>>();
+        for req in &requests {
+            assert_eq!(validate_request(req, &Limits::default()), Ok(()), "{req:?}");
+        }
+        self.index += 1;
+        let entry = Entry {
+            log_id: keel_storage::log_id_at(1, 1, self.index),
+            payload: EntryPayload::Normal(Request::new(Command::Batch(requests))),
+        };
+        self.store.sm.apply_entries(vec![entry]).expect("apply");
+    }
+
+    /// Apply each of `commands` as an entry, all in one apply call.
     fn apply(&mut self, commands: Vec<Command>) {
         let entries = commands
             .into_iter()
@@ -164,14 +179,17 @@ fn the_window_answers_as_the_history_does() {
         let mut node = Node::new();
         node.apply(vec![Command::LeaseGrant(LeaseGrant { id: 7, ttl_ms: 60_000 })]);
         for step in 0..150 {
-            // One entry, or several applied together.
-            let n = if rng.random_bool(0.3) {
+            // One entry, several applied together, or one batch entry of several commands.
+            let n = if rng.random_bool(0.4) {
                 rng.random_range(2..5)
             } else {
                 1
             };
             let commands = (0..n).map(|i| command(&mut rng, step * 10 + i, 7)).collect();
-            node.apply(commands);
+            match n > 1 && rng.random_bool(0.5) {
+                true => node.apply_batch(commands),
+                false => node.apply(commands),
+            }
             if step == 100 {
                 // Revoking the lease deletes its keys, in one revision.
                 node.apply(vec![Command::LeaseRevoke(LeaseRef { id: 7 })]);
