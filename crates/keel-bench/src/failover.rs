@@ -34,7 +34,7 @@ async fn round(f: &Failover) -> anyhow::Result<(usize, Duration)> {
         .collect();
     let mut targets = Vec::new();
     for e in &survivors {
-        targets.push(Target::connect_any(&f.system, e).await?);
+        targets.push(Target::connect_to(&f.system, e, 1).await?);
     }
     let killed = Instant::now();
     // SAFETY: kill(2) on the process that serves the endpoint the caller gave us.

@@ -23,7 +23,7 @@ use keel_proto::v1::watch_client::WatchClient;
 use keel_proto::v1::{watch_request, WatchCreateRequest, WatchRequest};
 use tokio::sync::{watch, Semaphore};
 
-use crate::target::{keel_channel, Target};
+use crate::target::Target;
 
 /// The run's shape.
 pub struct FanOut {
@@ -80,7 +80,7 @@ pub async fn run(f: &FanOut) -> anyhow::Result<Outcome> {
     let rss_before = f.pid.and_then(rss_kib);
     let writer = Target::connect(&f.system, &f.endpoints, 16.min(f.rate as usize).max(1)).await?;
 
-    let conns = Conns::connect(&f.system, &f.serving, f.conns.max(1)).await?;
+    let conns = Target::connect_to(&f.system, &f.serving, f.conns.max(1)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..f.watchers).map(|_| AtomicU64::new(0)).collect());
     let last_event_us = Arc::new(AtomicU64::new(0));
@@ -224,33 +224,6 @@ async fn watcher(
     }
 }
 
-/// The connections the watchers share, all to the serving member.
-enum Conns {
-    Keel(Vec<tonic::transport::Channel>),
-    #[cfg(feature = "etcd")]
-    Etcd(Vec<etcd_client::Client>),
-}
-
-impl Conns {
-    async fn connect(system: &str, endpoint: &str, n: usize) -> anyhow::Result<Conns> {
-        match system {
-            "keel" => Ok(Conns::Keel(
-                (0..n).map(|_| keel_channel(endpoint)).collect::<Result<_, _>>()?,
-            )),
-            #[cfg(feature = "etcd")]
-            "etcd" => {
-                let mut clients = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
-                    clients.push(etcd_client::Client::connect([endpoint], Some(options)).await?);
-                }
-                Ok(Conns::Etcd(clients))
-            }
-            other => anyhow::bail!("{other}: not supported by this build"),
-        }
-    }
-}
-
 /// One watch on its own stream.
 enum Stream {
     Keel(tonic::Streaming<keel_proto::v1::WatchResponse>),
@@ -261,9 +234,9 @@ enum Stream {
 impl Stream {
     /// Open a stream on connection `w` (mod their number) and create a watch of `prefix` on it,
     /// from now; returns once the member has confirmed the watch.
-    async fn open(conns: &Conns, w: usize, prefix: &[u8]) -> anyhow::Result<Stream> {
+    async fn open(conns: &Target, w: usize, prefix: &[u8]) -> anyhow::Result<Stream> {
         match conns {
-            Conns::Keel(channels) => {
+            Target::Keel { channels } => {
                 let create = WatchRequest {
                     request: Some(watch_request::Request::Create(WatchCreateRequest {
                         key: prefix.to_vec(),
@@ -284,7 +257,7 @@ impl Stream {
                 }
             }
             #[cfg(feature = "etcd")]
-            Conns::Etcd(clients) => {
+            Target::Etcd { clients } => {
                 let options = etcd_client::WatchOptions::new().with_prefix();
                 let mut stream = clients[w % clients.len()]
                     .watch_client()

@@ -134,18 +134,20 @@ impl Target {
         }
     }
 
-    /// One connection to one endpoint, whatever its role (keel followers forward writes).
-    pub async fn connect_any(system: &str, endpoint: &str) -> anyhow::Result<Target> {
+    /// `conns` connections to one endpoint, whatever its role (keel followers forward writes).
+    pub async fn connect_to(system: &str, endpoint: &str, conns: usize) -> anyhow::Result<Target> {
         match system {
             "keel" => Ok(Target::Keel {
-                channels: vec![keel_channel(endpoint)?],
+                channels: (0..conns).map(|_| keel_channel(endpoint)).collect::<Result<_, _>>()?,
             }),
             #[cfg(feature = "etcd")]
             "etcd" => {
-                let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-                Ok(Target::Etcd {
-                    clients: vec![etcd_client::Client::connect([endpoint], Some(options)).await?],
-                })
+                let mut clients = Vec::with_capacity(conns);
+                for _ in 0..conns {
+                    let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+                    clients.push(etcd_client::Client::connect([endpoint], Some(options)).await?);
+                }
+                Ok(Target::Etcd { clients })
             }
             other => anyhow::bail!("{other}: not supported by this build"),
         }

@@ -119,7 +119,7 @@ impl Writers {
             .map_or(0, |d| d.as_millis());
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let target = Target::connect_any("keel", &endpoints[c % endpoints.len()]).await?;
+            let target = Target::connect_to("keel", &endpoints[c % endpoints.len()], 1).await?;
             let (stop, acks, written) = (stop.clone(), acks.clone(), written.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut errors, mut first_error) = (0u64, None);

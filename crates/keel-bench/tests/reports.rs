@@ -45,6 +45,16 @@ async fn count(cluster: &Cluster, id: u64, prefix: &[u8]) -> anyhow::Result<u64>
     Ok(resp.count)
 }
 
+/// Node `id` knows of no lease.
+async fn assert_no_leases(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
+    let leases = LeaseClient::new(cluster.channel(id))
+        .leases(LeaseLeasesRequest {})
+        .await?
+        .into_inner();
+    assert!(leases.leases.is_empty(), "{:?}", leases.leases);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_coordination_benchmarks_report_what_happened() -> anyhow::Result<()> {
     let cluster = Cluster::start(Backend::Process, Options::default()).await?;
@@ -122,11 +132,7 @@ async fn the_coordination_benchmarks_report_what_happened() -> anyhow::Result<()
         (Some(60), Some(0)),
         "{doc}"
     );
-    let leases = LeaseClient::new(cluster.channel(leader))
-        .leases(LeaseLeasesRequest {})
-        .await?
-        .into_inner();
-    assert!(leases.leases.is_empty(), "{:?}", leases.leases);
+    assert_no_leases(&cluster, leader).await?;
     // The churned keys are 8-digit numbers below 1,000: revoking each lease deleted its key.
     assert_eq!(count(&cluster, leader, b"00000").await?, 0);
 
@@ -144,10 +150,6 @@ async fn the_coordination_benchmarks_report_what_happened() -> anyhow::Result<()
         "{doc}"
     );
     assert_eq!(count(&cluster, leader, b"bench-lock/").await?, 0);
-    let leases = LeaseClient::new(cluster.channel(leader))
-        .leases(LeaseLeasesRequest {})
-        .await?
-        .into_inner();
-    assert!(leases.leases.is_empty(), "{:?}", leases.leases);
+    assert_no_leases(&cluster, leader).await?;
     cluster.shutdown().await
 }

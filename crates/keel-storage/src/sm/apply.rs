@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::changes::Change;
 use super::mvcc::{self, LiveIter, MvccError};
-use super::recent::RevisionChanges;
 use crate::codec::{self, StoredLease, StoredVersion};
 use crate::types::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, LeaseId, OpResult,
@@ -91,9 +90,9 @@ pub struct Apply<'a> {
     events: Vec<HistoryEvent>,
     /// The changes of the entry's earlier commands, by revision.
     history: Vec<RevisionEvents>,
-    /// The same changes in full (each key's new version and the one it superseded), for the
-    /// in-memory window of recent changes (`recent.rs`); the running command's last.
-    changes: Vec<RevisionChanges>,
+    /// The same changes in full (each key's new version and the one it superseded), in revision
+    /// order, for the in-memory window of recent changes (`recent.rs`).
+    changes: Vec<Change>,
     /// Change in the number of live keys.
     pub key_delta: i64,
     /// Lease records this entry changed (`None`: revoked).
@@ -137,7 +136,6 @@ impl<'a> Apply<'a> {
     pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
         self.write_revision = self.revision + 1;
         self.events.clear();
-        self.changes.push((self.write_revision, Vec::new()));
         let result = match cmd {
             Command::Put(put) => CommandResult::Put(self.put(put, 0)?),
             Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
@@ -167,24 +165,13 @@ impl<'a> Apply<'a> {
                 events,
             });
             self.revision = self.write_revision;
-        } else {
-            self.changes.pop();
         }
         Ok(result)
     }
 
-    /// The full changes of the entry's revisions, ascending, for `recent.rs`.
-    pub(super) fn take_changes(&mut self) -> Vec<RevisionChanges> {
+    /// The full changes of the entry's revisions, in revision order, for `recent.rs`.
+    pub(super) fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
-    }
-
-    /// The running command's full changes.
-    fn running(&mut self) -> &mut Vec<Change> {
-        &mut self
-            .changes
-            .last_mut()
-            .expect("execute opened the running command's changes")
-            .1
     }
 
     /// Add the entry's history record, if it changed anything, to the batch.
@@ -243,10 +230,9 @@ impl<'a> Apply<'a> {
             deleted: false,
             prev_revision,
         });
-        let revision = self.write_revision;
         let answer = if op.prev_kv { prev_kv.clone() } else { None };
-        self.running().push(Change {
-            revision,
+        self.changes.push(Change {
+            revision: self.write_revision,
             deleted: false,
             kv,
             prev_kv,
@@ -272,13 +258,12 @@ impl<'a> Apply<'a> {
                 deleted: true,
                 prev_revision: kv.mod_revision,
             });
-            let revision = self.write_revision;
-            self.running().push(Change {
-                revision,
+            self.changes.push(Change {
+                revision: self.write_revision,
                 deleted: true,
                 kv: KeyValue {
                     key: kv.key.clone(),
-                    mod_revision: revision,
+                    mod_revision: self.write_revision,
                     ..KeyValue::default()
                 },
                 prev_kv: Some(kv.clone()),

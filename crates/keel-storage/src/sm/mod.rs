@@ -308,7 +308,7 @@ impl StateMachine {
             observer: std::sync::OnceLock::new(),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             revisions: tokio::sync::watch::Sender::new(meta.revision),
-            recent: recent::Recent::new(0, meta.revision.saturating_add(1), recent::MAX_BYTES),
+            recent: recent::Recent::default(),
         });
         shared.publish(&meta);
         Ok(StateMachine {

@@ -16,7 +16,7 @@
 //! which holds the same changes: the window is a cache, never the record.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use super::changes::{Change, Changes};
 use crate::types::KeyRange;
@@ -26,19 +26,19 @@ pub const MAX_BYTES: usize = 16 << 20;
 /// Bookkeeping counted per change, on top of its keys and values.
 const CHANGE_OVERHEAD: usize = 96;
 
-/// The changes of one revision, each with the version it superseded (if live).
-pub type RevisionChanges = (u64, Vec<Change>);
-
+/// Empty until the first apply: it holds no revision, so it answers no read.
+#[derive(Default)]
 pub(crate) struct Recent {
     window: RwLock<Window>,
-    max_bytes: usize,
 }
 
+#[derive(Default)]
 struct Window {
     generation: u64,
     /// The revision of `revisions[0]`; the next one to push is `first + revisions.len()`.
     first: u64,
-    revisions: VecDeque<Arc<[Change]>>,
+    /// Each revision's changes, with the bytes they count for.
+    revisions: VecDeque<(usize, Vec<Change>)>,
     bytes: usize,
 }
 
@@ -53,52 +53,39 @@ fn size(c: &Change) -> usize {
 }
 
 impl Recent {
-    /// An empty window whose first revision will be `next`.
-    pub fn new(generation: u64, next: u64, max_bytes: usize) -> Recent {
-        Recent {
-            window: RwLock::new(Window {
-                generation,
-                first: next,
-                revisions: VecDeque::new(),
-                bytes: 0,
-            }),
-            max_bytes,
-        }
-    }
-
-    /// Add the revisions an entry applied (consecutive, ascending). Revisions that do not follow
-    /// the window's last, or of another generation, start it afresh.
-    pub fn push(&self, generation: u64, revisions: Vec<RevisionChanges>) {
-        let Some(&(start, _)) = revisions.first() else {
+    /// Add the changes an entry applied, in revision order. A revision that does not follow the
+    /// window's last, or of another generation, starts the window afresh.
+    pub fn push(&self, generation: u64, changes: Vec<Change>) {
+        if changes.is_empty() {
             return;
-        };
-        let mut w = self.window.write().unwrap_or_else(|e| e.into_inner());
-        if w.generation != generation || w.next() != start {
-            *w = Window {
-                generation,
-                first: start,
-                revisions: VecDeque::new(),
-                bytes: 0,
-            };
         }
-        for (revision, changes) in revisions {
-            if revision != w.next() {
-                // Not consecutive within one entry: cannot happen; hold nothing rather than a gap.
-                let next = revision + 1;
-                *w = Window {
-                    generation,
-                    first: next,
-                    revisions: VecDeque::new(),
-                    bytes: 0,
-                };
-                continue;
+        let mut guard = self.window.write().unwrap_or_else(|e| e.into_inner());
+        let w = &mut *guard;
+        for c in changes {
+            let bytes = size(&c);
+            match w.revisions.back_mut() {
+                Some((b, last)) if w.generation == generation && last[0].revision == c.revision => {
+                    *b += bytes;
+                    last.push(c);
+                }
+                _ => {
+                    if w.generation != generation || w.next() != c.revision {
+                        *w = Window {
+                            generation,
+                            first: c.revision,
+                            ..Window::default()
+                        };
+                    }
+                    w.revisions.push_back((bytes, vec![c]));
+                }
             }
-            w.bytes += changes.iter().map(size).sum::<usize>();
-            w.revisions.push_back(changes.into());
+            w.bytes += bytes;
         }
-        while w.bytes > self.max_bytes {
-            let Some(oldest) = w.revisions.pop_front() else { break };
-            w.bytes -= oldest.iter().map(size).sum::<usize>();
+        while w.bytes > MAX_BYTES {
+            let Some((bytes, _)) = w.revisions.pop_front() else {
+                break;
+            };
+            w.bytes -= bytes;
             w.first += 1;
         }
     }
@@ -128,7 +115,7 @@ impl Recent {
         };
         let mut taken = 0;
         for revision in from..=current {
-            let changes = &w.revisions[(revision - w.first) as usize];
+            let (_, changes) = &w.revisions[(revision - w.first) as usize];
             for c in changes.iter().filter(|c| range.contains(&c.kv.key)) {
                 let prev = if prev_kv { c.prev_kv.clone() } else { None };
                 taken += c.kv.key.len() + c.kv.value.len() + prev.as_ref().map_or(0, |p| p.value.len());
