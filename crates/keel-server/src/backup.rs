@@ -131,6 +131,12 @@ impl Node {
     /// snapshot's revision and the file (which stays readable if a newer snapshot replaces it).
     pub async fn fresh_snapshot(&self, deadline: Instant) -> Result<(u64, std::fs::File), NodeError> {
         self.check_leader_with_quorum()?;
+        self.snapshot_here(deadline).await
+    }
+
+    /// On any member: build a snapshot of everything this member has applied and open it (as
+    /// [`Node::fresh_snapshot`], without asking to be the leader).
+    pub async fn snapshot_here(&self, deadline: Instant) -> Result<(u64, std::fs::File), NodeError> {
         let target = self.metrics().last_applied;
         self.raft
             .trigger()

@@ -4,7 +4,7 @@
 //! - the **peer** port, for other members only: Raft's append-entries, votes and snapshot
 //!   streams, plus `Forward`, which carries leader-only work from followers ([`peer`]);
 //! - the **client** port: the KV and Cluster services, grpc.health.v1 and server reflection
-//!   ([`service`]).
+//!   ([`service`]), and etcd's v3 API over the same core ([`etcd`]).
 //!
 //! The rooms, from the client port down: [`service`] converts and validates requests; [`node`]
 //! is the hub they share, with [`node::leader`] for leadership checks, response headers and
@@ -36,6 +36,7 @@ pub mod config;
 pub mod convert;
 pub mod disk;
 pub mod error;
+pub mod etcd;
 pub mod forward;
 mod health;
 mod http;

@@ -237,13 +237,26 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keel_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(keel_proto::etcd::FILE_DESCRIPTOR_SET)
         // The descriptor set also holds the peer service, which is not served here.
         .with_service_name("keel.v1.KV")
         .with_service_name("keel.v1.Cluster")
         .with_service_name("keel.v1.Maintenance")
         .with_service_name("keel.v1.Watch")
+        .with_service_name("keel.v1.Lease")
+        .with_service_name("keel.v1.Lock")
+        .with_service_name("keel.v1.Election")
+        .with_service_name("etcdserverpb.KV")
+        .with_service_name("etcdserverpb.Watch")
+        .with_service_name("etcdserverpb.Lease")
+        .with_service_name("etcdserverpb.Cluster")
+        .with_service_name("etcdserverpb.Maintenance")
+        .with_service_name("etcdserverpb.Auth")
+        .with_service_name("v3lockpb.Lock")
+        .with_service_name("v3electionpb.Election")
         .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
+    let etcd = crate::etcd::Services::new(&node, largest_request(&config.limits));
     let client_server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -277,6 +290,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
                 )
                 .max_encoding_message_size(usize::MAX),
             )
+            .add_service(etcd.kv)
+            .add_service(etcd.watch)
+            .add_service(etcd.lease)
+            .add_service(etcd.cluster)
+            .add_service(etcd.maintenance)
+            .add_service(etcd.auth)
+            .add_service(etcd.lock)
+            .add_service(etcd.election)
             .serve_with_incoming_shutdown(nodelay(listeners.client), until_stopped(stopped.clone())),
     );
 

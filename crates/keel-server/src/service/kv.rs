@@ -57,13 +57,19 @@ pub(crate) fn read_failed(node: &Node, e: keel_storage::ReadError) -> NodeError 
     NodeError::Unavailable(format!("read failed on member {}: {e}", node.id))
 }
 
-/// Read `op` from the local state machine. A one-key read is one lookup and runs here; any
-/// other waits (until `deadline`) for one of the [`scan_slots`] and runs on a blocking thread,
-/// which keeps the slot until the read is done, even when the client has gone.
-async fn read_range(node: &Node, op: RangeOp, deadline: Instant) -> Result<(RangeResult, u64), NodeError> {
-    let read = |node: &Node, op: &RangeOp| {
+/// Read `op` from the local state machine, at most `max_bytes` of pairs. A one-key read is one
+/// lookup and runs here; any other waits (until `deadline`) for one of the [`scan_slots`] and
+/// runs on a blocking thread, which keeps the slot until the read is done, even when the client
+/// has gone.
+pub(crate) async fn read_range(
+    node: &Node,
+    op: RangeOp,
+    deadline: Instant,
+    max_bytes: usize,
+) -> Result<(RangeResult, u64), NodeError> {
+    let read = move |node: &Node, op: &RangeOp| {
         node.reader
-            .range_bounded(op, MAX_RANGE_RESPONSE_BYTES)
+            .range_bounded(op, max_bytes)
             .map_err(|e| read_failed(node, e))
     };
     if matches!(op.range, KeyRange::Key(_)) {
@@ -165,7 +171,9 @@ impl Kv for KvService {
         if !req.serializable {
             node.read_barrier(deadline).await.map_err(|e| fail(node, e))?;
         }
-        let (result, revision) = read_range(node, op, deadline).await.map_err(|e| fail(node, e))?;
+        let (result, revision) = read_range(node, op, deadline, MAX_RANGE_RESPONSE_BYTES)
+            .await
+            .map_err(|e| fail(node, e))?;
         Ok(respond(node, convert::range_response(result, node.header(revision))))
     }
 

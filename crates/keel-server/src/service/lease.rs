@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use keel_proto::v1::lease_server::Lease;
 use keel_proto::v1::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -73,7 +73,7 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+pub(crate) type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -164,41 +164,9 @@ impl Lease for LeaseService {
         &self,
         req: tonic::Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::KeepAliveStream>, Status> {
-        let max = self.node.service_limits.max_keepalive_streams;
-        let open = Gauge::up_within(&self.node.metrics.lease_keepalive_streams, max).ok_or_else(|| {
-            fail(
-                &self.node,
-                NodeError::LimitReached(format!(
-                    "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
-                    self.node.id
-                )),
-            )
-        })?;
-        let node = self.node.clone();
-        let mut requests = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
-        let stopping = node.stopping.clone();
-        // On the node's tracker, as every task is: it ends when the stream does, when shutdown
-        // begins, or when the node stops.
-        self.node.spawn(async move {
-            let _open = open;
-            loop {
-                let next = tokio::select! {
-                    _ = stopping.cancelled() => break,
-                    next = requests.message() => next,
-                };
-                let req = match next {
-                    Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => break,
-                };
-                let answer = renew(&node, req.id).await;
-                if tx.send(answer).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(respond(&self.node, Box::pin(stream) as KeepAliveStream))
+        keep_alive_stream(self.node.clone(), req.into_inner())
+            .map(|stream| respond(&self.node, stream))
+            .map_err(|e| fail(&self.node, e))
     }
 
     async fn time_to_live(
@@ -273,4 +241,43 @@ async fn renew(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         id,
         ttl,
     })
+}
+
+/// Serve a stream of keep-alives: one renewal through Raft per request, one answer each, in
+/// order. Shared by keel's Lease service and etcd's (which maps the messages on either side).
+pub(crate) fn keep_alive_stream<S>(node: Arc<Node>, mut requests: S) -> Result<KeepAliveStream, NodeError>
+where
+    S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+{
+    let max = node.service_limits.max_keepalive_streams;
+    let open = Gauge::up_within(&node.metrics.lease_keepalive_streams, max).ok_or_else(|| {
+        NodeError::LimitReached(format!(
+            "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
+            node.id
+        ))
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
+    let stopping = node.stopping.clone();
+    let task_node = node.clone();
+    // On the node's tracker, as every task is: it ends when the stream does, when shutdown
+    // begins, or when the node stops.
+    node.spawn(async move {
+        let node = task_node;
+        let _open = open;
+        loop {
+            let next = tokio::select! {
+                _ = stopping.cancelled() => break,
+                next = requests.next() => next,
+            };
+            let req = match next {
+                Some(Ok(req)) => req,
+                Some(Err(_)) | None => break,
+            };
+            let answer = renew(&node, req.id).await;
+            if tx.send(answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as KeepAliveStream)
 }

@@ -30,6 +30,7 @@ use keel_proto::v1::{event, Event, WatchCreateRequest, WatchRequest, WatchRespon
 use keel_storage::{Change, ChangesError, KeyRange, RangeOp};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -46,6 +47,10 @@ const OUT_BUFFER: usize = 64;
 /// holds for a client that does not read: about 64 × 64 KiB.
 const READ_BATCH: usize = 256;
 const READ_BYTES: usize = 64 * 1024;
+/// The reason of the answer to a cancel request.
+pub(crate) const CANCELLED_BY_CLIENT: &str = "cancelled by the client";
+/// The reason of the answer to a cancel request for a watch the stream does not hold.
+pub(crate) const NO_SUCH_WATCH: &str = "no such watch";
 /// Watches one stream may hold.
 pub const MAX_WATCHES_PER_STREAM: usize = 1024;
 
@@ -60,21 +65,30 @@ impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let max = self.node.service_limits.max_watch_streams;
-        let open = Gauge::up_within(&self.node.metrics.watch_streams, max).ok_or_else(|| {
-            fail(
-                &self.node,
-                NodeError::LimitReached(format!(
-                    "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
-                    self.node.id
-                )),
-            )
-        })?;
-        let (tx, rx) = mpsc::channel(OUT_BUFFER);
-        let node = self.node.clone();
-        self.node.spawn(serve_stream(node, req.into_inner(), tx, open));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = open_stream(self.node.clone(), req.into_inner()).map_err(|e| fail(&self.node, e))?;
+        Ok(Response::new(stream))
     }
+}
+
+/// Serve a stream of watch requests; its responses come out of the returned stream. Shared by
+/// keel's Watch service and etcd's (which maps the messages on either side).
+pub(crate) fn open_stream<S>(
+    node: Arc<Node>,
+    requests: S,
+) -> Result<ReceiverStream<Result<WatchResponse, Status>>, NodeError>
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    let max = node.service_limits.max_watch_streams;
+    let open = Gauge::up_within(&node.metrics.watch_streams, max).ok_or_else(|| {
+        NodeError::LimitReached(format!(
+            "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
+            node.id
+        ))
+    })?;
+    let (tx, rx) = mpsc::channel(OUT_BUFFER);
+    node.spawn(serve_stream(node.clone(), requests, tx, open));
+    Ok(ReceiverStream::new(rx))
 }
 
 /// One watch of a stream, as its requests see it.
@@ -85,7 +99,10 @@ struct Handle {
 
 /// Serve one stream's requests until the client closes it or the node begins to shut down;
 /// every watch of the stream ends with it (through `stream`'s token).
-async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx: Out, _open: Gauge) {
+async fn serve_stream<S>(node: Arc<Node>, mut requests: S, tx: Out, _open: Gauge)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
     let stream = node.stopping.child_token();
     let _stop_all = stream.clone().drop_guard();
     let mut watches: HashMap<i64, Handle> = HashMap::new();
@@ -93,8 +110,8 @@ async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx
     loop {
         let req = tokio::select! {
             _ = stream.cancelled() => break,
-            req = requests.message() => match req {
-                Ok(Some(req)) => req,
+            req = requests.next() => match req {
+                Some(Ok(req)) => req,
                 _ => break,
             },
         };
@@ -154,9 +171,9 @@ async fn serve_stream(node: Arc<Node>, mut requests: Streaming<WatchRequest>, tx
             Some(Req::Cancel(c)) => match watches.remove(&c.watch_id) {
                 Some(h) => {
                     h.cancel.cancel();
-                    send_until(&tx, ended(&node, c.watch_id, 0, "cancelled by the client"), &stream).await
+                    send_until(&tx, ended(&node, c.watch_id, 0, CANCELLED_BY_CLIENT), &stream).await
                 }
-                None => send_until(&tx, ended(&node, c.watch_id, 0, "no such watch"), &stream).await,
+                None => send_until(&tx, ended(&node, c.watch_id, 0, NO_SUCH_WATCH), &stream).await,
             },
             Some(Req::Progress(_)) => {
                 for h in watches.values() {
