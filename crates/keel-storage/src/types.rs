@@ -73,6 +73,7 @@ impl fmt::Display for Request {
             Command::LeaseRenew(_) => "lease renew",
             Command::LeaseCheckpoint(_) => "lease checkpoint",
             Command::LeaseExpire(_) => "lease expiry",
+            Command::Compact(_) => "compact",
         };
         match self.session {
             Some(s) => write!(f, "{kind} (session {}:{})", s.client_id, s.seq),
@@ -119,6 +120,11 @@ pub enum Command {
     /// The leader found the lease's time up: revoke it, unless it was renewed or checkpointed
     /// after the state the leader decided on (its `epoch` moved).
     LeaseExpire(LeaseExpire),
+    /// etcd's Compact: raise the history floor to this revision. Every member then compacts its
+    /// history up to at least the floor, in the usual bounded steps per apply (see `sm`, "The
+    /// history floor"). Answered with [`CommandResult::None`], or [`CommandResult::Compacted`] /
+    /// [`CommandResult::FutureRevision`] without effect.
+    Compact(u64),
 }
 
 /// A lease id: positive, at most `i64::MAX` (etcd's lease ids are signed).
@@ -319,6 +325,16 @@ pub enum CommandResult {
     },
     /// What a lease command did.
     Lease(LeaseResult),
+    /// A compaction to a revision at or below the history floor: nothing was done. `compacted`
+    /// is the floor. (etcd: "required revision has been compacted"; Server: OutOfRange.)
+    Compacted {
+        compacted: u64,
+    },
+    /// A compaction to a revision above the current one: nothing was done. (etcd: "required
+    /// revision is a future revision"; Server: OutOfRange.)
+    FutureRevision {
+        current: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,11 +104,13 @@ pub struct Apply<'a> {
     /// Some key may be attached to a lease. While none can be, a put or delete skips the lookup
     /// of the key's lease (see `sm::leases`), so the write path pays nothing for leases unused.
     pub leased_keys: bool,
+    /// The history floor (see `sm`, "The history floor"), as this entry left it so far.
+    pub floor: u64,
 }
 
 impl<'a> Apply<'a> {
     /// Prepare an entry on top of `current_revision`; `leased_keys`: see the field.
-    pub fn new(tree: &'a sled::Tree, current_revision: u64, leased_keys: bool) -> Self {
+    pub fn new(tree: &'a sled::Tree, current_revision: u64, leased_keys: bool, floor: u64) -> Self {
         Apply {
             tree,
             revision: current_revision,
@@ -123,6 +125,7 @@ impl<'a> Apply<'a> {
             key_leases: BTreeMap::new(),
             lease_events: Vec::new(),
             leased_keys,
+            floor,
         }
     }
 
@@ -152,6 +155,7 @@ impl<'a> Apply<'a> {
             Command::LeaseRenew(r) => self.lease_renew(r.id)?,
             Command::LeaseCheckpoint(points) => self.lease_checkpoint(points)?,
             Command::LeaseExpire(e) => self.lease_expire(e)?,
+            Command::Compact(rev) => self.compact(*rev),
             Command::Batch(_) => {
                 return Err(MvccError::Decode(codec::DecodeError::Malformed(
                     "a batch reached Apply::execute; batches are walked by the caller".into(),
@@ -167,6 +171,21 @@ impl<'a> Apply<'a> {
             self.revision = self.write_revision;
         }
         Ok(result)
+    }
+
+    /// Raise the history floor: a replicated decision, so it is checked against the replicated
+    /// floor and never against this member's own compaction point (which `history_revisions`
+    /// and snapshot pins move differently on each member).
+    fn compact(&mut self, rev: u64) -> CommandResult {
+        if rev <= self.floor {
+            return CommandResult::Compacted { compacted: self.floor };
+        }
+        if rev > self.revision {
+            return CommandResult::FutureRevision { current: self.revision };
+        }
+        self.floor = rev;
+        self.batch.insert(super::FLOOR_KEY, codec::encode(&rev));
+        CommandResult::None
     }
 
     /// The full changes of the entry's revisions, in revision order, for `recent.rs`.

@@ -71,20 +71,11 @@ impl Apply<'_> {
     }
 
     /// The lease `key` is attached to (0: none), as this entry left it so far.
-    fn key_lease(&self, key: &[u8]) -> Result<LeaseId, MvccError> {
+    pub(super) fn key_lease(&self, key: &[u8]) -> Result<LeaseId, MvccError> {
         if let Some(&id) = self.key_leases.get(key) {
             return Ok(id);
         }
-        match self.tree.get(codec::key_lease_key(key)).map_err(MvccError::Sled)? {
-            Some(bytes) => {
-                let id: [u8; 8] = bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| codec::DecodeError::Malformed("bad key lease record".into()))?;
-                Ok(u64::from_be_bytes(id))
-            }
-            None => Ok(0),
-        }
+        Ok(key_lease_in(self.tree, key)?.unwrap_or(0))
     }
 
     /// Attach `key` to lease `id` (0: to none). Called for every put and every deleted key.
@@ -206,6 +197,20 @@ impl Apply<'_> {
             Some(lease) if lease.epoch == e.epoch => self.lease_revoke(e.id),
             _ => Ok(CommandResult::Lease(LeaseResult::NotExpired { id: e.id })),
         }
+    }
+}
+
+/// The lease `key` is attached to in `tree`, if any.
+pub(super) fn key_lease_in(tree: &sled::Tree, key: &[u8]) -> Result<Option<LeaseId>, MvccError> {
+    match tree.get(codec::key_lease_key(key)).map_err(MvccError::Sled)? {
+        Some(bytes) => {
+            let id: [u8; 8] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|_| codec::DecodeError::Malformed("bad key lease record".into()))?;
+            Ok(Some(u64::from_be_bytes(id)))
+        }
+        None => Ok(None),
     }
 }
 

@@ -33,6 +33,28 @@
 //! apply call. The newest changes are also kept in memory (`recent.rs`), filled by apply after its
 //! batch is in sled and before the revision is published, so watchers that keep up read them
 //! there; the history in sled stays the record.
+//!
+//! ## The history floor
+//! Two things decide how far a member compacts. `history_revisions` is node-local housekeeping:
+//! each member keeps that many revisions, whatever the others do. [`Command::Compact`] (etcd's
+//! Compact) is replicated: it raises the *floor*, a revision every member must compact up to.
+//! The compaction target after each apply is `max(revision - history_revisions, floor)`, held
+//! down by running snapshot builds' pins, and reached in the usual steps of at most
+//! `COMPACT_PER_APPLY` revisions per apply call, so a floor far ahead costs several apply calls
+//! (an idle member makes no progress until its next apply: a server that waits for physical
+//! compaction, [`KvReader::compactions`], can propose an empty txn to drive it). The floor never
+//! loosens retention: with a floor below `revision - history_revisions` nothing changes.
+//!
+//! Compact is answered against the floor alone, never against the member's own compaction
+//! point, so the answer is the same on every member that applied the same log: a revision at or
+//! below the floor is `Compacted`, one above the current revision `FutureRevision`. The floor is
+//! stored in its own record (`m:floor`), so it survives restarts. Snapshots do not carry it: an
+//! installed snapshot holds no history at all, so installing one sets the floor to the
+//! snapshot's revision (at or above any floor the log had reached there). That member then
+//! answers a Compact between the log's floor and the snapshot's revision with `Compacted`, as it
+//! should: it no longer has that history. Reads at a revision go by the member's actual
+//! compaction point ([`KvReader::compacted`]) and the floor: a read below the floor is refused at
+//! once, as in etcd, even while the steps are still catching up.
 
 mod apply;
 mod changes;
@@ -73,6 +95,9 @@ pub type Snapshot = openraft::Snapshot<crate::types::LeaderId, crate::NodeId, cr
 const ROOT_CURRENT: &[u8] = b"current";
 const META_KEY: &[u8] = b"m:meta";
 const MEMBERSHIP_KEY: &[u8] = b"m:membership";
+/// The history floor (`u64`), once a [`Command::Compact`] raised it or a snapshot was installed;
+/// missing: 0. Its own record because `SmMeta`, a postcard struct, cannot gain a field.
+const FLOOR_KEY: &[u8] = b"m:floor";
 /// Entries larger than this are applied off the async runtime's own threads.
 const LARGE_ENTRY_BYTES: usize = 64 * 1024;
 /// At most this many revisions are compacted per apply call, to bound apply latency.
@@ -154,6 +179,10 @@ pub(crate) struct SmShared {
     revisions: tokio::sync::watch::Sender<u64>,
     /// The newest changes in memory, for watchers that keep up (`recent.rs`).
     recent: recent::Recent,
+    /// The compaction point once its batch is in sled (`compacting` is announced before).
+    compactions: tokio::sync::watch::Sender<u64>,
+    /// The history floor, for reads: refused below it even before compaction got there.
+    floor: AtomicU64,
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
@@ -245,6 +274,8 @@ pub struct StateMachine {
     preserved: bool,
     /// Some key may be attached to a lease (see `apply::Apply::leased_keys`).
     leased_keys: bool,
+    /// The history floor: see "The history floor" above.
+    floor: u64,
     /// The highest index the log store has written into sled: no entry above it is applied (the
     /// log store's "Applies wait for the write"). None: apply at once (tests of the state machine
     /// alone).
@@ -283,6 +314,7 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let leased_keys = leases::any_leased_key(&tree).map_err(io_err)?;
+        let floor = read_floor(&tree)?;
         let snapshots = SnapshotStore::open(snapshot_dir)?;
         if let Some(snap) = snapshots.current_meta() {
             if snap.last_log_id > meta.applied {
@@ -309,6 +341,8 @@ impl StateMachine {
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             revisions: tokio::sync::watch::Sender::new(meta.revision),
             recent: recent::Recent::default(),
+            compactions: tokio::sync::watch::Sender::new(meta.compacted),
+            floor: AtomicU64::new(floor),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -318,6 +352,7 @@ impl StateMachine {
             // Left over from a build that a restart interrupted.
             preserved: true,
             leased_keys,
+            floor,
             log_written: None,
         })
     }
@@ -342,6 +377,8 @@ impl StateMachine {
         self.meta = meta;
         self.membership = membership;
         self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
+        self.floor = read_floor(&self.shared.tree().0)?;
+        self.shared.floor.store(self.floor, Ordering::Release);
         self.shared.publish(&self.meta);
         Ok(header)
     }
@@ -464,7 +501,7 @@ impl StateMachine {
                 index: log_id.index,
                 max_pin,
             },
-            apply: apply::Apply::new(tree, meta.revision, self.leased_keys),
+            apply: apply::Apply::new(tree, meta.revision, self.leased_keys, self.floor),
             sessions: sessions::Written::new(),
             session_count: meta.session_count,
         };
@@ -502,6 +539,8 @@ impl StateMachine {
         self.shared.recent.push(generation, ctx.apply.take_changes());
         self.meta = meta;
         self.leased_keys = ctx.apply.leased_keys;
+        self.floor = ctx.apply.floor;
+        self.shared.floor.store(self.floor, Ordering::Release);
         if let Some(m) = membership {
             self.membership = m;
         }
@@ -521,11 +560,11 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Compact history older than `history_revisions`, whole records and a bounded number of
-    /// revisions at a time.
+    /// Compact history older than `history_revisions`, and at least up to the floor, whole
+    /// records and a bounded number of revisions at a time.
     fn compact_step(&mut self, tree: &sled::Tree) -> io::Result<()> {
         let keep = self.shared.config.history_revisions;
-        let mut target = self.meta.revision.saturating_sub(keep);
+        let mut target = self.meta.revision.saturating_sub(keep).max(self.floor);
         if let Some((&(pinned, _), _)) = self.shared.pins().first_key_value() {
             target = target.min(pinned);
         }
@@ -566,7 +605,15 @@ impl StateMachine {
         self.shared.compacting.store(compacted, Ordering::Release);
         tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
         self.meta = meta;
+        self.shared.compactions.send_replace(compacted);
         Ok(())
+    }
+}
+
+fn read_floor(tree: &sled::Tree) -> io::Result<u64> {
+    match tree.get(FLOOR_KEY).map_err(sled_to_io)? {
+        Some(bytes) => codec::decode(&bytes).map_err(io_err),
+        None => Ok(0),
     }
 }
 
@@ -706,6 +753,8 @@ impl StateMachine {
         self.meta = new_meta;
         self.membership = membership;
         self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
+        self.floor = read_floor(&self.shared.tree().0)?;
+        self.shared.floor.store(self.floor, Ordering::Release);
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
         match self.reader().leases() {

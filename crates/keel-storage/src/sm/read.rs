@@ -26,6 +26,14 @@ pub enum ReadError {
     Storage(#[from] MvccError),
     #[error("the state was replaced while reading (snapshot install or compaction); try again")]
     Interrupted,
+    /// A read at a revision whose state this member no longer holds whole: below `compacted`,
+    /// the compaction point (etcd: "required revision has been compacted").
+    #[error("required revision has been compacted (compacted up to {compacted})")]
+    Compacted { compacted: u64 },
+    /// A read at a revision not applied yet on this member (etcd: "required revision is a future
+    /// revision").
+    #[error("required revision is a future revision (current revision {current})")]
+    FutureRevision { current: u64 },
 }
 
 /// Read access to the state machine, cheap to clone.
@@ -89,15 +97,72 @@ impl KvReader {
     /// `count_only` visits the whole range. It runs on the calling thread and may take long
     /// (a count of millions of keys takes seconds): keep it off an async runtime's workers.
     pub fn range_bounded(&self, op: &RangeOp, max_bytes: usize) -> Result<(RangeResult, u64), ReadError> {
-        self.consistent(|tree, rev| {
-            let pairs = LiveIter::new(tree, &op.range, rev);
-            let pairs = if op.keys_only || op.count_only {
-                pairs.without_values()
-            } else {
-                pairs
-            };
-            mvcc::collect_range_bounded(pairs, op, max_bytes)
-        })
+        self.consistent(|tree, rev| range_in(tree, op, rev, max_bytes))
+    }
+
+    /// A range as of revision `rev` (0: the current one), bounded as [`KvReader::range_bounded`].
+    /// Returns the result and the revision it was read at.
+    ///
+    /// Readable are the revisions from the compaction point ([`KvReader::compacted`]), or the
+    /// history floor ([`crate::Command::Compact`]) if that is higher, up to the current one:
+    /// compaction removes only versions superseded at or below the point, so the
+    /// state *at* the point is still whole (as in etcd, where a read at the compact revision
+    /// succeeds). Below it: [`ReadError::Compacted`]; above the current revision:
+    /// [`ReadError::FutureRevision`]. A compaction that passes `rev` while the read runs is
+    /// noticed afterwards and also answered with `Compacted`, never with a partial result.
+    pub fn range_at(&self, op: &RangeOp, rev: u64, max_bytes: usize) -> Result<(RangeResult, u64), ReadError> {
+        if rev == 0 {
+            return self.range_bounded(op, max_bytes);
+        }
+        for _ in 0..READ_ATTEMPTS {
+            let (tree, generation, current) = self.shared.tree();
+            if rev > current {
+                return Err(ReadError::FutureRevision { current });
+            }
+            self.not_compacted(rev)?;
+            let result = range_in(&tree, op, rev, max_bytes);
+            if self.shared.generation.load(Ordering::Acquire) != generation {
+                // An install replaced the tree: the new one may still hold `rev`, or refuse it.
+                continue;
+            }
+            self.not_compacted(rev)?;
+            return Ok((result?, rev));
+        }
+        Err(ReadError::Interrupted)
+    }
+
+    fn not_compacted(&self, rev: u64) -> Result<(), ReadError> {
+        // The announced point, not the finished one: a compaction batch landing meanwhile may
+        // already have removed versions below it.
+        let compacted = self
+            .shared
+            .compacting
+            .load(Ordering::Acquire)
+            .max(self.shared.floor.load(Ordering::Acquire));
+        match rev < compacted {
+            true => Err(ReadError::Compacted { compacted }),
+            false => Ok(()),
+        }
+    }
+
+    /// The compaction point: history up to and including it is gone from this member's store
+    /// (reads at it still work, below it not). Node-local; see the module docs of `sm` for how
+    /// [`crate::Command::Compact`] and `history_revisions` move it.
+    pub fn compacted(&self) -> u64 {
+        *self.shared.compactions.borrow()
+    }
+
+    /// Follow [`KvReader::compacted`]: it moves after each compaction step (and a snapshot
+    /// install). A server that answers a compaction only once it is physically done waits here
+    /// for the point to reach its revision.
+    pub fn compactions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.compactions.subscribe()
+    }
+
+    /// The lease `key` is attached to now, if any (leases are not versioned: there is no lease
+    /// "as of" an older revision).
+    pub fn lease_of(&self, key: &[u8]) -> Result<Option<crate::LeaseId>, ReadError> {
+        Ok(self.consistent(|tree, _| super::leases::key_lease_in(tree, key))?.0)
     }
 
     /// Every lease, by id.
@@ -122,4 +187,14 @@ impl KvReader {
         }
         Err(ReadError::Interrupted)
     }
+}
+
+fn range_in(tree: &sled::Tree, op: &RangeOp, rev: u64, max_bytes: usize) -> Result<RangeResult, MvccError> {
+    let pairs = LiveIter::new(tree, &op.range, rev);
+    let pairs = if op.keys_only || op.count_only {
+        pairs.without_values()
+    } else {
+        pairs
+    };
+    mvcc::collect_range_bounded(pairs, op, max_bytes)
 }

@@ -31,7 +31,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::RaftSnapshotBuilder;
 
 use super::mvcc::LiveIter;
-use super::{io_err, leases, sessions, PinGuard, SmMeta, SmShared, Snapshot, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT};
+use super::{
+    io_err, leases, sessions, PinGuard, SmMeta, SmShared, Snapshot, FLOOR_KEY, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT,
+};
 use crate::codec::{self, StoredVersion};
 use crate::durability::{fsync_dir, sled_to_io};
 use crate::raft_position::{to_meta, to_position};
@@ -456,6 +458,8 @@ fn load_generation<R: Read>(
         None => raft.last_membership,
     };
     batch.insert(META_KEY, codec::encode(&meta));
+    // No history below the snapshot's revision is left to compact (see `sm`, "The history floor").
+    batch.insert(FLOOR_KEY, codec::encode(&header.revision));
     batch.insert(MEMBERSHIP_KEY, codec::encode(&membership));
     tree.apply_batch(batch).map_err(sled_to_io)?;
     // next_kv returned None, so the trailer is verified; this only hands back the input.
@@ -477,6 +481,7 @@ fn load_generation<R: Read>(
         shared.compacting.store(header.revision, Ordering::Release);
         shared.generation.fetch_add(1, Ordering::AcqRel);
     }
+    shared.compactions.send_replace(header.revision);
     if let Some(old) = old_name {
         if old != new_name.as_bytes() {
             db.drop_tree(&old).map_err(sled_to_io)?;
