@@ -43,7 +43,8 @@
 //!   durability, which rests on fdatasync doing its job.
 //! - After a failed fsync the store refuses all further writes until the process restarts.
 //! - Compaction is node-local housekeeping: it never changes what a read at a retained revision
-//!   returns, but two nodes may have compacted to different points.
+//!   returns, but two nodes may have compacted to different points. Only the floor that etcd's
+//!   Compact ([`Command::Compact`]) raises is replicated (see `sm::compact`).
 //! - The whole value of every version is stored; there is no delta encoding, so a hot key with
 //!   large values costs `history_revisions` copies until compaction catches up.
 //! - Exactly-once writes ([`Request::session`], see [`sm::sessions`]) hold only while the client's

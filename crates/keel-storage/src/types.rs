@@ -74,6 +74,7 @@ impl fmt::Display for Request {
             Command::LeaseCheckpoint(_) => "lease checkpoint",
             Command::LeaseExpire(_) => "lease expiry",
             Command::Compact(_) => "compact",
+            Command::PutWith(_) => "put",
         };
         match self.session {
             Some(s) => write!(f, "{kind} (session {}:{})", s.client_id, s.seq),
@@ -125,6 +126,8 @@ pub enum Command {
     /// history floor"). Answered with [`CommandResult::None`], or [`CommandResult::Compacted`] /
     /// [`CommandResult::FutureRevision`] without effect.
     Compact(u64),
+    /// A put with etcd's options (`ignore_value`, `ignore_lease`, a lease): see [`PutWith`].
+    PutWith(PutWith),
 }
 
 /// A lease id: positive, at most `i64::MAX` (etcd's lease ids are signed).
@@ -134,6 +137,19 @@ pub type LeaseId = u64;
 pub struct LeasedPut {
     pub put: PutOp,
     pub lease: LeaseId,
+}
+
+/// etcd's PutRequest whole. A put that keeps the key's current value (`ignore_value`, with an
+/// empty `put.value`) or its current lease (`ignore_lease`, with `lease` 0) needs the key to
+/// exist: otherwise [`CommandResult::KeyNotFound`] and nothing is applied, in a txn too. Without
+/// `ignore_lease`, the key is attached to `lease` (0: detached), which must exist, as for
+/// [`Command::LeasedPut`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutWith {
+    pub put: PutOp,
+    pub lease: LeaseId,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,14 +276,30 @@ pub enum CompareOp {
     Greater,
 }
 
-/// What a [`Compare`] looks at, and the operand. A missing key has version, create revision and
-/// mod revision 0; a value compare on a missing key is always false (as in etcd).
+/// What a [`Compare`] looks at, and the operand. A missing key has version, create revision,
+/// mod revision and lease 0; a value compare on a missing key is always false (as in etcd).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Version(u64),
     CreateRevision(u64),
     ModRevision(u64),
+    /// The lease the key is attached to; 0 for a key without one, and for a missing key.
+    Lease(LeaseId),
+    /// etcd's `Compare.range_end`: `target` must hold for every live key in `[key, end)`, or
+    /// every key `>= key` when `end` is empty (etcd's `"\0"`). A range with no live key
+    /// compares as one missing key (etcd's rule): a value compare fails, the others compare 0.
+    /// An `end` at or below `key` is such an empty range. `target` is never itself a `Range`: one
+    /// inside another fails to decode (see `nest`).
+    ///
+    /// A wrapper variant rather than a field because [`Compare`], a postcard struct, cannot gain
+    /// one without breaking the compares of old log entries.
+    Range {
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+        #[serde(deserialize_with = "nest::flat_target")]
+        target: Box<CompareTarget>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,7 +308,15 @@ pub enum TxnOp {
     Delete(DeleteOp),
     Range(RangeOp),
     LeasedPut(LeasedPut),
+    /// etcd's nested txn: decided with the outer txn's compares, against the state before the
+    /// outer txn, and written at its one revision (see `sm::txn`). At most [`MAX_TXN_NESTING`]
+    /// levels deep; deeper fails to decode.
+    Txn(#[serde(deserialize_with = "nest::txn")] Txn),
+    PutWith(PutWith),
 }
+
+/// Txns nested in a txn, at most, on any path (the outer txn is not counted).
+pub const MAX_TXN_NESTING: u32 = 32;
 
 /// The outcome of applying one log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +375,13 @@ pub enum CommandResult {
     FutureRevision {
         current: u64,
     },
+    /// A put that keeps the current value or lease of `key`, which does not exist (before the
+    /// txn, for a put in a txn's taken path). Nothing was executed. (etcd: "key not found";
+    /// Server: InvalidArgument.)
+    KeyNotFound {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +437,7 @@ pub enum OpResult {
     Put(PutResult),
     Delete(DeleteResult),
     Range(RangeResult),
+    Txn(#[serde(deserialize_with = "nest::txn_result")] TxnResult),
 }
 
 /// Batches are flat: decoding a batch inside a batch fails at once. `Command::Batch` holds
@@ -432,5 +480,68 @@ mod flat {
     pub fn responses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Response>, D::Error> {
         let _level = Level::enter()?;
         Vec::deserialize(d)
+    }
+}
+
+/// Nested txns are bounded: `TxnOp::Txn` holds a txn, which holds ops, so without a bound a
+/// hostile message nested a million levels deep (a few bytes a level) would recurse through the
+/// decoder until the stack overflowed, as for batches (`flat`). Decoding counts the levels on this
+/// thread and fails past [`MAX_TXN_NESTING`]; a range compare inside a range compare fails at
+/// once (it has no meaning, and `CompareTarget::Range` holds a `CompareTarget`).
+mod nest {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer};
+
+    thread_local! {
+        /// Nested txns (or their results) being decoded on this thread, one inside the other.
+        static TXNS: Cell<u32> = const { Cell::new(0) };
+        /// A range compare is being decoded on this thread.
+        static IN_RANGE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    struct TxnLevel;
+
+    impl TxnLevel {
+        fn enter<E: serde::de::Error>() -> Result<TxnLevel, E> {
+            if TXNS.get() >= super::MAX_TXN_NESTING {
+                return Err(E::custom("txns nested too deep"));
+            }
+            TXNS.set(TXNS.get() + 1);
+            Ok(TxnLevel)
+        }
+    }
+
+    impl Drop for TxnLevel {
+        fn drop(&mut self) {
+            TXNS.set(TXNS.get() - 1);
+        }
+    }
+
+    pub fn txn<'de, D: Deserializer<'de>>(d: D) -> Result<super::Txn, D::Error> {
+        let _level = TxnLevel::enter()?;
+        super::Txn::deserialize(d)
+    }
+
+    pub fn txn_result<'de, D: Deserializer<'de>>(d: D) -> Result<super::TxnResult, D::Error> {
+        let _level = TxnLevel::enter()?;
+        super::TxnResult::deserialize(d)
+    }
+
+    struct RangeLevel;
+
+    impl Drop for RangeLevel {
+        fn drop(&mut self) {
+            IN_RANGE.set(false);
+        }
+    }
+
+    pub fn flat_target<'de, D: Deserializer<'de>>(d: D) -> Result<Box<super::CompareTarget>, D::Error> {
+        if IN_RANGE.get() {
+            return Err(serde::de::Error::custom("a range compare inside a range compare"));
+        }
+        IN_RANGE.set(true);
+        let _level = RangeLevel;
+        Box::<super::CompareTarget>::deserialize(d)
     }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 
 use thiserror::Error;
 
-use crate::types::{Command, DeleteOp, KeyRange, PutOp, RangeOp, Request, TxnOp};
+use crate::types::{
+    Command, Compare, CompareTarget, DeleteOp, KeyRange, PutOp, PutWith, RangeOp, Request, Txn, TxnOp, MAX_TXN_NESTING,
+};
 
 /// Size limits on what clients may store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,16 @@ pub enum InvalidRequest {
     LeaseTtl(u64),
     #[error("lease checkpoints and expiries are proposed by the leader, not sent by clients")]
     LeaderOnly,
+    #[error("txns are nested more than {max} deep")]
+    TxnTooDeep { max: u32 },
+    #[error("a range compare cannot hold another range compare")]
+    NestedRangeCompare,
+    /// etcd: "value is provided".
+    #[error("a put that keeps the current value must not provide one")]
+    ValueProvided,
+    /// etcd: "lease is provided".
+    #[error("a put that keeps the current lease must not provide one")]
+    LeaseProvided,
 }
 
 /// The longest lease TTL: etcd's 9,000,000,000 seconds.
@@ -99,19 +111,7 @@ fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest
     match &req.command {
         Command::Put(put) => validate_put(put, limits),
         Command::Delete(del) => validate_delete(del, limits),
-        Command::Txn(txn) => {
-            if txn.compares.len() > limits.max_txn_ops {
-                return Err(too_many("compares", txn.compares.len(), limits));
-            }
-            for cmp in &txn.compares {
-                validate_key(&cmp.key, limits)?;
-                if let crate::types::CompareTarget::Value(v) = &cmp.target {
-                    validate_value(v, limits)?;
-                }
-            }
-            validate_branch(&txn.success, "success ops", limits)?;
-            validate_branch(&txn.failure, "failure ops", limits)
-        }
+        Command::Txn(txn) => validate_txn(txn, limits),
         Command::Batch(_) => Err(InvalidRequest::ClientBatch),
         Command::LeasedPut(p) => {
             validate_lease_id(p.lease)?;
@@ -128,6 +128,7 @@ fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest
         Command::LeaseCheckpoint(_) | Command::LeaseExpire(_) => Err(InvalidRequest::LeaderOnly),
         // Any revision: out-of-range ones are answered by apply, which knows the current one.
         Command::Compact(_) => Ok(()),
+        Command::PutWith(p) => validate_put_with(p, limits),
     }
 }
 
@@ -136,40 +137,152 @@ pub fn validate_range(op: &RangeOp, limits: &Limits) -> Result<(), InvalidReques
     validate_key_range(&op.range, limits)
 }
 
-fn validate_branch(ops: &[TxnOp], what: &'static str, limits: &Limits) -> Result<(), InvalidRequest> {
+/// Ops in a txn and all the txns nested in it, both branches counted, at most this many times
+/// `max_txn_ops`: each level is bounded as a flat txn is (as etcd does), and this keeps the
+/// whole tree's apply work within a small multiple of a flat txn's.
+pub const NESTED_TXN_OPS_FACTOR: usize = 8;
+
+fn validate_txn(txn: &Txn, limits: &Limits) -> Result<(), InvalidRequest> {
+    let mut total = 0;
+    validate_level(txn, 0, limits, &mut total).map(|_| ())
+}
+
+/// What a txn nested `depth` deep (0: the outer one) may write, in either branch, after
+/// checking it and the txns nested in it.
+fn validate_level<'a>(
+    txn: &'a Txn,
+    depth: u32,
+    limits: &Limits,
+    total: &mut usize,
+) -> Result<Writes<'a>, InvalidRequest> {
+    if depth > MAX_TXN_NESTING {
+        return Err(InvalidRequest::TxnTooDeep { max: MAX_TXN_NESTING });
+    }
+    if txn.compares.len() > limits.max_txn_ops {
+        return Err(too_many("compares", txn.compares.len(), limits));
+    }
+    for cmp in &txn.compares {
+        validate_compare(cmp, limits)?;
+    }
+    let mut writes = validate_branch(&txn.success, "success ops", depth, limits, total)?;
+    let or = validate_branch(&txn.failure, "failure ops", depth, limits, total)?;
+    writes.puts.extend(or.puts);
+    writes.deletes.extend(or.deletes);
+    Ok(writes)
+}
+
+fn validate_compare(cmp: &Compare, limits: &Limits) -> Result<(), InvalidRequest> {
+    validate_key(&cmp.key, limits)?;
+    let target = match &cmp.target {
+        CompareTarget::Range { end, target } => {
+            // An end at or below the key is an empty range, which etcd accepts (it compares as
+            // a missing key), so only its size is checked.
+            check_len(end, limits)?;
+            if matches!(**target, CompareTarget::Range { .. }) {
+                return Err(InvalidRequest::NestedRangeCompare);
+            }
+            target
+        }
+        target => target,
+    };
+    if let CompareTarget::Value(v) = target {
+        validate_value(v, limits)?;
+    }
+    Ok(())
+}
+
+/// What a branch (and the txns nested in it) may write.
+#[derive(Default)]
+struct Writes<'a> {
+    puts: BTreeSet<&'a [u8]>,
+    deletes: Vec<&'a KeyRange>,
+}
+
+impl Writes<'_> {
+    fn deleted(&self, key: &[u8]) -> bool {
+        self.deletes.iter().any(|r| r.contains(key))
+    }
+}
+
+/// Two writes to one key in one revision would make that key's history ambiguous (which one is
+/// "the" version at that revision?), so, like etcd, refuse them: on any path through the txn, a
+/// key is put at most once and not both put and deleted. A nested txn's two branches exclude each
+/// other, so a key may be written in both; each is checked against the writes of the ops around
+/// it. (Two deletes of one key are fine: the second finds nothing.)
+fn validate_branch<'a>(
+    ops: &'a [TxnOp],
+    what: &'static str,
+    depth: u32,
+    limits: &Limits,
+    total: &mut usize,
+) -> Result<Writes<'a>, InvalidRequest> {
     if ops.len() > limits.max_txn_ops {
         return Err(too_many(what, ops.len(), limits));
     }
-    // Two writes to one key in one revision would make that key's history ambiguous (which one
-    // is "the" version at that revision?), so, like etcd, refuse them.
-    let mut put_keys = BTreeSet::new();
-    let mut deletes = Vec::new();
+    *total += ops.len();
+    let max_total = limits.max_txn_ops.saturating_mul(NESTED_TXN_OPS_FACTOR);
+    if *total > max_total {
+        return Err(InvalidRequest::TooManyTxnOps {
+            what: "ops in nested txns",
+            len: *total,
+            max: max_total,
+        });
+    }
+    let mut writes = Writes::default();
+    let mut puts = Vec::new();
     for op in ops {
         match op {
             TxnOp::Put(put) => {
                 validate_put(put, limits)?;
-                if !put_keys.insert(put.key.as_slice()) {
-                    return Err(duplicate(&put.key));
-                }
+                puts.push(put.key.as_slice());
             }
             TxnOp::LeasedPut(p) => {
                 validate_lease_id(p.lease)?;
                 validate_put(&p.put, limits)?;
-                if !put_keys.insert(p.put.key.as_slice()) {
-                    return Err(duplicate(&p.put.key));
-                }
+                puts.push(p.put.key.as_slice());
+            }
+            TxnOp::PutWith(p) => {
+                validate_put_with(p, limits)?;
+                puts.push(p.put.key.as_slice());
             }
             TxnOp::Delete(del) => {
                 validate_delete(del, limits)?;
-                deletes.push(&del.range);
+                writes.deletes.push(&del.range);
             }
             TxnOp::Range(r) => validate_range(r, limits)?,
+            TxnOp::Txn(_) => {}
         }
     }
-    for key in put_keys {
-        if deletes.iter().any(|r| r.contains(key)) {
+    for op in ops {
+        let TxnOp::Txn(nested) = op else { continue };
+        // Both branches' writes are in `nested`'s, and checked against this branch's alike.
+        let nested = validate_level(nested, depth + 1, limits, total)?;
+        for key in &nested.puts {
+            if writes.puts.contains(key) || writes.deleted(key) {
+                return Err(duplicate(key));
+            }
+        }
+        writes.puts.extend(nested.puts);
+        writes.deletes.extend(nested.deletes);
+    }
+    for key in puts {
+        if !writes.puts.insert(key) || writes.deleted(key) {
             return Err(duplicate(key));
         }
+    }
+    Ok(writes)
+}
+
+fn validate_put_with(p: &PutWith, limits: &Limits) -> Result<(), InvalidRequest> {
+    validate_put(&p.put, limits)?;
+    if p.ignore_value && !p.put.value.is_empty() {
+        return Err(InvalidRequest::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(InvalidRequest::LeaseProvided);
+    }
+    if p.lease != 0 {
+        validate_lease_id(p.lease)?;
     }
     Ok(())
 }
@@ -244,7 +357,7 @@ fn duplicate(key: &[u8]) -> InvalidRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Compare, CompareOp, CompareTarget, Txn};
+    use crate::types::CompareOp;
 
     fn put(key: &[u8], value: &[u8]) -> PutOp {
         PutOp {

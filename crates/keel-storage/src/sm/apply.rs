@@ -21,8 +21,7 @@ use super::changes::Change;
 use super::mvcc::{self, LiveIter, MvccError};
 use crate::codec::{self, StoredLease, StoredVersion};
 use crate::types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteOp, DeleteResult, KeyValue, LeaseId, OpResult,
-    PutOp, PutResult, RangeOp, RangeResult, Txn, TxnOp, TxnResult,
+    Command, CommandResult, DeleteOp, DeleteResult, KeyRange, KeyValue, LeaseId, PutOp, PutResult, RangeOp, RangeResult,
 };
 
 /// One change in the history record of a revision.
@@ -142,10 +141,7 @@ impl<'a> Apply<'a> {
         let result = match cmd {
             Command::Put(put) => CommandResult::Put(self.put(put, 0)?),
             Command::Delete(del) => CommandResult::Delete(self.delete(del)?),
-            Command::Txn(txn) => match self.missing_txn_lease(txn)? {
-                Some(id) => CommandResult::LeaseNotFound { id },
-                None => CommandResult::Txn(self.txn(txn)?),
-            },
+            Command::Txn(txn) => self.txn(txn)?,
             Command::LeasedPut(p) => match self.lease(p.lease)? {
                 Some(_) => CommandResult::Put(self.put(&p.put, p.lease)?),
                 None => CommandResult::LeaseNotFound { id: p.lease },
@@ -156,6 +152,7 @@ impl<'a> Apply<'a> {
             Command::LeaseCheckpoint(points) => self.lease_checkpoint(points)?,
             Command::LeaseExpire(e) => self.lease_expire(e)?,
             Command::Compact(rev) => self.compact(*rev),
+            Command::PutWith(p) => self.put_with_command(p)?,
             Command::Batch(_) => {
                 return Err(MvccError::Decode(codec::DecodeError::Malformed(
                     "a batch reached Apply::execute; batches are walked by the caller".into(),
@@ -201,7 +198,7 @@ impl<'a> Apply<'a> {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
         match self.overlay.get(key) {
             Some(state) => Ok(state.kv.clone()),
             None => mvcc::get(self.tree, key, u64::MAX),
@@ -209,7 +206,7 @@ impl<'a> Apply<'a> {
     }
 
     /// Put, attaching the key to `lease` (0: to none).
-    fn put(&mut self, op: &PutOp, lease: LeaseId) -> Result<PutResult, MvccError> {
+    pub(super) fn put(&mut self, op: &PutOp, lease: LeaseId) -> Result<PutResult, MvccError> {
         let (prev_revision, prev_kv) = match self.overlay.get(&op.key) {
             Some(state) => (state.revision, state.kv.clone()),
             None => {
@@ -297,58 +294,23 @@ impl<'a> Apply<'a> {
     }
 
     /// A range read that sees this command's own earlier writes.
-    fn read(&self, op: &RangeOp) -> Result<RangeResult, MvccError> {
-        let tree_pairs = LiveIter::new(self.tree, &op.range, u64::MAX);
+    pub(super) fn read(&self, op: &RangeOp) -> Result<RangeResult, MvccError> {
+        mvcc::collect_range(self.live(&op.range), op)
+    }
+
+    /// The live pairs of `range` as this entry left them so far, in key order.
+    pub(super) fn live<'s>(&'s self, range: &KeyRange) -> Box<dyn Iterator<Item = Result<KeyValue, MvccError>> + 's> {
+        let tree_pairs = LiveIter::new(self.tree, range, u64::MAX);
         if self.overlay.is_empty() {
-            return mvcc::collect_range(tree_pairs, op);
+            return Box::new(tree_pairs);
         }
         let overlay: Vec<(&Vec<u8>, &Option<KeyValue>)> = self
             .overlay
             .iter()
-            .filter(|(k, _)| op.range.contains(k))
+            .filter(|(k, _)| range.contains(k))
             .map(|(k, state)| (k, &state.kv))
             .collect();
-        mvcc::collect_range(merge(tree_pairs, overlay), op)
-    }
-
-    fn txn(&mut self, txn: &Txn) -> Result<TxnResult, MvccError> {
-        let mut succeeded = true;
-        for cmp in &txn.compares {
-            if !compare(self.get(&cmp.key)?.as_ref(), cmp) {
-                succeeded = false;
-                break;
-            }
-        }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            responses.push(match op {
-                TxnOp::Put(put) => OpResult::Put(self.put(put, 0)?),
-                TxnOp::LeasedPut(p) => OpResult::Put(self.put(&p.put, p.lease)?),
-                TxnOp::Delete(del) => OpResult::Delete(self.delete(del)?),
-                TxnOp::Range(range) => OpResult::Range(self.read(range)?),
-            });
-        }
-        Ok(TxnResult { succeeded, responses })
-    }
-}
-
-/// Does `kv` (None: the key is missing) satisfy `cmp`?
-pub fn compare(kv: Option<&KeyValue>, cmp: &Compare) -> bool {
-    use std::cmp::Ordering;
-    let ordering: Ordering = match (&cmp.target, kv) {
-        // etcd: a value compare on a missing key fails, whatever the operator.
-        (CompareTarget::Value(_), None) => return false,
-        (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
-        (CompareTarget::Version(n), kv) => kv.map_or(0, |kv| kv.version).cmp(n),
-        (CompareTarget::CreateRevision(n), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(n),
-        (CompareTarget::ModRevision(n), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(n),
-    };
-    match cmp.op {
-        CompareOp::Equal => ordering == Ordering::Equal,
-        CompareOp::NotEqual => ordering != Ordering::Equal,
-        CompareOp::Less => ordering == Ordering::Less,
-        CompareOp::Greater => ordering == Ordering::Greater,
+        Box::new(merge(tree_pairs, overlay))
     }
 }
 

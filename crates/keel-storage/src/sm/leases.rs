@@ -119,13 +119,22 @@ impl Apply<'_> {
         Ok(keys)
     }
 
-    /// The first lease a txn's puts name that does not exist, in either branch.
+    /// The first lease a txn's puts name that does not exist, in either branch, nested txns'
+    /// included.
     pub(super) fn missing_txn_lease(&self, txn: &Txn) -> Result<Option<LeaseId>, MvccError> {
         for op in txn.success.iter().chain(&txn.failure) {
-            if let TxnOp::LeasedPut(p) = op {
-                if self.lease(p.lease)?.is_none() {
-                    return Ok(Some(p.lease));
-                }
+            let lease = match op {
+                // Checked even for 0, as it always was: old entries must apply as they did.
+                TxnOp::LeasedPut(p) if self.lease(p.lease)?.is_none() => return Ok(Some(p.lease)),
+                TxnOp::PutWith(p) if !p.ignore_lease => p.lease,
+                TxnOp::Txn(nested) => match self.missing_txn_lease(nested)? {
+                    Some(id) => return Ok(Some(id)),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if lease != 0 && self.lease(lease)?.is_none() {
+                return Ok(Some(lease));
             }
         }
         Ok(None)

@@ -131,7 +131,9 @@ impl Model {
                         changed = true;
                     }
                 }
-                TxnOp::Range(_) | TxnOp::LeasedPut(_) => unreachable!("these tests do not read in txns or use leases"),
+                TxnOp::Range(_) | TxnOp::LeasedPut(_) | TxnOp::Txn(_) | TxnOp::PutWith(_) => {
+                    unreachable!("these tests do not read, lease or nest in txns")
+                }
             }
         }
         if changed {
