@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# keel and etcd side by side, measured by the same code (keel-bench), on this machine: a
+# keel and etcd side by side, measured by the same code (keel-bench), on this machine: keel
+# through its own API and through its etcd API (keel-etcd: the etcd-client code that drives etcd),
+# and etcd; a
 # three-node keel (scripts/cluster.sh) and a three-member etcd, both on 127.0.0.1 with fresh data
 # directories, one after the other (never at the same time). 8-byte keys, 256-byte values.
 #
@@ -97,7 +99,7 @@ results="$work/results.jsonl"
 # pids SYSTEM: the members' process ids, in the order of the endpoints (for the watch's RSS).
 pids() {
   case $1 in
-    keel) cat "$work"/keel/node{1,2,3}.pid | paste -sd, ;;
+    keel | keel-etcd) cat "$work"/keel/node{1,2,3}.pid | paste -sd, ;;
     etcd) cat "$work"/etcd{1,2,3}.pid | paste -sd, ;;
   esac
 }
@@ -126,7 +128,12 @@ bench() {
 
 echo "== keel" >&2
 KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh up >&2
-for point in "${matrix[@]}"; do bench keel "$keel_endpoints" $point; done
+# keel through its own API and through its etcd API (keel-etcd: the etcd-client code that drives
+# etcd below), point by point, so that both see the same machine.
+for point in "${matrix[@]}"; do
+  bench keel "$keel_endpoints" $point
+  bench keel-etcd "$keel_endpoints" $point
+done
 if [ "$rounds" -gt 0 ]; then
   "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
     --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
@@ -161,14 +168,16 @@ for r in rows:
 names = {"put": "put", "get": "get linearizable", "sget": "get serializable",
          "lease": "lease churn (grant+put+revoke)", "lock": "lock hand-off (lock+unlock)"}
 f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
-print("| workload | clients | keel ops/s | keel p50 ms | keel p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | keel/etcd |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| workload | clients | keel ops/s | keel p50 ms | keel p99 ms | keel via etcd API ops/s | via etcd API / keel API "
+      "| etcd ops/s | etcd p50 ms | etcd p99 ms | keel/etcd | keel via etcd API / etcd |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for p in points:
     w, c = p.rsplit("-c", 1)
-    k, e = med("keel", p, "ops_per_sec"), med("etcd", p, "ops_per_sec")
-    ratio = f"{k / e:.2f}x" if k and e else "-"
+    k, ke, e = med("keel", p, "ops_per_sec"), med("keel-etcd", p, "ops_per_sec"), med("etcd", p, "ops_per_sec")
+    r = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
     print(f"| {names.get(w, w)} | {c} | {f(k)} | {f(med('keel', p, 'p50_ms'), 2)} | {f(med('keel', p, 'p99_ms'), 2)} "
-          f"| {f(e)} | {f(med('etcd', p, 'p50_ms'), 2)} | {f(med('etcd', p, 'p99_ms'), 2)} | {ratio} |")
+          f"| {f(ke)} | {r(ke, k)} | {f(e)} | {f(med('etcd', p, 'p50_ms'), 2)} | {f(med('etcd', p, 'p99_ms'), 2)} "
+          f"| {r(k, e)} | {r(ke, e)} |")
 kf, ef = med("keel", "failover", "median_ms"), med("etcd", "failover", "median_ms")
 if kf or ef:
     print(f"| failover (kill -9 leader → first write) | - | {kf:.0f} ms median | | | {ef:.0f} ms median | | | {ef / kf:.2f}x faster |" if kf and ef else "| failover | - | - | | | - | | | - |")
@@ -178,31 +187,31 @@ for p in sorted({r["point"] for r in rows if r["point"].startswith("watch")}):
     print(f"Watch fan-out: {watchers} watchers of one prefix on a follower, puts under it at 1,000/s "
           "(medians of the repetitions; lower is better except events/s)")
     print()
-    print("| measure | keel | etcd | keel/etcd |")
-    print("|---|---|---|---|")
+    print("| measure | keel | keel via etcd API | etcd | keel/etcd |")
+    print("|---|---|---|---|---|")
     for field, label, d in [("p50_ms", "delivery latency p50, ms", 2), ("p99_ms", "delivery latency p99, ms", 2),
                             ("events_per_sec", "events delivered per second", 0), ("puts_per_sec", "puts per second achieved", 0),
                             ("missing", "events missing", 0), ("setup_seconds", "time to create the watchers, s", 2),
                             ("rss_mib_before", "serving member RSS before the watchers, MiB", 1),
                             ("rss_mib_watching", "serving member RSS with the watchers, MiB", 1),
                             ("rss_mib_peak", "serving member RSS peak under the load, MiB", 1)]:
-        k, e = med("keel", p, field), med("etcd", p, field)
+        k, ke, e = med("keel", p, field), med("keel-etcd", p, field), med("etcd", p, field)
         ratio = f"{k / e:.2f}x" if k and e else "-"
-        print(f"| {label} | {f(k, d)} | {f(e, d)} | {ratio} |")
+        print(f"| {label} | {f(k, d)} | {f(ke, d)} | {f(e, d)} | {ratio} |")
 summary = {}
 for p in points:
     w, c = p.rsplit("-c", 1)
     key = {"get": "lin_get", "sget": "ser_get"}.get(w, w) + "_c" + c
-    for s in ("keel", "etcd"):
+    for s in ("keel", "keel-etcd", "etcd"):
         v = med(s, p, "ops_per_sec")
         if v is not None:
-            summary[f"{s}_{key}"] = round(v)
+            summary[f"{s.replace('-', '_')}_{key}"] = round(v)
 for p in {r["point"] for r in rows if r["point"].startswith("watch")}:
-    for s in ("keel", "etcd"):
+    for s in ("keel", "keel-etcd", "etcd"):
         for field in ("p50_ms", "p99_ms", "events_per_sec", "rss_mib_peak"):
             v = med(s, p, field)
             if v is not None:
-                summary[f"{s}_{p.replace('-', '_')}_{field}"] = v
+                summary[f"{s.replace('-', '_')}_{p.replace('-', '_')}_{field}"] = v
 summary["keel_failover_ms_median"] = kf
 summary["etcd_failover_ms_median"] = ef
 print(json.dumps(summary))

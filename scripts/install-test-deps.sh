@@ -7,6 +7,7 @@
 #   etcd-server (etcd 3.4): only tests/etcd/selfcheck.sh (proves the client tests on real etcd) and
 #     the benchmarks against etcd.
 #   python3-venv + PyPI etcd3 in $KEEL_TEST_VENV: tests/etcd/etcd3_test.py.
+#   protobuf-compiler, libprotobuf-dev: build the Rust etcd-client crate (keel-bench --features etcd).
 # Sourcing this file (`. scripts/install-test-deps.sh --vars`) only sets KEEL_TEST_VENV.
 KEEL_TEST_VENV=${KEEL_TEST_VENV:-/opt/keel-test-venv}
 # etcd3 0.12 (last release) needs protobuf 3 (its generated modules predate protobuf 4) and the
@@ -21,6 +22,10 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || 
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# protoc and its well-known types: the Rust etcd-client crate's build script (keel-bench's `etcd`
+# feature: its etcd_client test and the benchmarks against etcd).
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 # the venv is built with Debian's python (a pyenv shim may shadow it on PATH)
 [ -x "$KEEL_TEST_VENV/bin/python" ] || /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

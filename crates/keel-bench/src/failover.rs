@@ -60,7 +60,7 @@ async fn leader(f: &Failover) -> anyhow::Result<(usize, u32)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = match f.system.as_str() {
-            "keel" => keel_leader(&f.endpoints).await.and_then(|(e, s)| {
+            "keel" | "keel-etcd" => keel_leader(&f.endpoints).await.and_then(|(e, s)| {
                 let i = f.endpoints.iter().position(|x| *x == e)?;
                 Some((i, s.pid as u32))
             }),
@@ -126,7 +126,7 @@ async fn wait_all_up(f: &Failover) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let up = match f.system.as_str() {
-            "keel" => keel_statuses(&f.endpoints).await.len(),
+            "keel" | "keel-etcd" => keel_statuses(&f.endpoints).await.len(),
             #[cfg(not(feature = "etcd"))]
             _ => 0,
             #[cfg(feature = "etcd")]

@@ -336,7 +336,7 @@ async fn sample_peak(pid: u32, mut stop: watch::Receiver<bool>) -> Option<u64> {
 /// etcd, as its Status says), or the first endpoint when none can be told apart.
 pub async fn first_follower(system: &str, endpoints: &[String]) -> anyhow::Result<usize> {
     match system {
-        "keel" => {
+        "keel" | "keel-etcd" => {
             let statuses = crate::target::keel_statuses(endpoints).await;
             let follower = statuses.iter().find(|(_, s)| s.role == "follower");
             Ok(follower

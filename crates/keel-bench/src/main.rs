@@ -41,8 +41,9 @@ use target::{Scan, Target};
     about = "Load generator for keel and etcd, failover and leader-transfer timing"
 )]
 struct Cli {
-    /// keel or etcd.
-    #[arg(long, global = true, default_value = "keel", value_parser = ["keel", "etcd"])]
+    /// keel, etcd, or keel-etcd: keel driven through its etcd API with the code that drives etcd
+    /// (the etcd-client crate; connections go to keel's leader, as keel's own do).
+    #[arg(long, global = true, default_value = "keel", value_parser = ["keel", "etcd", "keel-etcd"])]
     system: String,
     /// Comma-separated client endpoints (host:port).
     #[arg(
@@ -321,7 +322,7 @@ struct RaftState {
 }
 
 async fn raft_state(cli: &Cli) -> Option<RaftState> {
-    if cli.system != "keel" {
+    if !cli.system.starts_with("keel") {
         return None;
     }
     let statuses = target::keel_statuses(&cli.endpoints).await;

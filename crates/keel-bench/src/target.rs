@@ -128,8 +128,17 @@ impl Target {
                 }
                 Ok(Target::Etcd { clients })
             }
+            #[cfg(feature = "etcd")]
+            "keel-etcd" => {
+                let (leader, _) = keel_leader(endpoints)
+                    .await
+                    .context("no keel leader among the endpoints")?;
+                Box::pin(Target::connect_to("etcd", &leader, conns)).await
+            }
             #[cfg(not(feature = "etcd"))]
-            "etcd" => anyhow::bail!("this keel-bench was built without etcd support (cargo build --features etcd)"),
+            "etcd" | "keel-etcd" => {
+                anyhow::bail!("this keel-bench was built without etcd support (cargo build --features etcd)")
+            }
             other => anyhow::bail!("unknown system {other:?} (keel or etcd)"),
         }
     }
@@ -141,7 +150,7 @@ impl Target {
                 channels: (0..conns).map(|_| keel_channel(endpoint)).collect::<Result<_, _>>()?,
             }),
             #[cfg(feature = "etcd")]
-            "etcd" => {
+            "etcd" | "keel-etcd" => {
                 let mut clients = Vec::with_capacity(conns);
                 for _ in 0..conns {
                     let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));

@@ -157,7 +157,9 @@ pub fn txn_response(r: st::TxnResult, header: v1::ResponseHeader) -> v1::TxnResp
         .into_iter()
         .map(|op| v1::ResponseOp {
             // Nested responses carry no header of their own: the txn's header covers them.
+            // keel's API has no nested txns (only etcd's proposes them), so none answers here.
             response: Some(match op {
+                st::OpResult::Txn(_) => return v1::ResponseOp { response: None },
                 st::OpResult::Range(r) => Response::Range(v1::RangeResponse {
                     header: None,
                     ..range_response(r, v1::ResponseHeader::default())

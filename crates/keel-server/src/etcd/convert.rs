@@ -155,11 +155,6 @@ pub fn put_op(p: &pb::PutRequest) -> Result<st::TxnOp, Status> {
     if p.ignore_lease && p.lease != 0 {
         return Err(error::status(tonic::Code::InvalidArgument, error::LEASE_PROVIDED));
     }
-    if p.ignore_value || p.ignore_lease {
-        return Err(Status::unimplemented(
-            "keel does not support ignore_value or ignore_lease on put yet",
-        ));
-    }
     if p.lease < 0 {
         return Err(error::status(tonic::Code::NotFound, error::LEASE_NOT_FOUND));
     }
@@ -168,9 +163,15 @@ pub fn put_op(p: &pb::PutRequest) -> Result<st::TxnOp, Status> {
         value: p.value.clone(),
         prev_kv: p.prev_kv,
     };
-    Ok(match p.lease {
-        0 => st::TxnOp::Put(put),
-        lease => st::TxnOp::LeasedPut(st::LeasedPut {
+    Ok(match (p.ignore_value || p.ignore_lease, p.lease) {
+        (true, lease) => st::TxnOp::PutWith(st::PutWith {
+            put,
+            lease: lease as u64,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
+        }),
+        (false, 0) => st::TxnOp::Put(put),
+        (false, lease) => st::TxnOp::LeasedPut(st::LeasedPut {
             put,
             lease: lease as u64,
         }),
@@ -231,6 +232,18 @@ fn compare(c: pb::Compare) -> Result<st::Compare, Status> {
         }
         (Err(_), _) => return Err(Status::invalid_argument(format!("unknown compare target {}", c.target))),
     };
+    // Over a range: etcd's "\0" (every key from `key` on) is keel's empty end.
+    let target = match c.range_end.as_slice() {
+        [] => target,
+        [0] => st::CompareTarget::Range {
+            end: Vec::new(),
+            target: Box::new(target),
+        },
+        end => st::CompareTarget::Range {
+            end: end.to_vec(),
+            target: Box::new(target),
+        },
+    };
     Ok(st::Compare { key: c.key, op, target })
 }
 
@@ -241,6 +254,8 @@ pub enum PlannedOp {
     Range(RangePlan),
     /// A delete of an empty range: deletes nothing, takes no part in the txn.
     NoDelete,
+    /// A nested txn, with the plans of its own ops.
+    Txn(TxnPlan),
 }
 
 fn plan_op(op: pb::RequestOp) -> Result<PlannedOp, Status> {
@@ -261,7 +276,7 @@ fn plan_op(op: pb::RequestOp) -> Result<PlannedOp, Status> {
             Some(op) => PlannedOp::Op(st::TxnOp::Delete(op)),
             None => PlannedOp::NoDelete,
         },
-        Some(Request::RequestTxn(_)) => return Err(Status::unimplemented("keel does not support nested txns yet")),
+        Some(Request::RequestTxn(t)) => PlannedOp::Txn(txn_plan(t)?),
     })
 }
 
@@ -276,7 +291,7 @@ pub fn txn_plan(t: pb::TxnRequest) -> Result<TxnPlan, Status> {
     let compares = t.compare.into_iter().map(compare).collect::<Result<Vec<_>, _>>()?;
     let success = t.success.into_iter().map(plan_op).collect::<Result<Vec<_>, _>>()?;
     let failure = t.failure.into_iter().map(plan_op).collect::<Result<Vec<_>, _>>()?;
-    let ops = |plans: &[PlannedOp]| -> Vec<st::TxnOp> {
+    fn ops(plans: &[PlannedOp]) -> Vec<st::TxnOp> {
         plans
             .iter()
             .filter_map(|p| match p {
@@ -285,9 +300,10 @@ pub fn txn_plan(t: pb::TxnRequest) -> Result<TxnPlan, Status> {
                 PlannedOp::Range(plan) if plan.empty => None,
                 PlannedOp::Range(plan) => Some(st::TxnOp::Range(plan.op.clone())),
                 PlannedOp::NoDelete => None,
+                PlannedOp::Txn(plan) => Some(st::TxnOp::Txn(plan.txn.clone())),
             })
             .collect()
-    };
+    }
     Ok(TxnPlan {
         txn: st::Txn {
             compares,
@@ -314,6 +330,17 @@ impl TxnPlan {
                 PlannedOp::Range(p) if p.empty => Response::ResponseRange(pb::RangeResponse::default()),
                 PlannedOp::Range(p) => match results.next() {
                     Some(st::OpResult::Range(rr)) => Response::ResponseRange(range_response(&p, rr, None, lease_of)),
+                    _ => return Err(mismatch()),
+                },
+                PlannedOp::Txn(nested) => match results.next() {
+                    Some(st::OpResult::Txn(t)) => {
+                        let succeeded = t.succeeded;
+                        Response::ResponseTxn(pb::TxnResponse {
+                            header: None,
+                            succeeded,
+                            responses: nested.responses(t, lease_of)?,
+                        })
+                    }
                     _ => return Err(mismatch()),
                 },
                 PlannedOp::Op(_) => match results.next() {
@@ -462,6 +489,13 @@ mod tests {
     #[test]
     fn malformed_requests_are_refused_in_etcds_words() {
         let s = range_plan(&pb::RangeRequest::default()).unwrap_err();
+        let lease_and_value = pb::PutRequest {
+            key: b"k".to_vec(),
+            lease: 7,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(put_op(&lease_and_value).unwrap_err().message(), error::LEASE_PROVIDED);
         assert_eq!(s.message(), error::EMPTY_KEY);
         let put = pb::PutRequest {
             key: b"k".to_vec(),

@@ -15,7 +15,7 @@ use super::convert::{self, RangePlan};
 use super::{error, header, lease_of};
 use crate::node::Node;
 use crate::service::deadline;
-use crate::service::kv::read_range;
+use crate::service::kv::read_range_at;
 
 /// The most bytes of pairs one etcd range response carries. etcd has no such bound below its
 /// 2 GiB message limit, and its Go client accepts that much; keel stops here and sets `more`, so
@@ -37,6 +37,26 @@ impl EtcdKv {
         self.node.write(request, deadline(metadata)).await.map_err(error::node)
     }
 
+    /// Read `op` as of `rev` (0: now), with etcd's errors for a revision out of reach.
+    async fn read_at(
+        &self,
+        op: RangeOp,
+        rev: u64,
+        deadline: std::time::Instant,
+    ) -> Result<(keel_storage::RangeResult, u64), Status> {
+        use keel_storage::ReadError;
+        let node = &self.node;
+        match read_range_at(node, op, rev, deadline, MAX_ETCD_RANGE_BYTES)
+            .await
+            .map_err(error::node)?
+        {
+            Ok(read) => Ok(read),
+            Err(ReadError::Compacted { .. }) => Err(error::status(Code::OutOfRange, error::COMPACTED)),
+            Err(ReadError::FutureRevision { .. }) => Err(error::status(Code::OutOfRange, error::FUTURE_REV)),
+            Err(e) => Err(error::node(crate::service::kv::read_failed(node, e))),
+        }
+    }
+
     async fn read(&self, plan: &RangePlan, deadline: std::time::Instant) -> Result<pb::RangeResponse, Status> {
         let node = &self.node;
         if plan.empty {
@@ -46,20 +66,7 @@ impl EtcdKv {
             });
         }
         validate_range(&plan.op, &node.limits).map_err(|e| error::invalid(&e))?;
-        if plan.revision != 0 {
-            let current = node.reader.revision();
-            if plan.revision > current {
-                return Err(error::status(Code::OutOfRange, error::FUTURE_REV));
-            }
-            if plan.revision < current {
-                return Err(Status::unimplemented(
-                    "keel does not serve reads at a past revision yet",
-                ));
-            }
-        }
-        let (mut result, rev) = read_range(node, plan.op.clone(), deadline, MAX_ETCD_RANGE_BYTES)
-            .await
-            .map_err(error::node)?;
+        let (mut result, rev) = self.read_at(plan.op.clone(), plan.revision, deadline).await?;
         if plan.post.is_none() && result.more {
             // etcd's count is the whole range's, not what the limit let through.
             let count = RangeOp {
@@ -67,11 +74,7 @@ impl EtcdKv {
                 limit: 0,
                 ..plan.op.clone()
             };
-            result.count = read_range(node, count, deadline, MAX_ETCD_RANGE_BYTES)
-                .await
-                .map_err(error::node)?
-                .0
-                .count;
+            result.count = self.read_at(count, rev, deadline).await?.0.count;
         }
         Ok(convert::range_response(plan, result, Some(header(node, rev)), &|k| {
             lease_of(node, k)
@@ -84,6 +87,9 @@ pub(crate) fn unexpected(r: &CommandResult) -> Status {
     match r {
         CommandResult::LeaseNotFound { .. } => error::status(Code::NotFound, error::LEASE_NOT_FOUND),
         CommandResult::LeaseExists { .. } => error::status(Code::FailedPrecondition, error::LEASE_EXISTS),
+        CommandResult::KeyNotFound { .. } => error::status(Code::InvalidArgument, error::KEY_NOT_FOUND),
+        CommandResult::Compacted { .. } => error::status(Code::OutOfRange, error::COMPACTED),
+        CommandResult::FutureRevision { .. } => error::status(Code::OutOfRange, error::FUTURE_REV),
         other => Status::internal(format!("state machine returned {other:?} for this command")),
     }
 }
@@ -105,6 +111,7 @@ impl Kv for EtcdKv {
         let command = match convert::put_op(&p)? {
             TxnOp::Put(put) => Command::Put(put),
             TxnOp::LeasedPut(put) => Command::LeasedPut(put),
+            TxnOp::PutWith(put) => Command::PutWith(put),
             _ => unreachable!("put_op makes puts"),
         };
         let resp = self.write(command, &metadata).await?;
@@ -160,8 +167,26 @@ impl Kv for EtcdKv {
 
     async fn compact(
         &self,
-        _req: tonic::Request<pb::CompactionRequest>,
+        req: tonic::Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        Err(Status::unimplemented("keel does not take compaction requests yet"))
+        let (metadata, _, c) = req.into_parts();
+        let deadline = deadline(&metadata);
+        let rev = c.revision.max(0) as u64;
+        let resp = self.write(Command::Compact(rev), &metadata).await?;
+        match resp.result {
+            CommandResult::None => {}
+            other => return Err(unexpected(&other)),
+        }
+        if c.physical {
+            // Done on this member once its compaction point has reached the revision.
+            let mut points = self.node.reader.compactions();
+            let reached = tokio::time::timeout_at(deadline.into(), points.wait_for(|p| *p >= rev)).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                return Err(error::status(Code::Unavailable, error::TIMEOUT));
+            }
+        }
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(header(&self.node, resp.revision)),
+        }))
     }
 }

@@ -52,8 +52,8 @@ pub fn header(node: &Node, revision: u64) -> pb::ResponseHeader {
 
 /// The lease `key` is attached to now (0: none).
 pub fn lease_of(node: &Node, key: &[u8]) -> u64 {
-    let _ = (node, key);
-    0
+    // A failed lookup reads as no lease: the pair itself was read, and is what the client asked.
+    node.reader.lease_of(key).ok().flatten().unwrap_or(0)
 }
 
 /// A keel request carrying an etcd request's metadata (deadline, leader hints) and `msg`.

@@ -67,13 +67,24 @@ pub(crate) async fn read_range(
     deadline: Instant,
     max_bytes: usize,
 ) -> Result<(RangeResult, u64), NodeError> {
-    let read = move |node: &Node, op: &RangeOp| {
-        node.reader
-            .range_bounded(op, max_bytes)
-            .map_err(|e| read_failed(node, e))
-    };
+    read_range_at(node, op, 0, deadline, max_bytes)
+        .await?
+        .map_err(|e| read_failed(node, e))
+}
+
+/// [`read_range`] as of revision `rev` (0: the current one). The read's own error comes back
+/// as it is (a compacted or future revision is the client's to hear of); waiting for a slot
+/// fails with the node's.
+pub(crate) async fn read_range_at(
+    node: &Node,
+    op: RangeOp,
+    rev: u64,
+    deadline: Instant,
+    max_bytes: usize,
+) -> Result<Result<(RangeResult, u64), keel_storage::ReadError>, NodeError> {
+    let read = move |node: &Node, op: &RangeOp| node.reader.range_at(op, rev, max_bytes);
     if matches!(op.range, KeyRange::Key(_)) {
-        return read(node, &op);
+        return Ok(read(node, &op));
     }
     let slot = tokio::time::timeout_at(deadline.into(), SCAN_SLOTS.acquire())
         .await
@@ -91,7 +102,7 @@ pub(crate) async fn read_range(
         read(&node, &op)
     })
     .await
-    .map_err(|e| NodeError::Internal(format!("range read failed: {e}")))?
+    .map_err(|e| NodeError::Internal(format!("range read failed: {e}")))
 }
 
 pub struct KvService {
