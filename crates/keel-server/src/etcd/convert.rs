@@ -98,16 +98,22 @@ impl Post {
             within(kv.mod_revision, self.min_mod, self.max_mod)
                 && within(kv.create_revision, self.min_create, self.max_create)
         });
-        // Stable sorts: pairs that compare equal stay in key order.
-        match self.target {
-            SortTarget::Key => {}
-            SortTarget::Version => r.kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => r.kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => r.kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => r.kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        // Stable sorts, either way: pairs that compare equal stay in key order (etcd leaves
+        // their order open).
+        fn sort_key(target: SortTarget, kv: &st::KeyValue) -> (u64, &[u8]) {
+            match target {
+                SortTarget::Key => (0, &kv.key),
+                SortTarget::Version => (kv.version, &[]),
+                SortTarget::Create => (kv.create_revision, &[]),
+                SortTarget::Mod => (kv.mod_revision, &[]),
+                SortTarget::Value => (0, &kv.value),
+            }
         }
+        let t = self.target;
         if self.order == SortOrder::Descend {
-            r.kvs.reverse();
+            r.kvs.sort_by(|a, b| sort_key(t, b).cmp(&sort_key(t, a)));
+        } else {
+            r.kvs.sort_by(|a, b| sort_key(t, a).cmp(&sort_key(t, b)));
         }
         r.more = false;
         if self.limit > 0 && r.kvs.len() > self.limit {
@@ -194,11 +200,6 @@ fn compare(c: pb::Compare) -> Result<st::Compare, Status> {
     if c.key.is_empty() {
         return Err(error::empty_key());
     }
-    if !c.range_end.is_empty() {
-        return Err(Status::unimplemented(
-            "keel does not support compares over a key range yet",
-        ));
-    }
     let op = match CompareResult::try_from(c.result) {
         Ok(CompareResult::Equal) => st::CompareOp::Equal,
         Ok(CompareResult::NotEqual) => st::CompareOp::NotEqual,
@@ -225,11 +226,10 @@ fn compare(c: pb::Compare) -> Result<st::Compare, Status> {
             Some(TargetUnion::Value(v)) => v,
             _ => Vec::new(),
         }),
-        (Ok(CompareTarget::Lease), _) => {
-            return Err(Status::unimplemented(
-                "keel does not support compares on a key's lease yet",
-            ))
-        }
+        (Ok(CompareTarget::Lease), u) => st::CompareTarget::Lease(match u {
+            Some(TargetUnion::Lease(n)) => number(n),
+            _ => 0,
+        }),
         (Err(_), _) => return Err(Status::invalid_argument(format!("unknown compare target {}", c.target))),
     };
     // Over a range: etcd's "\0" (every key from `key` on) is keel's empty end.
