@@ -151,6 +151,18 @@ pub fn key_value(kv: st::KeyValue, lease: u64) -> mvccpb::KeyValue {
     }
 }
 
+/// A pair as keel's own API carries it (its services that etcd's reuse answer so).
+pub fn from_keel(kv: keel_proto::v1::KeyValue, lease: u64) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision as i64,
+        mod_revision: kv.mod_revision as i64,
+        version: kv.version as i64,
+        value: kv.value,
+        lease: lease as i64,
+    }
+}
+
 pub fn put_op(p: &pb::PutRequest) -> Result<st::TxnOp, Status> {
     if p.key.is_empty() {
         return Err(error::empty_key());

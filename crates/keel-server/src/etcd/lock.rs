@@ -89,16 +89,7 @@ impl EtcdElection {
     fn kv(&self, kv: Option<v1::KeyValue>) -> Option<keel_proto::etcd::mvccpb::KeyValue> {
         kv.map(|kv| {
             let lease = lease_of(self.node(), &kv.key);
-            convert::key_value(
-                keel_storage::KeyValue {
-                    key: kv.key,
-                    value: kv.value,
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                    version: kv.version,
-                },
-                lease,
-            )
+            convert::from_keel(kv, lease)
         })
     }
 }

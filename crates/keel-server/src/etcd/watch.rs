@@ -57,18 +57,7 @@ fn create(c: pb::WatchCreateRequest) -> Result<v1::WatchCreateRequest, String> {
 }
 
 fn event(e: v1::Event) -> mvccpb::Event {
-    let kv = |kv: v1::KeyValue| {
-        convert::key_value(
-            keel_storage::KeyValue {
-                key: kv.key,
-                value: kv.value,
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-            },
-            0,
-        )
-    };
+    let kv = |kv| convert::from_keel(kv, 0);
     mvccpb::Event {
         r#type: if e.r#type == v1::event::EventType::Delete as i32 {
             mvccpb::event::EventType::Delete as i32
