@@ -64,7 +64,14 @@ impl KvReader {
 
     /// The oldest revision whose changes the history still holds.
     pub fn oldest_change(&self) -> u64 {
-        self.shared.compacting.load(Ordering::Acquire) + 1
+        self.history_floor() + 1
+    }
+
+    /// The history at and below this revision is gone, or going: the compaction point as
+    /// announced, or the floor etcd's Compact set if that is higher (see `compact.rs`).
+    pub(super) fn history_floor(&self) -> u64 {
+        let compacting = self.shared.compacting.load(Ordering::Acquire);
+        compacting.max(self.shared.floor.load(Ordering::Acquire))
     }
 
     /// The changes to `range` from revision `from` (at least 1) up to the current revision,
@@ -199,7 +206,7 @@ impl KvReader {
     /// Refused if the history from `from` on has been compacted. Checked before a read and again
     /// after it, so that a compaction that overlapped the read is noticed.
     fn held(&self, from: u64) -> Result<(), ChangesError> {
-        let compacted = self.shared.compacting.load(Ordering::Acquire);
+        let compacted = self.history_floor();
         match from <= compacted {
             true => Err(ChangesError::Compacted(compacted)),
             false => Ok(()),

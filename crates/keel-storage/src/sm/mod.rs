@@ -39,6 +39,7 @@
 mod apply;
 mod changes;
 mod compact;
+mod hash;
 pub mod leases;
 pub mod mvcc;
 mod read;

@@ -134,11 +134,7 @@ impl KvReader {
     fn not_compacted(&self, rev: u64) -> Result<(), ReadError> {
         // The announced point, not the finished one: a compaction batch landing meanwhile may
         // already have removed versions below it.
-        let compacted = self
-            .shared
-            .compacting
-            .load(Ordering::Acquire)
-            .max(self.shared.floor.load(Ordering::Acquire));
+        let compacted = self.history_floor();
         match rev < compacted {
             true => Err(ReadError::Compacted { compacted }),
             false => Ok(()),
