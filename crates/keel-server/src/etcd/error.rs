@@ -58,6 +58,8 @@ pub fn invalid(e: &InvalidRequest) -> Status {
         InvalidRequest::TooManyTxnOps { .. } => status(Code::InvalidArgument, TOO_MANY_OPS),
         InvalidRequest::DuplicateTxnKey { .. } => status(Code::InvalidArgument, DUPLICATE_KEY),
         InvalidRequest::LeaseId(_) => status(Code::NotFound, LEASE_NOT_FOUND),
+        InvalidRequest::ValueProvided => status(Code::InvalidArgument, VALUE_PROVIDED),
+        InvalidRequest::LeaseProvided => status(Code::InvalidArgument, LEASE_PROVIDED),
         InvalidRequest::LeaseTtl(_) => status(Code::OutOfRange, LEASE_TTL_TOO_LARGE),
         other => Status::invalid_argument(other.to_string()),
     }

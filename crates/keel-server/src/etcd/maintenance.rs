@@ -7,9 +7,11 @@
 //!   ACTIVATE and DEACTIVATE are refused.
 //! - `Defragment`: sled reclaims the space of rewritten segments itself, in the background; there
 //!   is nothing to do, and the call answers at once.
-//! - `Hash`, `HashKV`: a hash of every live key, value and revision pair at the member's current
-//!   revision, the same on every member at the same revision (not etcd's values, which hash its
-//!   own files).
+//! - `HashKV`: a hash of every live key with its value and revisions as of the revision asked
+//!   (0: the current one), the same on every member at the same revision, whatever history each
+//!   has compacted away (not etcd's values, which hash its own files). `Hash`: the member's
+//!   stored versions, history included (`KvReader::hash_kv`), which members agree on when their
+//!   compaction points do.
 //! - `Snapshot`: keel's snapshot of the state (the backup that `keelctl backup` takes), in etcd's
 //!   stream shape: chunks with the bytes remaining, then the SHA-256 of everything sent, which
 //!   `etcdctl snapshot save` appends to the file as etcd's does. The file is keel's, not bbolt's,
@@ -22,13 +24,12 @@ use std::sync::Arc;
 use futures::Stream;
 use keel_proto::etcd::etcdserverpb as pb;
 use keel_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
-use keel_storage::{KeyRange, RangeOp};
+use keel_storage::{KeyRange, RangeOp, ReadError};
 use sha2::Digest;
 use tokio::io::AsyncReadExt;
 use tonic::{Code, Request, Response, Status};
 
 use super::{error, header, ETCD_VERSION};
-use crate::error::NodeError;
 use crate::node::Node;
 use crate::service::deadline;
 
@@ -52,56 +53,56 @@ impl EtcdMaintenance {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
-/// The hash of every live pair at one revision: key, value, create and mod revision and version
-/// of each, in key order. Reads page by page and starts over if a write lands meanwhile.
-fn hash_live(node: &Node) -> Result<(u32, u64), NodeError> {
-    'attempt: for _ in 0..5 {
-        let mut hasher = sha2::Sha256::new();
-        let mut start = Vec::new();
-        let mut at = None;
-        loop {
-            let op = RangeOp::new(KeyRange::From(start.clone()));
-            let (page, rev) = node
-                .reader
-                .range_bounded(&op, HASH_PAGE_BYTES)
-                .map_err(|e| crate::service::kv::read_failed(node, e))?;
-            if *at.get_or_insert(rev) != rev {
-                continue 'attempt;
+/// The hash of every live pair as of revision `rev`: key, value, create and mod revision and
+/// version of each, in key order. A read in the past is the same whenever it runs, so members
+/// at different points of their own (node-local) history compaction agree.
+fn hash_live(node: &Node, rev: u64) -> Result<u32, ReadError> {
+    let mut hasher = sha2::Sha256::new();
+    let mut start = Vec::new();
+    loop {
+        let op = RangeOp::new(KeyRange::From(start.clone()));
+        let (page, _) = node.reader.range_at(&op, rev, HASH_PAGE_BYTES)?;
+        for kv in &page.kvs {
+            for part in [&kv.key, &kv.value] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
             }
-            for kv in &page.kvs {
-                for part in [&kv.key, &kv.value] {
-                    hasher.update((part.len() as u64).to_be_bytes());
-                    hasher.update(part);
-                }
-                for n in [kv.create_revision, kv.mod_revision, kv.version] {
-                    hasher.update(n.to_be_bytes());
-                }
+            for n in [kv.create_revision, kv.mod_revision, kv.version] {
+                hasher.update(n.to_be_bytes());
             }
-            match (page.more, page.kvs.last()) {
-                (true, Some(last)) => {
-                    start = last.key.clone();
-                    start.push(0);
-                }
-                _ => {
-                    let d = hasher.finalize();
-                    let hash = u32::from_be_bytes(d[..4].try_into().expect("4 bytes"));
-                    return Ok((hash, rev));
-                }
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => {
+                start = last.key.clone();
+                start.push(0);
+            }
+            _ => {
+                let d = hasher.finalize();
+                return Ok(u32::from_be_bytes(d[..4].try_into().expect("4 bytes")));
             }
         }
     }
-    Err(NodeError::Unavailable(
-        "writes kept landing while the member hashed its state; try again".into(),
-    ))
+}
+
+/// A read error in etcd's words.
+fn read_error(node: &Node, e: ReadError) -> Status {
+    match e {
+        ReadError::Compacted { .. } => error::status(Code::OutOfRange, error::COMPACTED),
+        ReadError::FutureRevision { .. } => error::status(Code::OutOfRange, error::FUTURE_REV),
+        e => error::node(crate::service::kv::read_failed(node, e)),
+    }
 }
 
 impl EtcdMaintenance {
-    async fn hash(&self) -> Result<(u32, u64), Status> {
+    /// Run `f` on a blocking thread (a hash reads the whole store).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> Result<T, ReadError> + Send + 'static,
+    ) -> Result<T, Status> {
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || hash_live(&node))
+        tokio::task::spawn_blocking(move || f(&node).map_err(|e| read_error(&node, e)))
             .await
             .map_err(|e| Status::internal(format!("hash failed: {e}")))?
-            .map_err(error::node)
     }
 }
 
@@ -171,7 +172,8 @@ impl Maintenance for EtcdMaintenance {
     }
 
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        let (hash, rev) = self.hash().await?;
+        let rev = self.node.reader.revision();
+        let (hash, _) = self.blocking(move |node| node.reader.hash_kv(rev)).await?;
         Ok(Response::new(pb::HashResponse {
             header: Some(header(&self.node, rev)),
             hash,
@@ -179,21 +181,15 @@ impl Maintenance for EtcdMaintenance {
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        let want = req.into_inner().revision.max(0) as u64;
-        let current = self.node.reader.revision();
-        if want > current {
-            return Err(error::status(Code::OutOfRange, error::FUTURE_REV));
-        }
-        let (hash, rev) = self.hash().await?;
-        if want != 0 && want != rev {
-            return Err(Status::unimplemented(
-                "keel hashes the state at its current revision only; ask with revision 0",
-            ));
-        }
+        let rev = match req.into_inner().revision {
+            r if r > 0 => r as u64,
+            _ => self.node.reader.revision(),
+        };
+        let hash = self.blocking(move |node| hash_live(node, rev)).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(header(&self.node, rev)),
             hash,
-            compact_revision: self.node.reader.oldest_change().saturating_sub(1) as i64,
+            compact_revision: self.node.reader.compacted() as i64,
         }))
     }
 
