@@ -14,6 +14,9 @@
 #                                      repetitions (about 6 min)
 #   scripts/bench-vs-etcd.sh --coord   only lease churn C=1,64, lock C=2,16 and watch fan-out;
 #                                      10 s per point, 3 repetitions (about 8 min)
+#   scripts/bench-vs-etcd.sh --api     put C=1,64,256, linearizable and serializable get C=64: what
+#                                      keel's etcd API costs over its own; 10 s per point, 3
+#                                      repetitions (about 9 min)
 #   KEEL_NODE_BIN_DIR=DIR ...          run the keel members from DIR (keel, keelctl of another build)
 #
 # Lease churn: grant a lease, put a key with it, revoke it (one op = the three calls). Lock
@@ -34,13 +37,17 @@ mode=full
 case "${1:-}" in
   --quick) mode=quick ;;
   --coord) mode=coord ;;
+  --api) mode=api ;;
   "") ;;
-  *) echo "usage: $0 [--quick|--coord]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--quick|--coord|--api]" >&2; exit 2 ;;
 esac
 case $mode in
   quick)
     secs=4 reps=3 rounds=3
     matrix=("put 1" "put 256" "get 64" "lease 64" "lock 16" "watch 1000") ;;
+  api)
+    secs=10 reps=3 rounds=0
+    matrix=("put 1" "put 64" "put 256" "get 64" "sget 64") ;;
   coord)
     secs=10 reps=3 rounds=0
     matrix=("lease 1" "lease 64" "lock 2" "lock 16" "watch 1000") ;;
