@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use keel_proto::etcd::etcdserverpb as pb;
 use keel_proto::etcd::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient, range_request,
-    request_op, response_op, watch_client::WatchClient, watch_request,
+    cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, range_request, request_op, response_op, watch_client::WatchClient,
+    watch_request,
 };
 use keel_testkit::{Backend, Cluster, Options};
 use tonic::transport::Channel;
@@ -569,6 +570,60 @@ async fn maintenance_answers_for_keel() -> anyhow::Result<()> {
     let alarms = m.alarm(pb::AlarmRequest::default()).await?.into_inner();
     assert!(alarms.alarms.is_empty());
     m.defragment(pb::DefragmentRequest {}).await?;
+    // Members: add a learner that never starts, move it (MemberUpdate), remove it.
+    let mut members = ClusterClient::new(cluster.channel(leader));
+    let added = members
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.77:2380".into()],
+            is_learner: true,
+        })
+        .await?
+        .into_inner();
+    let new = added.member.expect("the new member");
+    assert!(
+        new.is_learner && new.name.is_empty() && new.client_ur_ls.is_empty(),
+        "{new:?}"
+    );
+    assert_status(
+        members.member_promote(pb::MemberPromoteRequest { id: new.id }).await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    );
+    assert_status(
+        members.member_promote(pb::MemberPromoteRequest { id: leader }).await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    );
+    let updated = members
+        .member_update(pb::MemberUpdateRequest {
+            id: new.id,
+            peer_ur_ls: vec!["http://127.0.0.78:2390".into()],
+        })
+        .await?
+        .into_inner();
+    let moved = updated.members.iter().find(|m| m.id == new.id).expect("still a member");
+    assert_eq!(moved.peer_ur_ls, ["http://127.0.0.78:2390"]);
+    assert_status(
+        members
+            .member_update(pb::MemberUpdateRequest {
+                id: 999,
+                peer_ur_ls: vec!["http://127.0.0.79:1".into()],
+            })
+            .await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    let left = members
+        .member_remove(pb::MemberRemoveRequest { id: new.id })
+        .await?
+        .into_inner();
+    assert!(left.members.iter().all(|m| m.id != new.id));
+    assert_status(
+        members.member_remove(pb::MemberRemoveRequest { id: new.id }).await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+
     // MoveLeader: to another voter; to a non-member, etcd's refusal.
     assert_status(
         m.move_leader(pb::MoveLeaderRequest { target_id: 77 }).await,

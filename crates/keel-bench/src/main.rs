@@ -42,7 +42,8 @@ use target::{Scan, Target};
 )]
 struct Cli {
     /// keel, etcd, or keel-etcd: keel driven through its etcd API with the code that drives etcd
-    /// (the etcd-client crate; connections go to keel's leader, as keel's own do).
+    /// (the etcd-client crate's requests, over plain channels to keel's leader, as keel's own
+    /// go; etcd's go over etcd-client's balanced channel to all endpoints).
     #[arg(long, global = true, default_value = "keel", value_parser = ["keel", "etcd", "keel-etcd"])]
     system: String,
     /// Comma-separated client endpoints (host:port).

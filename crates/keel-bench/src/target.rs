@@ -149,12 +149,14 @@ impl Target {
             "keel" => Ok(Target::Keel {
                 channels: (0..conns).map(|_| keel_channel(endpoint)).collect::<Result<_, _>>()?,
             }),
+            // One endpoint needs no balancer: etcd-client's requests go over a plain channel,
+            // as keel's own do (its balanced channel adds a task hop to every request).
             #[cfg(feature = "etcd")]
             "etcd" | "keel-etcd" => {
                 let mut clients = Vec::with_capacity(conns);
                 for _ in 0..conns {
-                    let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-                    clients.push(etcd_client::Client::connect([endpoint], Some(options)).await?);
+                    let channel = etcd_client::Channel::Tonic(keel_channel(endpoint)?);
+                    clients.push(etcd_client::Client::from_channel(channel, None).await?);
                 }
                 Ok(Target::Etcd { clients })
             }

@@ -5,6 +5,10 @@
 //! learner until it has caught up: `MemberAdd` without `isLearner` adds a learner and promotes it
 //! in the background once it runs and has caught up (for at most [`PROMOTE_FOR`]), instead of
 //! adding a voter that does not run yet and counts against the quorum, as etcd does.
+//!
+//! `MemberUpdate` records a member's new peer address, for a member that is to be started
+//! there (moved). A member that runs publishes the addresses it was started with
+//! (`Node::publish_addresses`), so one still running at its old address puts that back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -182,12 +186,31 @@ impl Cluster for EtcdCluster {
 
     async fn member_update(
         &self,
-        _req: Request<pb::MemberUpdateRequest>,
+        req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "keel members publish their own addresses when they start: restart the member with its new \
-             --peer-addr (or remove it and add it again)",
-        ))
+        let deadline = deadline(req.metadata());
+        let r = req.into_inner();
+        let [peer] = r.peer_ur_ls.as_slice() else {
+            return Err(error::status(Code::InvalidArgument, error::MEMBER_BAD_URLS));
+        };
+        let peer_addr = address(peer)?;
+        let membership = self.node.metrics().membership_config.membership().clone();
+        let Some(current) = membership.get_node(&r.id).cloned() else {
+            return Err(error::status(Code::NotFound, error::MEMBER_NOT_FOUND));
+        };
+        if membership
+            .nodes()
+            .any(|(id, n)| *id != r.id && n.peer_addr == peer_addr)
+        {
+            return Err(error::status(Code::FailedPrecondition, error::PEER_URL_EXISTS));
+        }
+        let member = keel_storage::Member {
+            peer_addr,
+            client_addr: current.client_addr,
+        };
+        self.node.set_node(r.id, member, deadline).await.map_err(refused)?;
+        let (header, members) = self.after_change(deadline).await;
+        Ok(Response::new(pb::MemberUpdateResponse { header, members }))
     }
 
     async fn member_list(
