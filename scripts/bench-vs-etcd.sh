@@ -110,37 +110,39 @@ pids() {
     etcd) cat "$work"/etcd{1,2,3}.pid | paste -sd, ;;
   esac
 }
-# bench SYSTEM ENDPOINTS WORKLOAD CLIENTS: one point, $reps times (CLIENTS: watchers, for watch).
+# bench SYSTEMS ENDPOINTS WORKLOAD CLIENTS: one point, $reps times (CLIENTS: watchers, for watch).
+# SYSTEMS is one system or several, comma-separated, which take turns rep by rep: a cluster slows
+# as its data grows, and the system that ran all its reps later would pay for it.
 bench() {
-  local system=$1 endpoints=$2 workload=$3 clients=$4 args=()
-  case $workload in
-    put) args=(put --clients "$clients") ;;
-    get) args=(get --keys 10000 --clients "$clients") ;;
-    sget) args=(get --keys 10000 --serializable --clients "$clients") ;;
-    lease) args=(lease --clients "$clients") ;;
-    lock) args=(lock --clients "$clients") ;;
-    watch) args=(watch --watchers "$clients" --rate 1000 --pids "$(pids "$system")") ;;
-  esac
-  if [[ $workload == *get ]] && [ ! -f "$work/$system.preloaded" ]; then
-    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 --clients 64 --ops 10000 \
-      --duration 60s >/dev/null
-    touch "$work/$system.preloaded"
-  fi
+  local systems=$1 endpoints=$2 workload=$3 clients=$4 system
   for r in $(seq "$reps"); do
-    "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" \
-      --duration "${secs}s" | tee -a /dev/stderr | tail -n 1 |
-      sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
+    for system in ${systems//,/ }; do
+      local args=()
+      case $workload in
+        put) args=(put --clients "$clients") ;;
+        get) args=(get --keys 10000 --clients "$clients") ;;
+        sget) args=(get --keys 10000 --serializable --clients "$clients") ;;
+        lease) args=(lease --clients "$clients") ;;
+        lock) args=(lock --clients "$clients") ;;
+        watch) args=(watch --watchers "$clients" --rate 1000 --pids "$(pids "$system")") ;;
+      esac
+      if [[ $workload == *get ]] && [ ! -f "$work/$system.preloaded" ]; then
+        "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 --clients 64 --ops 10000 \
+          --duration 60s >/dev/null
+        touch "$work/$system.preloaded"
+      fi
+      "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" \
+        --duration "${secs}s" | tee -a /dev/stderr | tail -n 1 |
+        sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
+    done
   done
 }
 
 echo "== keel" >&2
 KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh up >&2
 # keel through its own API and through its etcd API (keel-etcd: the etcd-client code that drives
-# etcd below), point by point, so that both see the same machine.
-for point in "${matrix[@]}"; do
-  bench keel "$keel_endpoints" $point
-  bench keel-etcd "$keel_endpoints" $point
-done
+# etcd below), taking turns rep by rep, so that both see the same machine and the same cluster.
+for point in "${matrix[@]}"; do bench keel,keel-etcd "$keel_endpoints" $point; done
 if [ "$rounds" -gt 0 ]; then
   "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
     --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
