@@ -126,6 +126,19 @@ pub struct Cluster {
     /// Joiners get lazy disks too.
     pub(crate) lazy_disks: bool,
     dir: tempfile::TempDir,
+    /// Set by [`Cluster::shutdown`]; a cluster dropped without it belongs to a test that failed
+    /// (or gave up early), and its drop prints the members' logs.
+    shut_down: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Captured by the test harness and shown only when the test fails: the members' own
+        // account (elections, slow storage) of what the test's error message summarises.
+        if !self.shut_down && self.backend == Backend::Process {
+            self.print_log_tails(60);
+        }
+    }
 }
 
 /// Node `id`'s data directory under `dir`: on a lazy disk of its own (mounted and added to
@@ -294,6 +307,7 @@ impl Cluster {
             lazy_disks: options.lazy_disks,
             disks,
             dir,
+            shut_down: false,
         };
         Ok(cluster)
     }
@@ -622,6 +636,7 @@ impl Cluster {
         for id in ids {
             self.stop(id).await?;
         }
+        self.shut_down = true;
         Ok(())
     }
 }
