@@ -515,6 +515,27 @@ async fn watch_streams_answer_as_etcds() -> anyhow::Result<()> {
         second.cancel_reason,
         "etcdserver: mvcc: required revision has been compacted"
     );
+    // compact_revision is "the minimum index" a watch may start at (etcd's API reference); clients
+    // watch again from there (the Go client's users on ErrCompacted), and that watch must hold,
+    // or they loop on the refusal.
+    let again = second.compact_revision;
+    tx.send(create("w/", "w0", again))?;
+    let created = next(&mut out).await;
+    assert!(created.created && !created.canceled, "watch from {again}: {created:?}");
+    let after = c
+        .put(put("w/c", "3"))
+        .await?
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    let got = next(&mut out).await;
+    assert_eq!(
+        (got.watch_id, got.canceled, got.events.len()),
+        (created.watch_id, false, 1),
+        "{got:?}"
+    );
+    assert_eq!(got.events[0].kv.as_ref().map(|kv| kv.mod_revision), Some(after as i64));
     drop(tx);
     cluster.shutdown().await
 }

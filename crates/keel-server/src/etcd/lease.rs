@@ -99,6 +99,7 @@ impl Lease for EtcdLease {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let metadata = req.metadata().clone();
         let requests = req
             .into_inner()
             .map(|r| r.map(|r| v1::LeaseKeepAliveRequest { id: r.id }));
@@ -112,7 +113,11 @@ impl Lease for EtcdLease {
             }),
             Err(e) => Err(error::from_keel(e)),
         });
-        Ok(Response::new(Box::pin(answers) as KeepAliveStream))
+        Ok(Response::new(super::leader::end_without_leader(
+            self.node().clone(),
+            &metadata,
+            answers,
+        )))
     }
 
     async fn lease_time_to_live(

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod convert;
 pub mod error;
 pub mod kv;
+pub mod leader;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
@@ -68,37 +69,64 @@ pub(crate) fn keel_request<T>(metadata: &tonic::metadata::MetadataMap, msg: T) -
     req
 }
 
-/// Every etcd service over `node`, to add to the client server.
+/// Every etcd service over `node`, to add to the client server, each behind the interceptor of
+/// etcd's `hasleader` metadata ([`leader`]).
 pub struct Services {
-    pub kv: pb::kv_server::KvServer<kv::EtcdKv>,
-    pub watch: pb::watch_server::WatchServer<watch::EtcdWatch>,
-    pub lease: pb::lease_server::LeaseServer<lease::EtcdLease>,
-    pub cluster: pb::cluster_server::ClusterServer<cluster::EtcdCluster>,
-    pub maintenance: pb::maintenance_server::MaintenanceServer<maintenance::EtcdMaintenance>,
-    pub auth: pb::auth_server::AuthServer<auth::EtcdAuth>,
-    pub lock: keel_proto::etcd::v3lockpb::lock_server::LockServer<lock::EtcdLock>,
-    pub election: keel_proto::etcd::v3electionpb::election_server::ElectionServer<lock::EtcdElection>,
+    pub kv: Guarded<pb::kv_server::KvServer<kv::EtcdKv>>,
+    pub watch: Guarded<pb::watch_server::WatchServer<watch::EtcdWatch>>,
+    pub lease: Guarded<pb::lease_server::LeaseServer<lease::EtcdLease>>,
+    pub cluster: Guarded<pb::cluster_server::ClusterServer<cluster::EtcdCluster>>,
+    pub maintenance: Guarded<pb::maintenance_server::MaintenanceServer<maintenance::EtcdMaintenance>>,
+    pub auth: Guarded<pb::auth_server::AuthServer<auth::EtcdAuth>>,
+    pub lock: Guarded<keel_proto::etcd::v3lockpb::lock_server::LockServer<lock::EtcdLock>>,
+    pub election: Guarded<keel_proto::etcd::v3electionpb::election_server::ElectionServer<lock::EtcdElection>>,
 }
+
+/// A service behind [`leader::RequireLeader`].
+pub type Guarded<S> = tonic::service::interceptor::InterceptedService<S, leader::RequireLeader>;
 
 impl Services {
     /// `max_request`: the largest request message accepted (as for keel's KV service).
     pub fn new(node: &Arc<Node>, max_request: usize) -> Self {
+        let guard = leader::RequireLeader { node: node.clone() };
         let node = || node.clone();
         Services {
-            kv: pb::kv_server::KvServer::new(kv::EtcdKv { node: node() })
-                .max_decoding_message_size(max_request)
-                .max_encoding_message_size(usize::MAX),
-            watch: pb::watch_server::WatchServer::new(watch::EtcdWatch { node: node() })
-                .max_encoding_message_size(usize::MAX),
-            lease: pb::lease_server::LeaseServer::new(lease::EtcdLease::new(node())),
-            cluster: pb::cluster_server::ClusterServer::new(cluster::EtcdCluster { node: node() }),
-            maintenance: pb::maintenance_server::MaintenanceServer::new(maintenance::EtcdMaintenance::new(node()))
-                .max_encoding_message_size(usize::MAX),
-            auth: pb::auth_server::AuthServer::new(auth::EtcdAuth { node: node() }),
-            lock: keel_proto::etcd::v3lockpb::lock_server::LockServer::new(lock::EtcdLock::new(node())),
-            election: keel_proto::etcd::v3electionpb::election_server::ElectionServer::new(lock::EtcdElection::new(
-                node(),
-            )),
+            kv: Guarded::new(
+                pb::kv_server::KvServer::new(kv::EtcdKv { node: node() })
+                    .max_decoding_message_size(max_request)
+                    .max_encoding_message_size(usize::MAX),
+                guard.clone(),
+            ),
+            watch: Guarded::new(
+                pb::watch_server::WatchServer::new(watch::EtcdWatch { node: node() })
+                    .max_encoding_message_size(usize::MAX),
+                guard.clone(),
+            ),
+            lease: Guarded::new(
+                pb::lease_server::LeaseServer::new(lease::EtcdLease::new(node())),
+                guard.clone(),
+            ),
+            cluster: Guarded::new(
+                pb::cluster_server::ClusterServer::new(cluster::EtcdCluster { node: node() }),
+                guard.clone(),
+            ),
+            maintenance: Guarded::new(
+                pb::maintenance_server::MaintenanceServer::new(maintenance::EtcdMaintenance::new(node()))
+                    .max_encoding_message_size(usize::MAX),
+                guard.clone(),
+            ),
+            auth: Guarded::new(
+                pb::auth_server::AuthServer::new(auth::EtcdAuth { node: node() }),
+                guard.clone(),
+            ),
+            lock: Guarded::new(
+                keel_proto::etcd::v3lockpb::lock_server::LockServer::new(lock::EtcdLock::new(node())),
+                guard.clone(),
+            ),
+            election: Guarded::new(
+                keel_proto::etcd::v3electionpb::election_server::ElectionServer::new(lock::EtcdElection::new(node())),
+                guard,
+            ),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! its answers where they differ from keel's:
 //! - a refused create is `watch_id -1, created, canceled` with the reason; a start that was
 //!   compacted is a created watch followed at once by its cancel with `compact_revision` and
-//!   etcd's "required revision has been compacted";
+//!   etcd's "required revision has been compacted". `compact_revision` is the first revision a
+//!   watch can start at, one above keel's compaction point: etcd keeps the compaction revision
+//!   itself watchable, keel does not, and clients watch again from `compact_revision`;
 //! - a cancel is answered without a reason, a cancel of an unknown watch not at all;
 //! - a progress request on a stream without watches is answered with `watch_id -1` at the
 //!   current revision (with watches, each answers with the revision up to which it has sent
@@ -20,7 +22,7 @@ use keel_proto::v1;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, error, header};
+use super::{convert, error, header, leader};
 use crate::node::Node;
 use crate::service::watch::{open_stream, CANCELLED_BY_CLIENT, NO_SUCH_WATCH};
 
@@ -86,7 +88,9 @@ fn answers(node: &Node, live: &Mutex<HashSet<i64>>, r: v1::WatchResponse) -> Vec
             (created, c, _) if c > 0 => {
                 let cancel = pb::WatchResponse {
                     canceled: true,
-                    compact_revision: c as i64,
+                    // keel's compaction point c (its history holds revisions above c) as etcd's
+                    // "minimum index" a watch may start at, where clients watch again.
+                    compact_revision: c as i64 + 1,
                     cancel_reason: error::COMPACTED.to_string(),
                     ..base.clone()
                 };
@@ -132,6 +136,7 @@ impl Watch for EtcdWatch {
         use pb::watch_request::RequestUnion as In;
         use v1::watch_request::Request as Out;
         let node = self.node.clone();
+        let metadata = req.metadata().clone();
         let live = Arc::new(Mutex::new(HashSet::new()));
         // Answers given here rather than by keel's watch service.
         let (local_tx, local_rx) = mpsc::unbounded_channel::<pb::WatchResponse>();
@@ -177,6 +182,7 @@ impl Watch for EtcdWatch {
             })
         };
         let keel = open_stream(node.clone(), Box::pin(requests)).map_err(error::node)?;
+        let ender = node.clone();
         let answered = keel.flat_map(move |item| {
             let out: Vec<Result<pb::WatchResponse, Status>> = match item {
                 Ok(r) => answers(&node, &live, r).into_iter().map(Ok).collect(),
@@ -185,8 +191,7 @@ impl Watch for EtcdWatch {
             futures::stream::iter(out)
         });
         let local = tokio_stream::wrappers::UnboundedReceiverStream::new(local_rx).map(Ok);
-        Ok(Response::new(
-            Box::pin(futures::stream::select(answered, local)) as WatchStream
-        ))
+        let both = futures::stream::select(answered, local);
+        Ok(Response::new(leader::end_without_leader(ender, &metadata, both)))
     }
 }
