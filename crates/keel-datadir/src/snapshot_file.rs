@@ -42,6 +42,7 @@ const REC_KV: u8 = 1;
 const REC_SESSION: u8 = 2;
 const REC_LEASE: u8 = 3;
 const REC_LEASE_KEY: u8 = 4;
+const REC_AUTH: u8 = 5;
 /// Records are cut into blocks of about this many bytes.
 const BLOCK_TARGET: usize = 64 * 1024;
 /// A block length beyond this is corruption, not data (keys ≤ 4 KiB, values ≤ a few MiB).
@@ -109,6 +110,10 @@ pub enum SnapshotRecord {
         lease: u64,
         key: Vec<u8>,
     },
+    /// The users, roles and permissions (keel-storage's `auth`, encoded there: password hashes,
+    /// never passwords). At most one per file, and only when auth was ever configured, so that
+    /// the files of clusters without auth stay readable by releases before it.
+    Auth(Vec<u8>),
 }
 
 fn corrupt(what: impl Into<String>) -> SnapshotError {
@@ -207,6 +212,15 @@ impl<W: Write> SnapshotWriter<W> {
         b.extend_from_slice(&lease.to_le_bytes());
         b.extend_from_slice(&(key.len() as u32).to_le_bytes());
         b.extend_from_slice(key);
+        self.record_added()
+    }
+
+    /// Add the auth state (see [`SnapshotRecord::Auth`]).
+    pub fn push_auth(&mut self, encoded: &[u8]) -> io::Result<()> {
+        let b = &mut self.block;
+        b.push(REC_AUTH);
+        b.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        b.extend_from_slice(encoded);
         self.record_added()
     }
 
@@ -418,6 +432,14 @@ impl<R: Read> SnapshotReader<R> {
                     return Err(corrupt("lease key record has impossible values"));
                 }
                 SnapshotRecord::LeaseKey { lease, key }
+            }
+            REC_AUTH => {
+                let len = take_len(&mut cur)?;
+                let encoded = take(&mut cur, len)?.to_vec();
+                if encoded.is_empty() {
+                    return Err(corrupt("auth record is empty"));
+                }
+                SnapshotRecord::Auth(encoded)
             }
             kind => return Err(corrupt(format!("unknown record kind {kind}"))),
         };

@@ -109,6 +109,9 @@ pub struct Settings {
     /// Lease keep-alive streams this member serves at once (each can renew many leases).
     #[arg(long, env = "KEEL_MAX_KEEPALIVE_STREAMS", default_value_t = ServiceLimits::default().max_keepalive_streams)]
     pub max_keepalive_streams: i64,
+    /// How long a token from `Authenticate` names its user, e.g. `10m`, `1h` (1s to 30d).
+    #[arg(long, env = "KEEL_AUTH_TOKEN_TTL", default_value = "10m")]
+    pub auth_token_ttl: String,
     /// Directory for scheduled backups, taken by the leader (none if not set).
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -220,6 +223,8 @@ pub struct ServiceLimits {
     pub max_watch_streams: i64,
     pub max_keepalive_streams: i64,
     pub max_lock_waiters: i64,
+    /// How long an authentication token lasts from its issue.
+    pub auth_token_ttl: Duration,
 }
 
 impl Default for ServiceLimits {
@@ -229,6 +234,7 @@ impl Default for ServiceLimits {
             max_watch_streams: 10_000,
             max_keepalive_streams: 10_000,
             max_lock_waiters: 10_000,
+            auth_token_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -323,6 +329,11 @@ impl Config {
                 }
             },
         };
+        let auth_token_ttl = humantime::parse_duration(&s.auth_token_ttl)
+            .map_err(|e| err(format!("--auth-token-ttl: {:?}: {e}", s.auth_token_ttl)))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&auth_token_ttl) {
+            return Err(err("--auth-token-ttl must be between 1s and 30d"));
+        }
         let backup_interval = humantime::parse_duration(&s.backup_interval)
             .map_err(|e| err(format!("--backup-interval: {:?}: {e}", s.backup_interval)))?;
         if backup_interval < Duration::from_secs(1) || s.backup_retain == 0 {
@@ -379,6 +390,7 @@ impl Config {
                 max_watch_streams: s.max_watch_streams,
                 max_keepalive_streams: s.max_keepalive_streams,
                 max_lock_waiters: s.max_lock_waiters,
+                auth_token_ttl,
             },
             backup,
             log_format,

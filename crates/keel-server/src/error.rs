@@ -48,6 +48,10 @@ pub enum NodeError {
     /// full disk, it is lifted by the clients, not the operator: fewer leases or streams.
     #[error("{0}")]
     LimitReached(String),
+    /// Refused by the auth rules (see `crate::auth`); nothing was applied. Last, like the ones
+    /// before.
+    #[error("{0}")]
+    Auth(keel_storage::auth::AuthError),
 }
 
 impl NodeError {
@@ -69,6 +73,7 @@ impl NodeError {
             NodeError::NotFound(m) => Status::not_found(m),
             NodeError::AlreadyExists(m) => Status::already_exists(m),
             NodeError::LimitReached(m) => Status::resource_exhausted(m),
+            NodeError::Auth(e) => crate::auth::status(*e),
             NodeError::Refused { outcome, message } => {
                 let mut status = Status::failed_precondition(message);
                 if let Some(o) = Outcome::named(outcome) {

@@ -31,6 +31,7 @@
 //! - A leader that lost its quorum keeps its role until a new leader is elected elsewhere; it
 //!   refuses new requests once it has not heard from a majority for two election timeouts.
 
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod convert;

@@ -261,6 +261,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
+            .layer(crate::auth::gate::AuthnLayer(node.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(

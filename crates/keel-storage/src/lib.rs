@@ -54,6 +54,7 @@
 //!   session's first write, which is executed again. Responses larger than 64 KiB are not
 //!   remembered: a retry learns that the write was applied, not its result.
 
+pub mod auth;
 pub mod codec;
 pub mod durability;
 pub mod log_store;

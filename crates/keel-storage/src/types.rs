@@ -62,23 +62,17 @@ impl Request {
 /// (openraft requires `Display` of what it replicates).
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.command {
-            Command::Put(_) => "put",
-            Command::Delete(_) => "delete",
-            Command::Txn(_) => "txn",
-            Command::Batch(b) => return write!(f, "batch of {}", b.len()),
-            Command::LeasedPut(_) => "put with lease",
-            Command::LeaseGrant(_) => "lease grant",
-            Command::LeaseRevoke(_) => "lease revoke",
-            Command::LeaseRenew(_) => "lease renew",
-            Command::LeaseCheckpoint(_) => "lease checkpoint",
-            Command::LeaseExpire(_) => "lease expiry",
-            Command::Compact(_) => "compact",
-            Command::PutWith(_) => "put",
-        };
+        let (user, command) = self.command.unwrap_user();
+        if let Command::Batch(b) = command {
+            return write!(f, "batch of {}", b.len());
+        }
+        f.write_str(command.kind())?;
+        if user.is_some() {
+            f.write_str(" as a user")?;
+        }
         match self.session {
-            Some(s) => write!(f, "{kind} (session {}:{})", s.client_id, s.seq),
-            None => f.write_str(kind),
+            Some(s) => write!(f, " (session {}:{})", s.client_id, s.seq),
+            None => Ok(()),
         }
     }
 }
@@ -128,6 +122,59 @@ pub enum Command {
     Compact(u64),
     /// A put with etcd's options (`ignore_value`, `ignore_lease`, a lease): see [`PutWith`].
     PutWith(PutWith),
+    /// A change of users, roles, permissions or tokens (see [`crate::auth`]). Answered with
+    /// [`CommandResult::None`], or [`CommandResult::AuthRefused`] without effect.
+    Auth(crate::auth::AuthCommand),
+    /// A client's command with the user its member authenticated: while auth is enabled, the
+    /// command is applied only if the user may do it then (see [`crate::auth::check`]), else it is
+    /// answered with [`CommandResult::AuthRefused`]. Never inside another `AsUser` and never
+    /// around a batch: either fails to decode (see `flat`).
+    AsUser(AsUser),
+}
+
+impl Command {
+    /// The name of the command for log lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Put(_) | Command::PutWith(_) => "put",
+            Command::Delete(_) => "delete",
+            Command::Txn(_) => "txn",
+            Command::Batch(_) => "batch",
+            Command::LeasedPut(_) => "put with lease",
+            Command::LeaseGrant(_) => "lease grant",
+            Command::LeaseRevoke(_) => "lease revoke",
+            Command::LeaseRenew(_) => "lease renew",
+            Command::LeaseCheckpoint(_) => "lease checkpoint",
+            Command::LeaseExpire(_) => "lease expiry",
+            Command::Compact(_) => "compact",
+            Command::Auth(a) => a.kind(),
+            Command::AsUser(_) => "as user",
+        }
+    }
+
+    /// The command as the user `user` asks it (see [`Command::AsUser`]).
+    pub fn as_user(self, user: impl Into<String>) -> Command {
+        Command::AsUser(AsUser {
+            user: user.into(),
+            command: Box::new(self),
+        })
+    }
+
+    /// The command without its user, and the user.
+    pub fn unwrap_user(&self) -> (Option<&str>, &Command) {
+        match self {
+            Command::AsUser(a) => (Some(&a.user), &a.command),
+            other => (None, other),
+        }
+    }
+}
+
+/// See [`Command::AsUser`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsUser {
+    pub user: String,
+    #[serde(deserialize_with = "flat::user_command")]
+    pub command: Box<Command>,
 }
 
 /// A lease id: positive, at most `i64::MAX` (etcd's lease ids are signed).
@@ -382,6 +429,9 @@ pub enum CommandResult {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// An auth command that etcd's rules refuse, or a command its user may not do (see
+    /// [`crate::auth`]). Nothing was executed. (Server: etcd's code for the error.)
+    AuthRefused(crate::auth::AuthError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,6 +530,34 @@ mod flat {
     pub fn responses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::Response>, D::Error> {
         let _level = Level::enter()?;
         Vec::deserialize(d)
+    }
+
+    thread_local! {
+        /// An `AsUser` command is being decoded on this thread.
+        static IN_USER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    struct UserLevel;
+
+    impl Drop for UserLevel {
+        fn drop(&mut self) {
+            IN_USER.set(false);
+        }
+    }
+
+    /// The command inside `AsUser`: never another `AsUser` (refused before it is decoded, so
+    /// nesting cannot recurse) and never a batch.
+    pub fn user_command<'de, D: Deserializer<'de>>(d: D) -> Result<Box<super::Command>, D::Error> {
+        if IN_USER.get() {
+            return Err(serde::de::Error::custom("a user's command inside another"));
+        }
+        IN_USER.set(true);
+        let _level = UserLevel;
+        let command = Box::<super::Command>::deserialize(d)?;
+        if matches!(*command, super::Command::Batch(_)) {
+            return Err(serde::de::Error::custom("a batch inside a user's command"));
+        }
+        Ok(command)
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use thiserror::Error;
 
+use crate::auth::AuthCommand;
 use crate::types::{
     Command, Compare, CompareTarget, DeleteOp, KeyRange, PutOp, PutWith, RangeOp, Request, Txn, TxnOp, MAX_TXN_NESTING,
 };
@@ -79,6 +80,52 @@ pub enum InvalidRequest {
     /// etcd: "lease is provided".
     #[error("a put that keeps the current lease must not provide one")]
     LeaseProvided,
+    #[error("{what} name is {len} bytes, more than the limit of {max}")]
+    NameTooLarge { what: &'static str, len: usize, max: usize },
+    #[error("a user's command cannot be a batch or another user's command")]
+    NestedUser,
+    #[error("tokens are issued by the server, not requested by clients")]
+    ServerOnly,
+}
+
+/// User and role names are at most this many bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidRequest> {
+    // Empty names are refused at apply, with etcd's own errors ("user name is empty").
+    if name.len() > MAX_NAME_BYTES {
+        return Err(InvalidRequest::NameTooLarge {
+            what,
+            len: name.len(),
+            max: MAX_NAME_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn validate_auth(cmd: &AuthCommand, limits: &Limits) -> Result<(), InvalidRequest> {
+    match cmd {
+        AuthCommand::Enable | AuthCommand::Disable => Ok(()),
+        AuthCommand::UserAdd { name, .. }
+        | AuthCommand::UserDelete { name }
+        | AuthCommand::UserChangePassword { name, .. } => validate_name("user", name),
+        AuthCommand::UserGrantRole { user, role } | AuthCommand::UserRevokeRole { user, role } => {
+            validate_name("user", user)?;
+            validate_name("role", role)
+        }
+        AuthCommand::RoleAdd { name } | AuthCommand::RoleDelete { name } => validate_name("role", name),
+        AuthCommand::RoleGrantPermission { role, permission } => {
+            validate_name("role", role)?;
+            check_len(&permission.key, limits)?;
+            check_len(&permission.range_end, limits)
+        }
+        AuthCommand::RoleRevokePermission { role, key, range_end } => {
+            validate_name("role", role)?;
+            check_len(key, limits)?;
+            check_len(range_end, limits)
+        }
+        AuthCommand::TokenIssue { .. } => Err(InvalidRequest::ServerOnly),
+    }
 }
 
 /// The longest lease TTL: etcd's 9,000,000,000 seconds.
@@ -96,7 +143,7 @@ pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), InvalidReq
     if req.session.is_some_and(|s| s.seq == 0) {
         return Err(InvalidRequest::ZeroSessionSeq);
     }
-    validate_command(req, limits)?;
+    validate_command(&req.command, limits)?;
     let len = crate::codec::encoded_len(req);
     if len > limits.max_request_bytes {
         return Err(InvalidRequest::RequestTooLarge {
@@ -107,8 +154,8 @@ pub fn validate_request(req: &Request, limits: &Limits) -> Result<(), InvalidReq
     Ok(())
 }
 
-fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest> {
-    match &req.command {
+fn validate_command(command: &Command, limits: &Limits) -> Result<(), InvalidRequest> {
+    match command {
         Command::Put(put) => validate_put(put, limits),
         Command::Delete(del) => validate_delete(del, limits),
         Command::Txn(txn) => validate_txn(txn, limits),
@@ -129,6 +176,14 @@ fn validate_command(req: &Request, limits: &Limits) -> Result<(), InvalidRequest
         // Any revision: out-of-range ones are answered by apply, which knows the current one.
         Command::Compact(_) => Ok(()),
         Command::PutWith(p) => validate_put_with(p, limits),
+        Command::Auth(a) => validate_auth(a, limits),
+        Command::AsUser(a) => {
+            validate_name("user", &a.user)?;
+            if matches!(*a.command, Command::AsUser(_) | Command::Batch(_)) {
+                return Err(InvalidRequest::NestedUser);
+            }
+            validate_command(&a.command, limits)
+        }
     }
 }
 

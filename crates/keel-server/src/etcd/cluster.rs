@@ -148,6 +148,7 @@ async fn promote_when_ready(node: Arc<Node>, id: u64) {
 #[tonic::async_trait]
 impl Cluster for EtcdCluster {
     async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let deadline = deadline(req.metadata());
         let r = req.into_inner();
         let [peer] = r.peer_ur_ls.as_slice() else {
@@ -177,6 +178,7 @@ impl Cluster for EtcdCluster {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let deadline = deadline(req.metadata());
         let id = req.into_inner().id;
         self.node.remove(id, false, deadline).await.map_err(refused)?;
@@ -188,6 +190,7 @@ impl Cluster for EtcdCluster {
         &self,
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let deadline = deadline(req.metadata());
         let r = req.into_inner();
         let [peer] = r.peer_ur_ls.as_slice() else {
@@ -217,6 +220,7 @@ impl Cluster for EtcdCluster {
         &self,
         _req: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         Ok(Response::new(pb::MemberListResponse {
             header: Some(header(&self.node, self.node.reader.revision())),
             members: self.members(),
@@ -227,6 +231,7 @@ impl Cluster for EtcdCluster {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let deadline = deadline(req.metadata());
         let id = req.into_inner().id;
         // keel's promote of a voter is a no-op; etcd's is an error.

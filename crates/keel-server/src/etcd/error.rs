@@ -80,12 +80,17 @@ pub fn node(e: NodeError) -> Status {
         NodeError::FailedPrecondition(m) | NodeError::Refused { message: m, .. } => Status::unknown(m),
         NodeError::Unknown(m) => Status::unknown(m),
         NodeError::Internal(m) => Status::internal(m),
+        NodeError::Auth(e) => crate::auth::status(e),
     }
 }
 
 /// A status from one of keel's own services, in etcd's words: the services keel's etcd API
 /// reuses answer in keel's, whose codes already say what happened.
 pub fn from_keel(s: Status) -> Status {
+    // Already etcd's own words (the auth errors).
+    if s.message().starts_with("etcdserver: ") {
+        return s;
+    }
     let text = match s.code() {
         Code::NotFound if s.message().contains("lease") => LEASE_NOT_FOUND,
         Code::AlreadyExists if s.message().contains("lease") => LEASE_EXISTS,

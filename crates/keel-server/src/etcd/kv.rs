@@ -13,9 +13,11 @@ use tonic::{Code, Response, Status};
 
 use super::convert::{self, RangePlan};
 use super::{error, header, lease_of};
+use crate::auth::Caller;
 use crate::node::Node;
 use crate::service::deadline;
 use crate::service::kv::read_range_at;
+use keel_storage::auth::check::Need;
 
 /// The most bytes of pairs one etcd range response carries. etcd has no such bound below its
 /// 2 GiB message limit, and its Go client accepts that much; keel stops here and sets `more`, so
@@ -112,6 +114,7 @@ pub(crate) fn unexpected(r: &CommandResult) -> Status {
         CommandResult::KeyNotFound { .. } => error::status(Code::InvalidArgument, error::KEY_NOT_FOUND),
         CommandResult::Compacted { .. } => error::status(Code::OutOfRange, error::COMPACTED),
         CommandResult::FutureRevision { .. } => error::status(Code::OutOfRange, error::FUTURE_REV),
+        CommandResult::AuthRefused(e) => crate::auth::status(*e),
         other => Status::internal(format!("state machine returned {other:?} for this command")),
     }
 }
@@ -125,6 +128,7 @@ impl Kv for EtcdKv {
         if !r.serializable {
             self.node.read_barrier(deadline).await.map_err(error::node)?;
         }
+        Caller::current().check(&self.node, Need::Read, &plan.op.range)?;
         Ok(Response::new(self.read(&plan, deadline).await?))
     }
 

@@ -110,6 +110,7 @@ impl EtcdMaintenance {
 impl Maintenance for EtcdMaintenance {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        crate::auth::Caller::current().require_user(&self.node)?;
         let r = req.into_inner();
         if AlarmAction::try_from(r.action) != Ok(AlarmAction::Get) {
             return Err(Status::unimplemented(
@@ -134,6 +135,7 @@ impl Maintenance for EtcdMaintenance {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         let node = &self.node;
         let m = node.metrics();
         let leader = m.current_leader.unwrap_or(0);
@@ -166,12 +168,14 @@ impl Maintenance for EtcdMaintenance {
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(header(&self.node, self.node.reader.revision())),
         }))
     }
 
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let rev = self.node.reader.revision();
         let (hash, _) = self.blocking(move |node| node.reader.hash_kv(rev)).await?;
         Ok(Response::new(pb::HashResponse {
@@ -181,6 +185,7 @@ impl Maintenance for EtcdMaintenance {
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let rev = match req.into_inner().revision {
             r if r > 0 => r as u64,
             _ => self.node.reader.revision(),
@@ -196,6 +201,7 @@ impl Maintenance for EtcdMaintenance {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let node = &self.node;
         let deadline = deadline(req.metadata());
         // etcd snapshots the member asked; keel does too, once it has applied what the cluster
@@ -249,6 +255,7 @@ impl Maintenance for EtcdMaintenance {
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let target = req.into_inner().target_id;

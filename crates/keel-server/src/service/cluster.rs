@@ -59,6 +59,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_list(&self, _req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         let node = &self.node;
         Ok(respond(
             node,
@@ -70,6 +71,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let (metadata, _, r) = req.into_parts();
         let member = keel_storage::Member {
             peer_addr: r.peer_addr,
@@ -85,6 +87,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let (metadata, _, r) = req.into_parts();
         let result = self.node.promote(r.id, deadline(&metadata)).await;
         let members = self.changed(&metadata, result).await?;
@@ -93,6 +96,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let (metadata, _, r) = req.into_parts();
         let result = self.node.remove(r.id, r.force, deadline(&metadata)).await;
         let members = self.changed(&metadata, result).await?;
@@ -104,6 +108,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<LeaderTransferRequest>,
     ) -> Result<Response<LeaderTransferResponse>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let to = req.into_inner().to;
@@ -120,6 +125,7 @@ impl Cluster for ClusterService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         let node = &self.node;
         let m = node.metrics();
         let last_log = m.last_log_index.unwrap_or(0);

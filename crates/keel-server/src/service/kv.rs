@@ -25,8 +25,10 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 use super::{deadline, fail, respond};
+use crate::auth::Caller;
 use crate::error::NodeError;
 use crate::node::Node;
+use keel_storage::auth::check::Need;
 
 /// The most bytes of pairs that one range response carries (as counted by
 /// [`keel_storage::sm::mvcc::response_bytes`], an upper bound of their encoded size). The read
@@ -131,6 +133,9 @@ impl KvService {
 /// The answer to a write whose result is not the command's own: a session outcome (named in the
 /// status's metadata, see `keel_proto::wire::Outcome`, which keel-client tells apart), or a bug.
 pub(crate) fn unexpected(node: &Node, r: &CommandResult) -> Status {
+    if let CommandResult::AuthRefused(e) = r {
+        return crate::auth::status(*e);
+    }
     let outcome = match r {
         CommandResult::SessionExpired { .. } => Some(Outcome::SessionExpired),
         CommandResult::StaleSession { seq, last_seq, .. } if last_seq == seq => Some(Outcome::SessionResultDropped),
@@ -182,6 +187,7 @@ impl Kv for KvService {
         if !req.serializable {
             node.read_barrier(deadline).await.map_err(|e| fail(node, e))?;
         }
+        Caller::current().check(node, Need::Read, &op.range)?;
         let (result, revision) = read_range(node, op, deadline, MAX_RANGE_RESPONSE_BYTES)
             .await
             .map_err(|e| fail(node, e))?;

@@ -173,6 +173,7 @@ impl Lease for LeaseService {
         &self,
         req: tonic::Request<LeaseTimeToLiveRequest>,
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let req = req.into_inner();
@@ -204,6 +205,7 @@ impl Lease for LeaseService {
         &self,
         req: tonic::Request<LeaseLeasesRequest>,
     ) -> Result<tonic::Response<LeaseLeasesResponse>, Status> {
+        crate::auth::Caller::current().require_user(&self.node)?;
         let node = &self.node;
         node.read_barrier(deadline(req.metadata()))
             .await
@@ -260,8 +262,8 @@ where
     let stopping = node.stopping.clone();
     let task_node = node.clone();
     // On the node's tracker, as every task is: it ends when the stream does, when shutdown
-    // begins, or when the node stops.
-    node.spawn(async move {
+    // begins, or when the node stops. Its renewals are the caller's (see `crate::auth`).
+    node.spawn(crate::auth::Caller::current().scope(async move {
         let node = task_node;
         let _open = open;
         loop {
@@ -278,6 +280,6 @@ where
                 break;
             }
         }
-    });
+    }));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as KeepAliveStream)
 }

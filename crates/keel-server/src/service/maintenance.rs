@@ -26,6 +26,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        crate::auth::Caller::current().require_root(&self.node)?;
         let node = &self.node;
         let deadline = deadline(req.metadata());
         let (revision, file) = node.fresh_snapshot(deadline).await.map_err(|e| fail(node, e))?;

@@ -79,6 +79,7 @@ async fn txn(node: &Node, txn: Txn, deadline: Option<Instant>) -> Result<(TxnRes
     match resp.result {
         CommandResult::Txn(t) => Ok((t, resp.revision)),
         CommandResult::LeaseNotFound { id } => Err(NodeError::NotFound(format!("lease {id:x} not found"))),
+        CommandResult::AuthRefused(e) => Err(NodeError::Auth(e)),
         other => Err(NodeError::Internal(format!(
             "state machine returned {other:?} for a txn"
         ))),
@@ -317,10 +318,11 @@ impl Drop for LeaveOnDrop {
             return;
         };
         let node = self.node.clone();
-        self.node.spawn(async move {
+        // Dropped while serving a request: the delete is that request's caller's.
+        self.node.spawn(crate::auth::Caller::current().scope(async move {
             if let Err(e) = leave(&node, &place.key, place.rev, None).await {
                 tracing::debug!(error = %e, "could not delete an abandoned queue key; its lease will");
             }
-        });
+        }));
     }
 }

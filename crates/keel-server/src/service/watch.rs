@@ -87,7 +87,8 @@ where
         ))
     })?;
     let (tx, rx) = mpsc::channel(OUT_BUFFER);
-    node.spawn(serve_stream(node.clone(), requests, tx, open));
+    // The stream's watches are created as the caller's (see `crate::auth`).
+    node.spawn(crate::auth::Caller::current().scope(serve_stream(node.clone(), requests, tx, open)));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -206,6 +207,9 @@ fn create_watch(
     }
     let range = convert::key_range(&c.key, &c.range_end, c.prefix).map_err(|e| (e.to_string(), 0))?;
     keel_storage::validate_range(&RangeOp::new(range.clone()), &node.limits).map_err(|e| (e.to_string(), 0))?;
+    crate::auth::Caller::current()
+        .check(node, keel_storage::auth::check::Need::Read, &range)
+        .map_err(|s| (s.message().to_string(), 0))?;
     let start = match c.start_revision {
         0 => node.reader.revision() + 1,
         r => r,

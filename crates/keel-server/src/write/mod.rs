@@ -22,8 +22,10 @@ use crate::node::leader::millis_until;
 use crate::node::Node;
 
 impl Node {
-    /// Apply a write through whichever member is leader.
+    /// Apply a write through whichever member is leader, as the current request's caller's (see
+    /// `crate::auth`).
     pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        let req = crate::auth::Caller::current().attach(req);
         let remote = || ForwardRequest::Write {
             request: req.clone(),
             timeout_ms: millis_until(deadline),

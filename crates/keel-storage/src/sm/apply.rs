@@ -153,10 +153,11 @@ impl<'a> Apply<'a> {
             Command::LeaseExpire(e) => self.lease_expire(e)?,
             Command::Compact(rev) => self.compact(*rev),
             Command::PutWith(p) => self.put_with_command(p)?,
-            Command::Batch(_) => {
-                return Err(MvccError::Decode(codec::DecodeError::Malformed(
-                    "a batch reached Apply::execute; batches are walked by the caller".into(),
-                )))
+            Command::Batch(_) | Command::Auth(_) | Command::AsUser(_) => {
+                return Err(MvccError::Decode(codec::DecodeError::Malformed(format!(
+                    "a {} reached Apply::execute; the caller runs those",
+                    cmd.kind()
+                ))))
             }
         };
         if !self.events.is_empty() {

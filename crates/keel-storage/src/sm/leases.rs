@@ -102,7 +102,7 @@ impl Apply<'_> {
     }
 
     /// The keys attached to lease `id`, as this entry left them so far.
-    fn lease_keys(&self, id: LeaseId) -> Result<BTreeSet<Vec<u8>>, MvccError> {
+    pub(super) fn lease_keys(&self, id: LeaseId) -> Result<BTreeSet<Vec<u8>>, MvccError> {
         let prefix = codec::lease_key_prefix(id);
         let mut candidates = BTreeSet::new();
         for item in self.tree.scan_prefix(prefix) {

@@ -37,6 +37,7 @@
 //! History compaction, and how etcd's Compact moves it: see `compact.rs`.
 
 mod apply;
+mod auth;
 mod changes;
 mod compact;
 mod hash;
@@ -60,6 +61,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 pub use apply::{decode_history, HistoryEvent, LeaseEvent, RevisionEvents};
+pub use auth::AuthView;
 pub use changes::{Change, Changes, ChangesError};
 pub use leases::LeaseInfo;
 pub use read::{KvReader, ReadError};
@@ -166,6 +168,8 @@ pub(crate) struct SmShared {
     compactions: tokio::sync::watch::Sender<u64>,
     /// The history floor, for reads: refused below it even before compaction got there.
     floor: AtomicU64,
+    /// Users, roles and tokens as of the applied state (see [`crate::auth`]).
+    auth: RwLock<AuthView>,
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
@@ -208,6 +212,10 @@ impl SmShared {
         self.revision.store(meta.revision, Ordering::Release);
         self.revisions
             .send_if_modified(|r| std::mem::replace(r, meta.revision) != meta.revision);
+    }
+
+    fn set_auth(&self, view: AuthView) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), usize>> {
@@ -259,6 +267,8 @@ pub struct StateMachine {
     leased_keys: bool,
     /// The history floor: see "The history floor" above.
     floor: u64,
+    /// Users, roles and tokens (see [`crate::auth`]), as published in `SmShared::auth`.
+    auth: AuthView,
     /// The highest index the log store has written into sled: no entry above it is applied (the
     /// log store's "Applies wait for the write"). None: apply at once (tests of the state machine
     /// alone).
@@ -298,6 +308,7 @@ impl StateMachine {
         };
         let leased_keys = leases::any_leased_key(&tree).map_err(io_err)?;
         let floor = compact::read_floor(&tree)?;
+        let auth = auth::load(&tree)?;
         let snapshots = SnapshotStore::open(snapshot_dir)?;
         if let Some(snap) = snapshots.current_meta() {
             if snap.last_log_id > meta.applied {
@@ -326,6 +337,7 @@ impl StateMachine {
             recent: recent::Recent::default(),
             compactions: tokio::sync::watch::Sender::new(meta.compacted),
             floor: AtomicU64::new(floor),
+            auth: RwLock::new(auth.clone()),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -336,6 +348,7 @@ impl StateMachine {
             preserved: true,
             leased_keys,
             floor,
+            auth,
             log_written: None,
         })
     }
@@ -362,8 +375,16 @@ impl StateMachine {
         self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
         self.floor = compact::read_floor(&self.shared.tree().0)?;
         self.shared.floor.store(self.floor, Ordering::Release);
+        self.reload_auth()?;
         self.shared.publish(&self.meta);
         Ok(header)
+    }
+
+    /// Read the auth records of the current tree again (after an install) and publish them.
+    fn reload_auth(&mut self) -> io::Result<()> {
+        self.auth = auth::load(&self.shared.tree().0)?;
+        self.shared.set_auth(self.auth.clone());
+        Ok(())
     }
 
     /// Apply no entry before the log store has written it into sled (`written`: see
@@ -487,6 +508,7 @@ impl StateMachine {
             apply: apply::Apply::new(tree, meta.revision, self.leased_keys, self.floor),
             sessions: sessions::Written::new(),
             session_count: meta.session_count,
+            auth: auth::AuthWork::new(self.auth.clone()),
         };
         let mut membership = None;
         let response = match &entry.payload {
@@ -508,6 +530,7 @@ impl StateMachine {
         let limits = self.shared.config.session_limits();
         ctx.apply.finish();
         let mut batch = std::mem::take(&mut ctx.apply.batch);
+        let auth = ctx.auth.finish(&mut batch);
         ctx.scope
             .expire(tree, &mut batch, &mut ctx.session_count, &ctx.sessions, limits)
             .map_err(|e| fail(io_err(e)))?;
@@ -526,6 +549,10 @@ impl StateMachine {
         self.shared.floor.store(self.floor, Ordering::Release);
         if let Some(m) = membership {
             self.membership = m;
+        }
+        if let Some(view) = auth {
+            self.auth = view.clone();
+            self.shared.set_auth(view);
         }
         self.shared.publish(&self.meta);
         if !ctx.apply.lease_events.is_empty() {
@@ -552,6 +579,7 @@ struct EntryApply<'a> {
     /// Session records this entry changed so far (and so the sessions it used).
     sessions: sessions::Written,
     session_count: u64,
+    auth: auth::AuthWork,
 }
 
 impl EntryApply<'_> {
@@ -582,7 +610,7 @@ impl EntryApply<'_> {
                 }
             }
         }
-        let result = self.apply.execute(&req.command)?;
+        let result = self.auth.execute(&mut self.apply, &req.command)?;
         let response = Response {
             revision: self.apply.revision(),
             result,
@@ -682,6 +710,7 @@ impl StateMachine {
         self.leased_keys = leases::any_leased_key(&self.shared.tree().0).map_err(io_err)?;
         self.floor = compact::read_floor(&self.shared.tree().0)?;
         self.shared.floor.store(self.floor, Ordering::Release);
+        self.reload_auth()?;
         self.shared.publish(&self.meta);
         self.shared.observer().snapshot_installed(started.elapsed());
         match self.reader().leases() {

@@ -47,6 +47,11 @@ impl KvReader {
         KvReader { shared }
     }
 
+    /// Users, roles and tokens as of the applied state (see [`crate::auth`]).
+    pub fn auth(&self) -> super::AuthView {
+        self.shared.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The store revision of the last applied write.
     pub fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::Acquire)

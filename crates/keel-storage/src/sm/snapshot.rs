@@ -32,7 +32,8 @@ use openraft::RaftSnapshotBuilder;
 
 use super::mvcc::LiveIter;
 use super::{
-    io_err, leases, sessions, PinGuard, SmMeta, SmShared, Snapshot, FLOOR_KEY, MEMBERSHIP_KEY, META_KEY, ROOT_CURRENT,
+    auth, io_err, leases, sessions, PinGuard, SmMeta, SmShared, Snapshot, FLOOR_KEY, MEMBERSHIP_KEY, META_KEY,
+    ROOT_CURRENT,
 };
 use crate::codec::{self, StoredVersion};
 use crate::durability::{fsync_dir, sled_to_io};
@@ -189,6 +190,9 @@ pub struct SnapshotBuilder {
     header: SnapshotHeader,
     /// The leases as of the build's start (or why they could not be read).
     leases: Arc<Result<leases::Captured, String>>,
+    /// The auth record as of the build's start, if auth was ever configured (or why it could
+    /// not be read).
+    auth: Arc<Result<Option<Vec<u8>>, String>>,
     _pin: PinGuard,
 }
 
@@ -213,6 +217,7 @@ impl SnapshotBuilder {
         };
         let pin = shared.pin(revision, applied.map_or(0, |l| l.index));
         let leases = Arc::new(leases::capture(&tree).map_err(|e| e.to_string()));
+        let auth = Arc::new(auth::capture(&tree).map_err(|e| e.to_string()));
         SnapshotBuilder {
             shared,
             tree,
@@ -220,6 +225,7 @@ impl SnapshotBuilder {
             meta,
             header,
             leases,
+            auth,
             _pin: pin,
         }
     }
@@ -249,11 +255,15 @@ impl SnapshotBuilder {
             for (lease, key) in &captured.keys {
                 writer.push_lease_key(*lease, key)?;
             }
-            let lease_records = (captured.leases.len() + captured.keys.len()) as u64;
+            let mut other_records = (captured.leases.len() + captured.keys.len()) as u64;
+            if let Some(encoded) = self.auth.as_ref().as_ref().map_err(|e| io::Error::other(e.clone()))? {
+                writer.push_auth(encoded)?;
+                other_records += 1;
+            }
             let (out, count, _) = writer.finish()?;
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
-            Ok((count - sessions - lease_records, sessions))
+            Ok((count - sessions - other_records, sessions))
         })();
         let installed = shared.generation.load(Ordering::Acquire) != self.generation;
         if installed || written.is_err() {
@@ -287,6 +297,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             header: self.header.clone(),
             leases: self.leases.clone(),
+            auth: self.auth.clone(),
             _pin: self.shared.pin(self.header.revision, self.applied_index()),
         };
         let stem = file_stem(&self.meta);
@@ -390,6 +401,9 @@ fn load_generation<R: Read>(
     let mut leased_keys = std::collections::HashSet::new();
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
+    let mut auth_seen = false;
+    // A backup restored into a new cluster keeps its users and roles but not their tokens.
+    let keep_tokens = seed.is_none();
     let loaded = (|| -> io::Result<()> {
         while let Some(record) = reader.next_record().map_err(io_err)? {
             match record {
@@ -428,6 +442,12 @@ fn load_generation<R: Read>(
                         return Err(io::Error::other("snapshot attaches a key to no lease, or to two"));
                     }
                     leases::restore_lease_key(&mut batch, lease, &key);
+                }
+                SnapshotRecord::Auth(encoded) => {
+                    if std::mem::replace(&mut auth_seen, true) {
+                        return Err(io::Error::other("snapshot has two auth records"));
+                    }
+                    auth::restore(&mut batch, &encoded, keep_tokens)?;
                 }
             }
             in_batch += 1;
