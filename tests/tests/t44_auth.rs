@@ -1,0 +1,388 @@
+//! Users, roles and permissions on every path (issue 17, item 2), through etcd's v3 API and
+//! keel's own: the README's authorization table, one row per test case. For each row, a user
+//! without the permission is refused with etcd's code and text, and a user with it is served.
+//! Requests go to a follower as well as the leader, so forwarded writes carry their user.
+
+use std::time::Duration;
+
+use keel_proto::etcd::authpb;
+use keel_proto::etcd::etcdserverpb as pb;
+use keel_proto::etcd::etcdserverpb::{
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+};
+use keel_testkit::{Backend, Cluster, Options};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A request carrying `token` as etcd's clients send it.
+fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.parse().expect("ascii token"));
+    }
+    r
+}
+
+fn put(key: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    }
+}
+
+fn range(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, text: &str, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: allowed ({v:?}), expected {code:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{what}: {s:?}");
+            assert_eq!(s.message(), text, "{what}");
+        }
+    }
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) {
+    refused(r, Code::PermissionDenied, "etcdserver: permission denied", what);
+}
+
+fn allowed<T>(r: Result<tonic::Response<T>, tonic::Status>, what: &str) -> T {
+    match r {
+        Ok(v) => v.into_inner(),
+        Err(s) => panic!("{what}: refused: {s:?}"),
+    }
+}
+
+struct Tokens {
+    root: String,
+    /// read-write on `app/`.
+    rw: String,
+    /// read only on `app/`.
+    ro: String,
+}
+
+/// root, `rw` (read-write on the prefix `app/`) and `ro` (read on `app/`), auth enabled.
+async fn set_up(ch: Channel) -> anyhow::Result<Tokens> {
+    let mut auth = AuthClient::new(ch);
+    for (name, password) in [("root", "rootpw"), ("rw", "rwpw"), ("ro", "ropw")] {
+        auth.user_add(pb::AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    for role in ["app-rw", "app-ro"] {
+        auth.role_add(pb::AuthRoleAddRequest { name: role.into() }).await?;
+    }
+    for (role, kind) in [
+        ("app-rw", authpb::permission::Type::Readwrite),
+        ("app-ro", authpb::permission::Type::Read),
+    ] {
+        auth.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+            name: role.into(),
+            perm: Some(authpb::Permission {
+                perm_type: kind as i32,
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            }),
+        })
+        .await?;
+    }
+    for (user, role) in [("root", "root"), ("rw", "app-rw"), ("ro", "app-ro")] {
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await?;
+    }
+    auth.auth_enable(pb::AuthEnableRequest {}).await?;
+    let mut token = async |name: &str, password: &str| -> anyhow::Result<String> {
+        let r = auth
+            .authenticate(pb::AuthenticateRequest {
+                name: name.into(),
+                password: password.into(),
+            })
+            .await?;
+        Ok(r.into_inner().token)
+    };
+    Ok(Tokens {
+        root: token("root", "rootpw").await?,
+        rw: token("rw", "rwpw").await?,
+        ro: token("ro", "ropw").await?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_rpc_needs_its_permission() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let t = set_up(cluster.channel(leader)).await?;
+    let (root, rw, ro) = (Some(t.root.as_str()), Some(t.rw.as_str()), Some(t.ro.as_str()));
+
+    for member in [leader, follower] {
+        let ch = cluster.channel(member);
+        let mut kv = KvClient::new(ch.clone());
+        let at = |what: &str| format!("{what} on member {member}");
+
+        // Without a credential, or with a bad one.
+        refused(
+            kv.put(req(put("app/a"), None)).await,
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+            &at("anonymous put"),
+        );
+        refused(
+            kv.range(req(range("app/a"), Some("keel.forged"))).await,
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+            &at("forged token"),
+        );
+
+        // KV Put: write on the key.
+        denied(kv.put(req(put("app/a"), ro)).await, &at("put by ro"));
+        denied(kv.put(req(put("other"), rw)).await, &at("put outside the prefix"));
+        allowed(kv.put(req(put("app/a"), rw)).await, &at("put by rw"));
+        // KV Range: read on the range.
+        allowed(kv.range(req(range("app/a"), ro)).await, &at("get by ro"));
+        let all = pb::RangeRequest {
+            key: b"\0".to_vec(),
+            range_end: b"\0".to_vec(),
+            ..Default::default()
+        };
+        denied(kv.range(req(all.clone(), rw)).await, &at("get of every key by rw"));
+        allowed(kv.range(req(all, root)).await, &at("get of every key by root"));
+        // KV DeleteRange: write on the range.
+        let del = pb::DeleteRangeRequest {
+            key: b"app/".to_vec(),
+            range_end: b"app0".to_vec(),
+            ..Default::default()
+        };
+        denied(kv.delete_range(req(del.clone(), ro)).await, &at("delete by ro"));
+        allowed(kv.delete_range(req(del, rw)).await, &at("delete by rw"));
+        // KV Txn: read on compares, each op of both branches.
+        let txn = |failure_key: &str| pb::TxnRequest {
+            compare: vec![],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(put("app/t"))),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(put(failure_key))),
+            }],
+        };
+        denied(
+            kv.txn(req(txn("other"), rw)).await,
+            &at("txn with a failure op outside"),
+        );
+        denied(kv.txn(req(txn("app/f"), ro)).await, &at("txn by ro"));
+        allowed(kv.txn(req(txn("app/f"), rw)).await, &at("txn by rw"));
+        // KV Compact: root.
+        let rev = allowed(kv.range(req(range("app/t"), ro)).await, "rev")
+            .header
+            .expect("header")
+            .revision;
+        let compact = pb::CompactionRequest {
+            revision: rev,
+            physical: false,
+        };
+        denied(kv.compact(req(compact.clone(), rw)).await, &at("compact by rw"));
+        if member == leader {
+            allowed(kv.compact(req(compact, root)).await, &at("compact by root"));
+        }
+
+        // Watch: read on the range, checked when it is created.
+        let mut watch = WatchClient::new(ch.clone());
+        for (token, ok) in [(rw, true), (ro, true)] {
+            let create = pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                    key: b"app/".to_vec(),
+                    range_end: b"app0".to_vec(),
+                    ..Default::default()
+                })),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(create).await?;
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let mut replies = allowed(watch.watch(req(stream, token)).await, &at("watch"));
+            let first = tokio::time::timeout(LIMIT, replies.message()).await??.expect("a reply");
+            assert_eq!(
+                first.created && !first.canceled,
+                ok,
+                "{}: {first:?}",
+                at("watch of app/")
+            );
+            drop(tx);
+        }
+        let outside = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: b"other".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(outside).await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut replies = allowed(watch.watch(req(stream, rw)).await, &at("watch"));
+        let first = tokio::time::timeout(LIMIT, replies.message()).await??.expect("a reply");
+        assert!(first.canceled, "{}: {first:?}", at("watch outside the prefix"));
+        assert_eq!(first.cancel_reason, "etcdserver: permission denied");
+
+        // Lease: any user grants; revoke needs write on every attached key.
+        let mut lease = LeaseClient::new(ch.clone());
+        refused(
+            lease
+                .lease_grant(req(pb::LeaseGrantRequest { ttl: 60, id: 0 }, None))
+                .await,
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+            &at("anonymous grant"),
+        );
+        let granted = allowed(
+            lease
+                .lease_grant(req(pb::LeaseGrantRequest { ttl: 60, id: 0 }, ro))
+                .await,
+            &at("grant by ro"),
+        );
+        let mut leased = put("app/leased");
+        leased.lease = granted.id;
+        allowed(kv.put(req(leased, rw)).await, &at("put with a lease"));
+        let revoke = pb::LeaseRevokeRequest { id: granted.id };
+        denied(
+            lease.lease_revoke(req(revoke.clone(), ro)).await,
+            &at("revoke by ro of a lease on app/"),
+        );
+        allowed(lease.lease_revoke(req(revoke, rw)).await, &at("revoke by rw"));
+        allowed(
+            lease
+                .lease_time_to_live(req(pb::LeaseTimeToLiveRequest { id: 1, keys: false }, ro))
+                .await,
+            &at("time to live by ro"),
+        );
+
+        // Cluster: listing is any user's; changes are root's.
+        let mut cluster_api = ClusterClient::new(ch.clone());
+        allowed(
+            cluster_api
+                .member_list(req(pb::MemberListRequest { linearizable: false }, ro))
+                .await,
+            &at("member list by ro"),
+        );
+        let remove = pb::MemberRemoveRequest { id: 99 };
+        denied(
+            cluster_api.member_remove(req(remove.clone(), rw)).await,
+            &at("member remove by rw"),
+        );
+        refused(
+            cluster_api.member_remove(req(remove, root)).await,
+            Code::NotFound,
+            "etcdserver: member not found",
+            &at("member remove of an unknown member by root (allowed, then not found)"),
+        );
+
+        // Maintenance: status is any user's; the rest are root's.
+        let mut maintenance = MaintenanceClient::new(ch.clone());
+        allowed(
+            maintenance.status(req(pb::StatusRequest {}, ro)).await,
+            &at("status by ro"),
+        );
+        denied(
+            maintenance.hash_kv(req(pb::HashKvRequest { revision: 0 }, rw)).await,
+            &at("hashkv by rw"),
+        );
+        allowed(
+            maintenance.hash_kv(req(pb::HashKvRequest { revision: 0 }, root)).await,
+            &at("hashkv by root"),
+        );
+        denied(
+            maintenance.defragment(req(pb::DefragmentRequest {}, rw)).await,
+            &at("defragment by rw"),
+        );
+        denied(
+            maintenance.snapshot(req(pb::SnapshotRequest {}, rw)).await,
+            &at("snapshot by rw"),
+        );
+
+        // Auth: root's, except AuthStatus and Authenticate.
+        let mut auth = AuthClient::new(ch.clone());
+        denied(
+            auth.user_list(req(pb::AuthUserListRequest {}, rw)).await,
+            &at("user list by rw"),
+        );
+        let users = allowed(
+            auth.user_list(req(pb::AuthUserListRequest {}, root)).await,
+            &at("user list"),
+        );
+        assert_eq!(users.users, ["ro", "root", "rw"]);
+        let add = pb::AuthRoleAddRequest {
+            name: format!("new-{member}"),
+        };
+        denied(auth.role_add(req(add.clone(), rw)).await, &at("role add by rw"));
+        allowed(auth.role_add(req(add, root)).await, &at("role add by root"));
+        refused(
+            auth.authenticate(pb::AuthenticateRequest {
+                name: "rw".into(),
+                password: "wrong".into(),
+            })
+            .await,
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+            &at("a wrong password"),
+        );
+    }
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_permission_or_a_new_password_takes_effect_at_once() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let t = set_up(cluster.channel(leader)).await?;
+    let mut kv = KvClient::new(cluster.channel(follower));
+    allowed(
+        kv.put(req(put("app/x"), Some(&t.rw))).await,
+        "put before the revocation",
+    );
+    let mut auth = AuthClient::new(cluster.channel(leader));
+    auth.role_revoke_permission(req(
+        pb::AuthRoleRevokePermissionRequest {
+            role: "app-rw".into(),
+            key: b"app/".to_vec(),
+            range_end: b"app0".to_vec(),
+        },
+        Some(&t.root),
+    ))
+    .await?;
+    // The very next write through the follower, with the same token, is refused.
+    denied(kv.put(req(put("app/x"), Some(&t.rw))).await, "put after the revocation");
+    // A new password ends the old tokens.
+    auth.user_change_password(req(
+        pb::AuthUserChangePasswordRequest {
+            name: "ro".into(),
+            password: "new".into(),
+            ..Default::default()
+        },
+        Some(&t.root),
+    ))
+    .await?;
+    refused(
+        kv.range(req(range("app/x"), Some(&t.ro))).await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+        "the old token after a password change",
+    );
+    // Disabling auth lets everyone in again.
+    auth.auth_disable(req(pb::AuthDisableRequest {}, Some(&t.root))).await?;
+    allowed(kv.put(req(put("anything"), None)).await, "anonymous put with auth off");
+    cluster.shutdown().await
+}
