@@ -70,9 +70,10 @@ struct Tokens {
     ro: String,
 }
 
-/// root, `rw` (read-write on the prefix `app/`) and `ro` (read on `app/`), auth enabled.
-async fn set_up(ch: Channel) -> anyhow::Result<Tokens> {
-    let mut auth = AuthClient::new(ch);
+/// root, `rw` (read-write on the prefix `app/`) and `ro` (read on `app/`), auth enabled through
+/// `admin`; their tokens from `login` (a follower: its token is issued through the leader).
+async fn set_up(admin: Channel, login: Channel) -> anyhow::Result<Tokens> {
+    let mut auth = AuthClient::new(admin);
     for (name, password) in [("root", "rootpw"), ("rw", "rwpw"), ("ro", "ropw")] {
         auth.user_add(pb::AuthUserAddRequest {
             name: name.into(),
@@ -106,6 +107,7 @@ async fn set_up(ch: Channel) -> anyhow::Result<Tokens> {
         .await?;
     }
     auth.auth_enable(pb::AuthEnableRequest {}).await?;
+    let mut auth = AuthClient::new(login);
     let mut token = async |name: &str, password: &str| -> anyhow::Result<String> {
         let r = auth
             .authenticate(pb::AuthenticateRequest {
@@ -127,7 +129,7 @@ async fn every_rpc_needs_its_permission() -> anyhow::Result<()> {
     let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
     let leader = cluster.wait_for_leader(LIMIT).await?;
     let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
-    let t = set_up(cluster.channel(leader)).await?;
+    let t = set_up(cluster.channel(leader), cluster.channel(follower)).await?;
     let (root, rw, ro) = (Some(t.root.as_str()), Some(t.rw.as_str()), Some(t.ro.as_str()));
 
     for member in [leader, follower] {
@@ -347,7 +349,7 @@ async fn a_revoked_permission_or_a_new_password_takes_effect_at_once() -> anyhow
     let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
     let leader = cluster.wait_for_leader(LIMIT).await?;
     let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
-    let t = set_up(cluster.channel(leader)).await?;
+    let t = set_up(cluster.channel(leader), cluster.channel(follower)).await?;
     let mut kv = KvClient::new(cluster.channel(follower));
     allowed(
         kv.put(req(put("app/x"), Some(&t.rw))).await,

@@ -78,4 +78,4 @@ pub use sm::{
 };
 pub use store::{db_dir, open, OpenError, Store, StoreConfig};
 pub use types::*;
-pub use validate::{validate_key, validate_range, validate_request, InvalidRequest, Limits};
+pub use validate::{validate_forwarded, validate_key, validate_range, validate_request, InvalidRequest, Limits};

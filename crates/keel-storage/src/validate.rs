@@ -187,6 +187,15 @@ fn validate_command(command: &Command, limits: &Limits) -> Result<(), InvalidReq
     }
 }
 
+/// Check a write another member forwarded to the leader: what a client may send, and the token
+/// issues that any member proposes for its clients' `Authenticate` (never a client's request).
+pub fn validate_forwarded(req: &Request, limits: &Limits) -> Result<(), InvalidRequest> {
+    if let Command::Auth(AuthCommand::TokenIssue { user, .. }) = &req.command {
+        return validate_name("user", user);
+    }
+    validate_request(req, limits)
+}
+
 /// Check a read before it is served.
 pub fn validate_range(op: &RangeOp, limits: &Limits) -> Result<(), InvalidRequest> {
     validate_key_range(&op.range, limits)

@@ -248,7 +248,7 @@ impl RaftRpc for PeerService {
         // proposes it: check it again rather than trust the wire (a batch, an empty key or an
         // oversized value must never reach the log).
         if let ForwardRequest::Write { request, .. } = &fwd {
-            if let Err(e) = keel_storage::validate_request(request, &self.node.limits) {
+            if let Err(e) = keel_storage::validate_forwarded(request, &self.node.limits) {
                 return Ok(self.reply::<ForwardReply, _>(Err(NodeError::from(e))));
             }
         }
