@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
 
+    /// Log in as this user (`NAME` or `NAME:PASSWORD`; the password is asked for when absent)
+    /// when the cluster has authentication enabled.
+    #[arg(long, global = true, env = "KEEL_USER")]
+    pub user: Option<String>,
+
     /// Deadline of each request, retries included (e.g. 500ms, 3s).
     #[arg(long, global = true, value_parser = parse_timeout, default_value = "5s")]
     pub timeout: Duration,
@@ -75,6 +80,110 @@ pub enum Command {
     /// Campaign in election NAME with PROPOSAL, print each leader as it changes, and resign when
     /// interrupted; with --listen, only print the leaders.
     Elect(ElectArgs),
+    /// Users: each logs in with a password and holds roles.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Roles: each grants read, write or read-write permission on keys.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Authentication: while enabled, every request needs a user (`--user`) with the permission.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (the password is asked for unless given or --no-password).
+    Add {
+        name: String,
+        #[arg(long, conflicts_with = "no_password")]
+        password: Option<String>,
+        /// A user without a password (it can log in only by client certificate).
+        #[arg(long)]
+        no_password: bool,
+    },
+    Delete {
+        name: String,
+    },
+    List,
+    /// A user's roles.
+    Get {
+        name: String,
+    },
+    /// Change a user's password (asked for unless given); its tokens end at once.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    GrantRole {
+        name: String,
+        role: String,
+    },
+    RevokeRole {
+        name: String,
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    Add {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    List,
+    /// A role's permissions.
+    Get {
+        name: String,
+    },
+    /// Grant KIND (read, write, readwrite) on KEY, [KEY, RANGE_END), --prefix KEY or
+    /// --from-key KEY.
+    GrantPermission {
+        role: String,
+        #[arg(value_enum)]
+        kind: PermissionKindArg,
+        #[command(flatten)]
+        keys: PermissionKeys,
+    },
+    /// Revoke the permission on exactly this key or range.
+    RevokePermission {
+        role: String,
+        #[command(flatten)]
+        keys: PermissionKeys,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PermissionKindArg {
+    Read,
+    Write,
+    Readwrite,
+}
+
+#[derive(Debug, Args)]
+pub struct PermissionKeys {
+    pub key: String,
+    /// The end of the range (exclusive).
+    #[arg(conflicts_with_all = ["prefix", "from_key"])]
+    pub range_end: Option<String>,
+    /// Every key that starts with KEY.
+    #[arg(long, conflicts_with = "from_key")]
+    pub prefix: bool,
+    /// Every key from KEY on.
+    #[arg(long)]
+    pub from_key: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Enable authentication (needs the user root with the role root).
+    Enable,
+    Disable,
+    /// Whether authentication is enabled, and the auth revision.
+    Status,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,8 @@ struct Inner {
     /// Idle write sessions, (client id, next seq). A session carries one request at a time, so
     /// concurrent writes through clones of this client each take their own.
     sessions: Mutex<Vec<(u64, u64)>>,
+    /// The user to log in as ([`ClientConfig::user`]), and its token.
+    login: Option<crate::auth::Login>,
 }
 
 /// Responses that carry a [`ResponseHeader`].
@@ -118,8 +120,13 @@ impl Client {
         if targets.is_empty() {
             return Err(Error::NoEndpoints);
         }
+        let login = config
+            .user
+            .clone()
+            .map(|(user, password)| crate::auth::Login::new(user, password));
         Ok(Client {
             inner: Arc::new(Inner {
+                login,
                 config,
                 targets,
                 preferred: AtomicUsize::new(0),
@@ -128,6 +135,16 @@ impl Client {
                 sessions: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// A request carrying `body` and, when the client logs in, its token (for the streams that
+    /// do not go through [`Client::call`]).
+    pub(crate) async fn request<T>(&self, channel: &Channel, body: T) -> Result<tonic::Request<T>, Status> {
+        let mut request = tonic::Request::new(body);
+        if let Some(login) = &self.inner.login {
+            login.authorize(channel, &mut request).await?;
+        }
+        Ok(request)
     }
 
     /// The endpoints this client uses, as `host:port`.
@@ -338,9 +355,12 @@ impl Client {
     pub async fn status_of(&self, endpoint: &str) -> Result<StatusResponse, Error> {
         let channel = self.channel_for(endpoint)?;
         let timeout = self.inner.config.timeout;
-        let mut request = tonic::Request::new(StatusRequest {});
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, cluster(channel).status(request)).await {
+        let status = async {
+            let mut request = self.request(&channel, StatusRequest {}).await?;
+            request.set_timeout(timeout);
+            cluster(channel.clone()).status(request).await
+        };
+        match tokio::time::timeout(timeout, status).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(match Failure::from_status(status) {
                 Failure::NotSent(message) => Error::Unavailable(format!("cannot reach {endpoint}: {message}")),
@@ -430,6 +450,8 @@ impl Client {
         let mut backoff = Backoff::new(inner.config.backoff_initial, inner.config.backoff_max);
         let mut attempts = Attempts::new(n);
         let mut index = inner.preferred.load(Ordering::Relaxed) % n;
+        // A member that does not know the client's token is answered by logging in again, once.
+        let mut logged_in_again = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -440,13 +462,41 @@ impl Client {
             request.set_timeout(attempt_timeout);
             let target = &inner.targets[index];
             attempts.tried_this_round[index] = true;
-            let failure = match tokio::time::timeout(attempt_timeout, send(target.channel.clone(), request)).await {
+            // Fails with the status and, when the member refused the credential sent, that
+            // credential (`Some(None)`: none was sent).
+            let attempt = async {
+                let sent = match &inner.login {
+                    Some(login) => Some(
+                        login
+                            .authorize(&target.channel, &mut request)
+                            .await
+                            .map_err(|status| (status, None))?,
+                    ),
+                    None => None,
+                };
+                send(target.channel.clone(), request).await.map_err(|status| {
+                    let refused = sent.filter(|token| match token {
+                        Some(_) => crate::auth::is_invalid_token(&status),
+                        None => crate::auth::is_missing_user(&status),
+                    });
+                    (status, refused)
+                })
+            };
+            let failure = match tokio::time::timeout(attempt_timeout, attempt).await {
                 Ok(Ok(resp)) => {
                     let leader = self.leader_hint(resp.metadata(), resp.get_ref().header());
                     inner.preferred.store(leader.unwrap_or(index), Ordering::Relaxed);
                     return Ok(resp.into_inner());
                 }
-                Ok(Err(status)) => match Failure::from_status(status) {
+                Ok(Err((_, Some(stale)))) if !logged_in_again => {
+                    if let Some(login) = &inner.login {
+                        login.forget(stale.as_deref()).await;
+                    }
+                    logged_in_again = true;
+                    attempts.tried_this_round[index] = false;
+                    continue;
+                }
+                Ok(Err((status, _))) => match Failure::from_status(status) {
                     // tonic's own wording ("Timeout expired: transport error") names neither the
                     // server nor the time.
                     Failure::Lost { timed_out: true, .. } => no_answer(&target.authority, attempt_timeout),

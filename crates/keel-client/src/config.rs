@@ -26,6 +26,9 @@ pub struct ClientConfig {
     /// during failover, a connection cut mid-request) can be retried: the cluster applies each
     /// session write at most once. With `false`, such writes fail with `OutcomeUnknown`.
     pub exactly_once: bool,
+    /// Log in as this user with this password (`(name, password)`) when the cluster has
+    /// authentication enabled; `None`: send requests without credentials.
+    pub user: Option<(String, String)>,
 }
 
 /// The longest request deadline a client uses.
@@ -42,6 +45,7 @@ impl Default for ClientConfig {
             keepalive_timeout: Duration::from_secs(3),
             max_response_bytes: 256 * 1024 * 1024,
             exactly_once: true,
+            user: None,
         }
     }
 }

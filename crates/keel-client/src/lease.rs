@@ -177,11 +177,12 @@ impl Client {
     pub async fn lease_keep_alive_once(&self, id: i64) -> Result<i64, Error> {
         let resp = self
             .call(Kind::Idempotent, id, |ch, id| async move {
-                let id = id.into_inner();
+                let (metadata, _, id) = id.into_parts();
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.send(LeaseKeepAliveRequest { id }).await;
                 drop(tx);
-                let mut stream = LeaseClient::new(ch).keep_alive(ReceiverStream::new(rx)).await?;
+                let request = tonic::Request::from_parts(metadata, Default::default(), ReceiverStream::new(rx));
+                let mut stream = LeaseClient::new(ch).keep_alive(request).await?;
                 let metadata = stream.metadata().clone();
                 match stream.get_mut().message().await? {
                     Some(resp) => Ok(tonic::Response::from_parts(metadata, resp, Default::default())),
@@ -227,7 +228,7 @@ async fn keep_alive_loop(client: Client, id: i64, state: watch::Sender<LeaseStat
         let channels = keeper.client.channels();
         let (endpoint, channel) = channels[attempt % channels.len()].clone();
         attempt += 1;
-        match Stream::open(channel, keeper.give_up()).await {
+        match Stream::open(&keeper.client, channel, keeper.give_up()).await {
             Ok(mut stream) => {
                 let (acked, ended) = keeper.renew_on(&mut stream).await;
                 match ended {
@@ -319,10 +320,14 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(channel: Channel, until: Instant) -> Result<Stream, String> {
+    async fn open(client: &Client, channel: Channel, until: Instant) -> Result<Stream, String> {
         let (requests, rx) = mpsc::channel(1);
+        let request = client
+            .request(&channel, ReceiverStream::new(rx))
+            .await
+            .map_err(|status| status.message().to_string())?;
         let mut lease = LeaseClient::new(channel);
-        match tokio::time::timeout_at(until, lease.keep_alive(ReceiverStream::new(rx))).await {
+        match tokio::time::timeout_at(until, lease.keep_alive(request)).await {
             Ok(Ok(resp)) => Ok(Stream {
                 requests,
                 responses: resp.into_inner(),

@@ -35,6 +35,8 @@
 //! A write is never retried once its outcome is unknown: doing so could apply it twice. A
 //! transaction whose branches only read counts as a read.
 
+mod admin;
+mod auth;
 mod client;
 mod config;
 mod endpoint;
@@ -44,6 +46,7 @@ mod lock;
 mod retry;
 mod watch;
 
+pub use admin::{AuthStatus, Permission, PermissionKind};
 pub use client::{Client, LEADER_METADATA_KEY};
 pub use config::{ClientConfig, MAX_TIMEOUT};
 pub use error::Error;

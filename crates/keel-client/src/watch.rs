@@ -195,12 +195,16 @@ impl Watch {
             })
             .await;
         let timeout = self.client.config().timeout;
-        let mut responses =
-            match tokio::time::timeout(timeout, WatchClient::new(channel).watch(ReceiverStream::new(rx))).await {
-                Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(status)) => return Err(Error::Unavailable(status.message().to_string())),
-                Err(_) => return Err(Error::Unavailable("no answer".into())),
-            };
+        let request = self
+            .client
+            .request(&channel, ReceiverStream::new(rx))
+            .await
+            .map_err(|status| Error::Unavailable(status.message().to_string()))?;
+        let mut responses = match tokio::time::timeout(timeout, WatchClient::new(channel).watch(request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(Error::Unavailable(status.message().to_string())),
+            Err(_) => return Err(Error::Unavailable("no answer".into())),
+        };
         let created = match tokio::time::timeout(timeout, responses.message()).await {
             Ok(Ok(Some(resp))) => resp,
             Ok(Ok(None)) => return Err(Error::Unavailable("the stream ended".into())),

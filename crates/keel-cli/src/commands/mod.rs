@@ -1,5 +1,6 @@
 //! The verbs: each turns parsed arguments into requests and the response into printed output.
 
+mod auth;
 mod cluster;
 mod kv;
 mod lease;
@@ -30,7 +31,10 @@ pub enum Outcome {
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    let config = ClientConfig::with_timeout(cli.timeout);
+    let mut config = ClientConfig::with_timeout(cli.timeout);
+    if let Some(user) = &cli.user {
+        config.user = Some(auth::credentials(user)?);
+    }
     let client = Client::connect(cli.endpoints.clone(), config)
         .await
         .map_err(|e| client_error(e, cli.timeout))?;
@@ -60,6 +64,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Lease(LeaseCommand::List) => lease::list(&client, format).await,
         Command::Lock(args) => lock::lock(&client, args, format).await,
         Command::Elect(args) => lock::elect(&client, args, format).await,
+        Command::User(cmd) => auth::user(&client, cmd, format).await,
+        Command::Role(cmd) => auth::role(&client, cmd, format).await,
+        Command::Auth(cmd) => auth::auth(&client, cmd, format).await,
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),
