@@ -388,3 +388,59 @@ async fn a_revoked_permission_or_a_new_password_takes_effect_at_once() -> anyhow
     allowed(kv.put(req(put("anything"), None)).await, "anonymous put with auth off");
     cluster.shutdown().await
 }
+
+/// keel-client (and so keelctl) with `ClientConfig::user`: it logs in, sends its token on every
+/// request and stream (watch, lease keep-alive, lock), and carries on without one while auth is
+/// disabled. Its endpoint is a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keel_client_logs_in_and_is_held_to_its_permissions() -> anyhow::Result<()> {
+    use keel_client::{Client, ClientConfig, Error};
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let endpoint = vec![cluster.nodes[&follower].client_addr.to_string()];
+    let as_user = |name: &str, password: &str| ClientConfig {
+        user: Some((name.to_string(), password.to_string())),
+        ..ClientConfig::default()
+    };
+    // Auth still off: a client with a user works without a token.
+    let rw = Client::connect(endpoint.clone(), as_user("rw", "rwpw")).await?;
+    rw.put("before", "1").await?;
+
+    set_up(cluster.channel(leader), cluster.channel(follower)).await?;
+    let denied_client = |e: Error, what: &str| match e {
+        Error::Other(s) if s.code() == Code::PermissionDenied => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    // The client that started with auth off logs in once a member asks for a user.
+    rw.put("app/a", "1").await.expect("the first put after auth enable");
+    denied_client(rw.put("other", "1").await.expect_err("outside"), "put outside");
+    let mut watch = rw
+        .watch(keel_client::proto::WatchCreateRequest {
+            key: b"app/".to_vec(),
+            range_end: b"app0".to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    rw.put("app/b", "2").await?;
+    let batch = tokio::time::timeout(LIMIT, watch.next()).await??;
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
+    let lease = rw.lease_grant(60).await?.id;
+    let keeper = rw.keep_alive(lease);
+    rw.lock("app/lock", lease, LIMIT).await?;
+    let ro = Client::connect(endpoint.clone(), as_user("ro", "ropw")).await?;
+    assert!(ro.get("app/a").await?.is_some());
+    denied_client(
+        ro.lock("app/lock2", lease, LIMIT).await.expect_err("ro locks"),
+        "lock by ro",
+    );
+    drop(keeper);
+    let wrong = Client::connect(endpoint, as_user("rw", "wrong")).await?;
+    match wrong.get("app/a").await {
+        Err(Error::InvalidArgument(m)) => {
+            assert_eq!(m, "etcdserver: authentication failed, invalid user ID or password")
+        }
+        other => panic!("a wrong password: {other:?}"),
+    }
+    cluster.shutdown().await
+}

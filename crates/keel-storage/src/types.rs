@@ -152,10 +152,17 @@ impl Command {
         }
     }
 
-    /// The command as the user `user` asks it (see [`Command::AsUser`]).
+    /// The command as the user `user` asks it (see [`Command::AsUser`]), authenticated other
+    /// than by a token (a client certificate).
     pub fn as_user(self, user: impl Into<String>) -> Command {
+        self.as_user_with(user, None)
+    }
+
+    /// The command as the user `user` asks it, with the hash of the token the user presented.
+    pub fn as_user_with(self, user: impl Into<String>, token: Option<[u8; 32]>) -> Command {
         Command::AsUser(AsUser {
             user: user.into(),
+            token,
             command: Box::new(self),
         })
     }
@@ -167,12 +174,24 @@ impl Command {
             other => (None, other),
         }
     }
+
+    /// The hash of the token its user presented, if any.
+    pub fn user_token(&self) -> Option<&[u8; 32]> {
+        match self {
+            Command::AsUser(a) => a.token.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// See [`Command::AsUser`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AsUser {
     pub user: String,
+    /// The SHA-256 of the token the user presented: the command is refused if the token is no
+    /// longer in the token table when it is applied (its user was deleted or changed its
+    /// password meanwhile). `None`: authenticated otherwise (a client certificate).
+    pub token: Option<[u8; 32]>,
     #[serde(deserialize_with = "flat::user_command")]
     pub command: Box<Command>,
 }

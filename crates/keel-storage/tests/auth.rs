@@ -140,6 +140,23 @@ async fn permissions_are_checked_at_apply_and_a_revocation_stops_every_later_wri
     );
 }
 
+/// A write refused by the auth rules is not remembered in its client session: the same
+/// `(client_id, seq)` sent again once the client may do it is executed (keel-client resends it
+/// after logging in).
+#[tokio::test]
+async fn a_refused_session_write_is_executed_when_sent_again() {
+    let mut n = with_users().await;
+    let mut req = Request::new(put("apple"));
+    req.session = Some(SessionRef { client_id: 9, seq: 1 });
+    assert_eq!(n.send(req.clone()).await.result, refused(AuthError::UserEmpty));
+    req.command = put("apple").as_user("alice");
+    assert!(matches!(n.send(req.clone()).await.result, CommandResult::Put(_)));
+    // ... and then remembered, as any write.
+    let again = n.send(req).await;
+    assert!(matches!(again.result, CommandResult::Put(_)), "{again:?}");
+    assert_eq!(n.revision(), again.revision);
+}
+
 #[tokio::test]
 async fn auth_travels_in_snapshots_survives_restarts_and_a_restore_drops_the_tokens() {
     let mut src = with_users().await;
@@ -170,6 +187,16 @@ async fn auth_travels_in_snapshots_survives_restarts_and_a_restore_drops_the_tok
             refused(AuthError::PermissionDenied)
         );
     }
+    // A write with a token that is in the table is applied; one whose token has gone is not.
+    let with_token = |hash| Request::new(put("apple").as_user_with("alice", Some(hash)));
+    assert!(matches!(
+        dst.send(with_token([7; 32])).await.result,
+        CommandResult::Put(_)
+    ));
+    assert_eq!(
+        dst.send(with_token([8; 32])).await.result,
+        refused(AuthError::InvalidAuthToken)
+    );
     let dst = dst.reopen().await;
     assert_eq!(*dst.store.sm.reader().auth().state, *view.state, "after a restart");
 
@@ -213,8 +240,9 @@ fn users_commands_do_not_nest() {
     assert_eq!(codec::decode::<Request>(&codec::encode(&ok)).unwrap(), ok);
     // A million levels of AsUser (a few bytes each) fail at the second, without recursing.
     let variant = codec::encode(&Request::new(put("k").as_user("")));
-    // [format, session None, Command variant index, user len 0, ...]: repeat the AsUser prefix.
-    let prefix = &variant[2..4];
+    // [format, session None, Command variant index, user len 0, token None, ...]: repeat the
+    // AsUser prefix.
+    let prefix = &variant[2..5];
     let mut hostile = vec![variant[0], variant[1]];
     for _ in 0..1_000_000 {
         hostile.extend_from_slice(prefix);

@@ -19,21 +19,25 @@ const TOKEN: &str = "token";
 /// without "Bearer ".
 const AUTHORIZATION: &str = "authorization";
 
-/// The user a request's credential (in its `headers`) names now, with auth `enabled`: `Ok(None)` without a
-/// credential, an error for a token that is unknown or expired.
-pub fn authenticate(node: &Node, headers: &http::HeaderMap) -> Result<Option<String>, tonic::Status> {
+/// The caller a request's credential (in its `headers`) names now: nobody while auth is
+/// disabled or without a credential, an error for a token that is unknown or expired.
+pub fn authenticate(node: &Node, headers: &http::HeaderMap) -> Result<Caller, tonic::Status> {
     let auth = node.reader.auth();
     if !auth.state.enabled {
-        return Ok(None);
+        return Ok(Caller::default());
     }
     let raw = headers.get(TOKEN).or_else(|| headers.get(AUTHORIZATION));
     let Some(raw) = raw else {
-        return Ok(None);
+        return Ok(Caller::default());
     };
     let token = raw.to_str().map_err(|_| status(AuthError::InvalidAuthToken))?;
     let token = token.strip_prefix("Bearer ").unwrap_or(token);
-    match auth.tokens.user_of(&secret::token_hash(token), secret::now_ms()) {
-        Some(user) => Ok(Some(user.to_string())),
+    let hash = secret::token_hash(token);
+    match auth.tokens.user_of(&hash, secret::now_ms()) {
+        Some(user) => Ok(Caller {
+            user: Some(user.to_string()),
+            token: Some(hash),
+        }),
         None => Err(status(AuthError::InvalidAuthToken)),
     }
 }
@@ -76,7 +80,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         match authenticate(&self.node, req.headers()) {
-            Ok(user) => Box::pin(Caller { user }.scope(self.inner.call(req))),
+            Ok(caller) => Box::pin(caller.scope(self.inner.call(req))),
             Err(refused) => Box::pin(std::future::ready(Ok(refused.into_http()))),
         }
     }

@@ -34,15 +34,17 @@ use keel_storage::{Command, KeyRange, Request};
 use tonic::{Code, Status};
 
 use crate::node::Node;
+use keel_storage::sm::AuthView;
 
 tokio::task_local! {
     static CALLER: Caller;
 }
 
-/// The user a request was authenticated as, if any.
+/// The user a request was authenticated as, if any, and the hash of the token it presented.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
     pub user: Option<String>,
+    pub token: Option<[u8; 32]>,
 }
 
 impl Caller {
@@ -72,37 +74,48 @@ impl Caller {
                 | Command::Auth(AuthCommand::TokenIssue { .. })
         );
         if !system {
-            request.command = request.command.as_user(user.clone());
+            request.command = request.command.as_user_with(user.clone(), self.token);
         }
         request
+    }
+
+    /// The caller's user as of the auth state this member has applied now (`Ok(None)`: auth is
+    /// disabled). The gate found the token earlier; it is looked for again here, so that a read
+    /// made after a read barrier does not serve a token ended before it (a password changed).
+    fn user<'a>(&'a self, auth: &AuthView) -> Result<Option<&'a str>, Status> {
+        if !auth.state.enabled {
+            return Ok(None);
+        }
+        let user = self.user.as_deref().ok_or_else(|| status(AuthError::UserEmpty))?;
+        if let Some(token) = &self.token {
+            if auth.tokens.user_of(token, secret::now_ms()) != Some(user) {
+                return Err(status(AuthError::InvalidAuthToken));
+            }
+        }
+        Ok(Some(user))
     }
 
     /// May this caller do `need` on `range` now? Always, while auth is disabled.
     pub fn check(&self, node: &Node, need: Need, range: &KeyRange) -> Result<(), Status> {
         let auth = node.reader.auth();
-        if !auth.state.enabled {
-            return Ok(());
+        match self.user(&auth)? {
+            Some(user) => auth.state.require(user, need, range).map_err(status),
+            None => Ok(()),
         }
-        let user = self.user.as_deref().ok_or_else(|| status(AuthError::UserEmpty))?;
-        auth.state.require(user, need, range).map_err(status)
     }
 
     /// Is this caller root? Always, while auth is disabled.
     pub fn require_root(&self, node: &Node) -> Result<(), Status> {
         let auth = node.reader.auth();
-        if !auth.state.enabled {
-            return Ok(());
+        match self.user(&auth)? {
+            Some(user) => auth.state.require_root(user).map_err(status),
+            None => Ok(()),
         }
-        let user = self.user.as_deref().ok_or_else(|| status(AuthError::UserEmpty))?;
-        auth.state.require_root(user).map_err(status)
     }
 
     /// Is there a caller at all while auth is enabled (what any authenticated user may do)?
     pub fn require_user(&self, node: &Node) -> Result<(), Status> {
-        if node.reader.auth().state.enabled && self.user.is_none() {
-            return Err(status(AuthError::UserEmpty));
-        }
-        Ok(())
+        self.user(&node.reader.auth()).map(|_| ())
     }
 }
 
@@ -136,6 +149,7 @@ mod tests {
         assert_eq!(Caller::current(), Caller::default(), "outside a request");
         let alice = Caller {
             user: Some("ålice".into()),
+            token: None,
         };
         let seen = alice.clone().scope(async { Caller::current() }).await;
         assert_eq!(seen, alice);

@@ -83,6 +83,13 @@ impl AuthWork {
     pub fn execute(&mut self, apply: &mut Apply<'_>, command: &Command) -> Result<CommandResult, MvccError> {
         let (user, cmd) = command.unwrap_user();
         if self.view.state.enabled {
+            // A token that is gone (its user deleted, its password changed) speaks for no one.
+            if let (Some(user), Some(token)) = (user, command.user_token()) {
+                let live = self.view.tokens.by_hash.get(token).is_some_and(|t| t.user == user);
+                if !live {
+                    return Ok(CommandResult::AuthRefused(AuthError::InvalidAuthToken));
+                }
+            }
             let lease_keys = |id| apply.lease_keys(id).map(|keys| keys.into_iter().collect());
             if let Err(e) = self.view.state.authorize(user, cmd, lease_keys)? {
                 return Ok(CommandResult::AuthRefused(e));

@@ -615,7 +615,10 @@ impl EntryApply<'_> {
             revision: self.apply.revision(),
             result,
         };
-        if let Some(session) = req.session {
+        // A request refused by the auth rules had no effect: it is not remembered, so that its
+        // retry (after the client logged in, or was granted the permission) is executed.
+        let refused = matches!(response.result, CommandResult::AuthRefused(_));
+        if let Some(session) = req.session.filter(|_| !refused) {
             if prev.is_none() {
                 self.session_count += 1;
             }
