@@ -10,6 +10,8 @@
 #   (the script checks that the endpoint really is a follower; move-leader, which etcdctl can only
 #   send to the leader, is then driven through the client URLs from `member list`.)
 #
+# The auth section adds the user root: run it on a cluster without one (it removes it again).
+#
 # Output: one `ok - <what>` or `FAIL - <what>: expected X got Y` per check, then a summary. Exit 1
 # if any check failed. Keys live under a per-run prefix, so the script can run again on the same
 # cluster. Nothing here assumes hashes, IDs, db sizes or absolute revisions: revisions come from the
@@ -564,6 +566,54 @@ else
   done
   eq "put after move-leader" OK "$OUT"
 fi
+
+# ---------------------------------------------------------------- auth (users, roles, permissions)
+# Leaves auth disabled and deletes what it added, root included, so the script can run again.
+AU="$P-user" AR="$P-role" AK="$P/auth"
+run user add root --new-user-password=rootpw
+eq "user add root" "User root created" "$OUT"
+run user grant-role root root
+eq "user grant-role root root" "Role root is granted to user root" "$OUT"
+run role add "$AR"
+eq "role add" "Role $AR created" "$OUT"
+run role grant-permission "$AR" readwrite "$AK/" --prefix
+eq "role grant-permission --prefix" "Role $AR updated" "$OUT"
+run user add "$AU" --new-user-password=userpw
+eq "user add" "User $AU created" "$OUT"
+run user grant-role "$AU" "$AR"
+eq "user grant-role" "Role $AR is granted to user $AU" "$OUT"
+run role get "$AR"
+has "role get shows the prefix as a range" "[$AK/, ${AK}0)" "$OUT"
+run auth enable
+eq "auth enable" "Authentication Enabled" "$OUT"
+run put "$AK/k" v
+err_rc "auth on: a put without a user is refused" "etcdserver: user name is empty"
+run --user "$AU:userpw" put "$AK/k" v
+eq "--user put inside the permission" OK "$OUT"
+run --user "$AU:userpw" get "$AK/k" --print-value-only
+eq "--user get inside the permission" v "$OUT"
+run --user "$AU:userpw" put "$P/outside" v
+err_rc "--user put outside the permission" "etcdserver: permission denied"
+run --user "$AU:wrongpw" get "$AK/k"
+err_rc "a wrong password" "etcdserver: authentication failed, invalid user ID or password"
+run --user "$AU:userpw" user list
+err_rc "user list needs root" "etcdserver: permission denied"
+run --user root:rootpw user list
+has "user list by root" "$AU" "$OUT"
+run --user root:rootpw role revoke-permission "$AR" "$AK/" --prefix
+has "role revoke-permission" "revoked" "$OUT"
+run --user "$AU:userpw" put "$AK/k" v2
+err_rc "a revoked permission refuses the next write" "etcdserver: permission denied"
+run --user root:rootpw auth disable
+eq "auth disable" "Authentication Disabled" "$OUT"
+run get "$AK/k" --print-value-only
+eq "auth off: anyone reads again, and the refused write was not applied" v "$OUT"
+run user delete "$AU"
+eq "user delete" "User $AU deleted" "$OUT"
+run role delete "$AR"
+eq "role delete" "Role $AR deleted" "$OUT"
+run user delete root
+eq "user delete root (auth off)" "User root deleted" "$OUT"
 
 # ---------------------------------------------------------------- cleanup of our keys
 E del "$P/" --prefix >/dev/null 2>&1
