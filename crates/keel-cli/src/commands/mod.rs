@@ -1,5 +1,6 @@
 //! The verbs: each turns parsed arguments into requests and the response into printed output.
 
+mod cert;
 mod cluster;
 mod kv;
 mod lease;
@@ -30,7 +31,20 @@ pub enum Outcome {
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    let config = ClientConfig::with_timeout(cli.timeout);
+    if let Command::Cert(command) = &cli.command {
+        return cert::run(command);
+    }
+    let mut config = ClientConfig::with_timeout(cli.timeout);
+    if let Some(ca) = &cli.cacert {
+        config.tls = Some(
+            keel_client::TlsConfig::from_files(ca, cli.cert.as_deref(), cli.key.as_deref())
+                .map_err(|e| client_error(e, cli.timeout))?,
+        );
+    } else if cli.cert.is_some() {
+        return Err(anyhow!(
+            "--cert and --key need --cacert (the CA to check the servers against)"
+        ));
+    }
     let client = Client::connect(cli.endpoints.clone(), config)
         .await
         .map_err(|e| client_error(e, cli.timeout))?;
@@ -60,6 +74,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Lease(LeaseCommand::List) => lease::list(&client, format).await,
         Command::Lock(args) => lock::lock(&client, args, format).await,
         Command::Elect(args) => lock::elect(&client, args, format).await,
+        Command::Cert(_) => unreachable!("handled above"),
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),
