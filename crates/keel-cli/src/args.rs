@@ -33,11 +33,23 @@ pub struct Cli {
     pub cacert: Option<PathBuf>,
 
     /// This client's certificate (PEM), for clusters started with --client-cert-auth.
-    #[arg(long, global = true, env = "KEEL_CERT", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "KEEL_CERT",
+        requires = "client_key"
+    )]
     pub cert: Option<PathBuf>,
 
     /// The private key of --cert (PEM).
-    #[arg(long, global = true, env = "KEEL_KEY", requires = "cert")]
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "KEEL_KEY",
+        requires = "client_cert"
+    )]
     pub key: Option<PathBuf>,
 
     #[command(subcommand)]
