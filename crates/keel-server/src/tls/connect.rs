@@ -70,7 +70,12 @@ impl PeerConnector {
                     .with_label_values(&["peer_outgoing", reason])
                     .inc();
                 super::log_failure(&self.limiter, "peer_outgoing", &format!("{name}:{port}"), reason, &e);
-                Err(e)
+                // "connect" in the message tells `peer::client::never_sent` that no request left
+                // this node (a forwarded write can then be retried safely).
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot connect to {name}:{port} over TLS: {e}"),
+                ))
             }
         }
     }
