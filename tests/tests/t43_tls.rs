@@ -444,3 +444,108 @@ async fn rotating_every_certificate_under_load_fails_no_request() -> anyhow::Res
     }
     cluster.shutdown().await
 }
+
+/// TLS flags that cannot work stop `keel` at once with one line on stderr naming the problem:
+/// exit 2 for a bad combination of flags, 1 for a file that cannot be used. No panic.
+#[test]
+fn bad_tls_settings_exit_with_one_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate")?;
+    let ca = keel_certs::new_ca("ca", keel_certs::Validity::days(1))?;
+    let pair = keel_certs::issue(
+        &ca,
+        &keel_certs::Request {
+            name: "m".into(),
+            sans: vec!["127.0.0.1".into()],
+            client_only: false,
+            validity: keel_certs::Validity::days(1),
+        },
+    )?;
+    keel_certs::write_pair(dir.path(), &pair, keel_certs::CERT, keel_certs::KEY)?;
+    let other = keel_certs::issue(
+        &ca,
+        &keel_certs::Request {
+            name: "m".into(),
+            sans: vec!["127.0.0.1".into()],
+            client_only: false,
+            validity: keel_certs::Validity::days(1),
+        },
+    )?;
+    keel_certs::write_pair(&dir.path().join("other"), &other, keel_certs::CERT, keel_certs::KEY)?;
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let garbage = garbage.display().to_string();
+    let missing = p("missing.pem");
+    let cert = p(keel_certs::CERT);
+    let key = p(keel_certs::KEY);
+    let other_key = p("other/key.pem");
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--cert-file", &cert], 2, "--cert-file needs --key-file"),
+        (
+            vec!["--cert-file", &cert, "--key-file", &key, "--client-cert-auth"],
+            2,
+            "--trusted-ca-file",
+        ),
+        (
+            vec!["--peer-cert-file", &cert, "--peer-key-file", &key],
+            2,
+            "peer TLS is mutual",
+        ),
+        (vec!["--cert-file", &missing, "--key-file", &key], 1, "cannot read"),
+        (vec!["--cert-file", &garbage, "--key-file", &key], 1, "garbage.pem"),
+        (vec!["--cert-file", &cert, "--key-file", &garbage], 1, "garbage.pem"),
+        (
+            vec!["--cert-file", &cert, "--key-file", &other_key],
+            1,
+            "does the key belong",
+        ),
+        (
+            vec![
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-trusted-ca-file",
+                &garbage,
+            ],
+            1,
+            "garbage.pem",
+        ),
+    ];
+    for (flags, code, says) in cases {
+        let data = dir.path().join("data");
+        let port = |_| {
+            keel_testkit::free_port("127.0.0.1".parse().unwrap())
+                .unwrap()
+                .to_string()
+        };
+        let out = Command::new(keel_testkit::keel_binary()?)
+            .args([
+                "--id",
+                "1",
+                "--data-dir",
+                &data.display().to_string(),
+                "--initial-cluster",
+            ])
+            .arg(format!("1={}", port(0)))
+            .args([
+                "--peer-addr",
+                &port(1),
+                "--client-addr",
+                &port(2),
+                "--metrics-addr",
+                &port(3),
+            ])
+            .args(&flags)
+            .output()?;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{flags:?}: {stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("keel:") || l.contains("panicked"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: {stderr}");
+        assert!(lines[0].contains(says), "{flags:?}: {stderr}");
+    }
+    Ok(())
+}
