@@ -303,7 +303,7 @@ pub fn parse_timeout_range(s: &str) -> Result<(Duration, Duration), ConfigError>
 impl Config {
     /// Check `s` and turn it into the configuration the node runs with.
     pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
-        let tls = tls_config(&s)?;
+        let tls = crate::tls::from_settings(&s).map_err(|e| err(e.0))?;
         let id = s.id.ok_or_else(|| err("--id is required"))?;
         if id == 0 {
             return Err(err("--id must be a positive integer"));
@@ -432,54 +432,6 @@ impl Config {
             .map_err(|e| err(e.to_string()))?;
         Config::resolve(Settings::from_matches(&matches)?)
     }
-}
-
-/// The TLS flags, checked for combinations that cannot work (the files are read at start).
-fn tls_config(s: &Settings) -> Result<crate::tls::TlsConfig, ConfigError> {
-    use crate::tls::Files;
-    let client = match (&s.cert_file, &s.key_file) {
-        (Some(cert), Some(key)) => Some(Files {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca: match (&s.trusted_ca_file, s.client_cert_auth) {
-                (Some(ca), true) => Some(ca.clone()),
-                (None, true) => return Err(err("--client-cert-auth needs --trusted-ca-file")),
-                (_, false) => None,
-            },
-        }),
-        (Some(_), None) => return Err(err("--cert-file needs --key-file")),
-        (None, Some(_)) => return Err(err("--key-file needs --cert-file")),
-        (None, None) => {
-            if s.client_cert_auth || s.trusted_ca_file.is_some() {
-                return Err(err(
-                    "--client-cert-auth and --trusted-ca-file need --cert-file and --key-file (TLS on the client port)",
-                ));
-            }
-            None
-        }
-    };
-    let peer =
-        match (&s.peer_cert_file, &s.peer_key_file, &s.peer_trusted_ca_file) {
-            (Some(cert), Some(key), Some(ca)) => Some(Files {
-                cert: cert.clone(),
-                key: key.clone(),
-                ca: Some(ca.clone()),
-            }),
-            (None, None, None) => None,
-            _ => return Err(err(
-                "peer TLS is mutual: give all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file, or none",
-            )),
-        };
-    let metrics = match (&s.metrics_cert_file, &s.metrics_key_file) {
-        (Some(cert), Some(key)) => Some(Files {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca: None,
-        }),
-        (None, None) => None,
-        _ => return Err(err("--metrics-cert-file and --metrics-key-file go together")),
-    };
-    Ok(crate::tls::TlsConfig { client, peer, metrics })
 }
 
 /// How large batches may grow, and how many writes may wait for them.

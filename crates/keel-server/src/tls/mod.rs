@@ -56,6 +56,54 @@ pub struct TlsConfig {
     pub metrics: Option<Files>,
 }
 
+/// The TLS flags, checked for combinations that cannot work (the files are read at start).
+pub fn from_settings(s: &crate::config::Settings) -> Result<TlsConfig, TlsError> {
+    let err = |m: &str| TlsError(m.to_string());
+    let client = match (&s.cert_file, &s.key_file) {
+        (Some(cert), Some(key)) => Some(Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: match (&s.trusted_ca_file, s.client_cert_auth) {
+                (Some(ca), true) => Some(ca.clone()),
+                (None, true) => return Err(err("--client-cert-auth needs --trusted-ca-file")),
+                (_, false) => None,
+            },
+        }),
+        (Some(_), None) => return Err(err("--cert-file needs --key-file")),
+        (None, Some(_)) => return Err(err("--key-file needs --cert-file")),
+        (None, None) => {
+            if s.client_cert_auth || s.trusted_ca_file.is_some() {
+                return Err(err(
+                    "--client-cert-auth and --trusted-ca-file need --cert-file and --key-file (TLS on the client port)",
+                ));
+            }
+            None
+        }
+    };
+    let peer =
+        match (&s.peer_cert_file, &s.peer_key_file, &s.peer_trusted_ca_file) {
+            (Some(cert), Some(key), Some(ca)) => Some(Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: Some(ca.clone()),
+            }),
+            (None, None, None) => None,
+            _ => return Err(err(
+                "peer TLS is mutual: give all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file, or none",
+            )),
+        };
+    let metrics = match (&s.metrics_cert_file, &s.metrics_key_file) {
+        (Some(cert), Some(key)) => Some(Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        }),
+        (None, None) => None,
+        _ => return Err(err("--metrics-cert-file and --metrics-key-file go together")),
+    };
+    Ok(TlsConfig { client, peer, metrics })
+}
+
 /// Why TLS material could not be loaded; one line naming the file.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
