@@ -374,7 +374,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
             }
         });
     }
-    node.spawn(tls.clone().watch(metrics.clone()));
+    // Only with TLS: the watch takes SIGHUP, whose default action (exit) plain-text nodes keep.
+    if tls.client.is_some() || tls.peer.is_some() || tls.metrics.is_some() {
+        node.spawn(tls.clone().watch(metrics.clone()));
+    }
     tracing::info!(
         id = config.id,
         tls_client = config.tls.client.is_some(),
