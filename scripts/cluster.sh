@@ -2,6 +2,9 @@
 # A local three-node keel cluster on 127.0.0.1, for trying keel out.
 #
 #   scripts/cluster.sh up        build release binaries if needed, start 3 nodes, wait for a leader
+#   scripts/cluster.sh up --tls  the same with TLS: a development CA and certificates in
+#                                <dir>/tls (keelctl cert), TLS on the client ports, mutual TLS
+#                                between members; later commands on this cluster use TLS too
 #   scripts/cluster.sh down      stop the nodes (SIGTERM; data is kept)
 #   scripts/cluster.sh status    keelctl status
 #   scripts/cluster.sh logs [N]  follow the logs (of node N, or all)
@@ -39,6 +42,40 @@ bin_dir() {
   echo "$out"
 }
 
+# The cluster uses TLS once `up --tls` has made its certificates (until purge).
+tls_on() { [ -f "$dir/tls/ca/ca.pem" ]; }
+
+# make_certs BIN: a development CA, a certificate per node (its IP and localhost) and a client
+# certificate, unless they exist.
+make_certs() {
+  local bin=$1 t="$dir/tls"
+  tls_on && return 0
+  mkdir -p "$t"
+  "$bin/keelctl" cert ca --out "$t/ca" --name "keel development CA ($dir)" >/dev/null
+  for n in "${nodes[@]}"; do
+    "$bin/keelctl" cert issue --ca "$t/ca" --name "member-$n" --san 127.0.0.1,localhost --out "$t/node$n" >/dev/null
+  done
+  "$bin/keelctl" cert issue --ca "$t/ca" --name client --client --out "$t/client" >/dev/null
+}
+
+# tls_flags N: node N's TLS flags (none without TLS).
+tls_flags() {
+  tls_on || return 0
+  local t="$dir/tls"
+  echo --cert-file "$t/node$1/cert.pem" --key-file "$t/node$1/key.pem" \
+    --peer-cert-file "$t/node$1/cert.pem" --peer-key-file "$t/node$1/key.pem" --peer-trusted-ca-file "$t/ca/ca.pem"
+}
+
+# keelctl with the cluster's CA when it uses TLS.
+ctl() {
+  local bin=$1; shift
+  if tls_on; then
+    "$bin/keelctl" --cacert "$dir/tls/ca/ca.pem" "$@"
+  else
+    "$bin/keelctl" "$@"
+  fi
+}
+
 # running N: node N's process exists and is not a zombie (a killed node whose parent, this
 # script, has exited stays a zombie until init reaps it, and kill -0 still finds it).
 running() {
@@ -56,9 +93,10 @@ start_node() {
     echo "node $n is already running (pid $(cat "$dir/node$n.pid"))"
     return
   fi
+  # shellcheck disable=SC2046 # paths under $dir: split into flags on purpose
   "$bin/keel" --id "$n" --data-dir "$dir/node$n" \
     --peer-addr "$(peer_addr "$n")" --client-addr "$(client_addr "$n")" --metrics-addr "$(metrics_addr "$n")" \
-    --initial-cluster "$initial" >>"$dir/node$n.log" 2>&1 &
+    --initial-cluster "$initial" $(tls_flags "$n") >>"$dir/node$n.log" 2>&1 &
   echo $! >"$dir/node$n.pid"
 }
 
@@ -88,13 +126,20 @@ stop_node() {
 up() {
   local bin; bin="$(bin_dir)"
   mkdir -p "$dir"
+  if [ "${1:-}" = "--tls" ]; then
+    if ! tls_on && [ -d "$dir/node1" ]; then
+      echo "cluster.sh: $dir holds a plain-text cluster; run 'scripts/cluster.sh purge' first to start over with --tls" >&2
+      exit 1
+    fi
+    make_certs "$bin"
+  fi
   local initial; initial="$(initial_cluster)"
   for n in "${nodes[@]}"; do
     start_node "$n" "$bin" "$initial"
   done
   # A linearizable read succeeds only once there is a leader with a quorum.
   local deadline=$((SECONDS + 30))
-  until "$bin/keelctl" --endpoints "$(endpoints)" --timeout 1s get keel-cluster-sh-probe >/dev/null 2>&1; do
+  until ctl "$bin" --endpoints "$(endpoints)" --timeout 1s get keel-cluster-sh-probe >/dev/null 2>&1; do
     for n in "${nodes[@]}"; do
       if ! running "$n"; then
         echo "cluster.sh: node $n exited; last lines of $dir/node$n.log:" >&2
@@ -109,7 +154,7 @@ up() {
     sleep 0.2
   done
   # Members publish their client addresses right after the first election.
-  until [ "$("$bin/keelctl" --endpoints "$(endpoints)" --timeout 1s member list -o json 2>/dev/null |
+  until [ "$(ctl "$bin" --endpoints "$(endpoints)" --timeout 1s member list -o json 2>/dev/null |
             grep -o '"client_addr":"[^"]' | wc -l)" -eq ${#nodes[@]} ]; do
     if [ $SECONDS -ge $deadline ]; then
       echo "cluster.sh: members did not publish their addresses within 30 s; see $dir/node*.log" >&2
@@ -120,6 +165,12 @@ up() {
   echo "keel is up: 3 nodes, data in $dir"
   echo "  endpoints: $(endpoints)"
   echo "  try:       export KEEL_ENDPOINTS=$(endpoints)"
+  if tls_on; then
+    echo "  TLS:       client ports over TLS, mutual TLS between members; certificates in $dir/tls"
+    echo "             export KEEL_CACERT=$dir/tls/ca/ca.pem"
+    echo "             (a client certificate, for members started with --client-cert-auth:"
+    echo "              KEEL_CERT=$dir/tls/client/cert.pem KEEL_KEY=$dir/tls/client/key.pem)"
+  fi
   echo "             $bin/keelctl put hello world && $bin/keelctl get hello"
   echo "             $bin/keelctl status"
   echo "  stop:      scripts/cluster.sh down"
@@ -138,14 +189,14 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) up "${2:-}" ;;
   stop) stop_node "${2:?usage: cluster.sh stop N}"; echo "node $2 stopped" ;;
   start) start_node "${2:?usage: cluster.sh start N}" "$(bin_dir)" "$(initial_cluster)"; echo "node $2 started" ;;
   endpoints) endpoints ;;
   down) down ;;
-  status) "$(bin_dir)/keelctl" --endpoints "$(endpoints)" status ;;
+  status) ctl "$(bin_dir)" --endpoints "$(endpoints)" status ;;
   logs)
     if [ -n "${2:-}" ]; then tail -F "$dir/node$2.log"; else tail -F "$dir"/node*.log; fi ;;
   purge) down; rm -rf "$dir"; echo "deleted $dir" ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

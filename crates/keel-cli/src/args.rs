@@ -1,5 +1,6 @@
 //! Command-line arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -30,6 +31,31 @@ pub struct Cli {
     /// Deadline of each request, retries included (e.g. 500ms, 3s).
     #[arg(long, global = true, value_parser = parse_timeout, default_value = "5s")]
     pub timeout: Duration,
+
+    /// Reach the cluster over TLS, checking servers against these CA certificates (PEM).
+    /// Endpoints without a scheme then use TLS; https:// endpoints need it.
+    #[arg(long, global = true, env = "KEEL_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// This client's certificate (PEM), for clusters started with --client-cert-auth.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "KEEL_CERT",
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "KEEL_KEY",
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -89,6 +115,10 @@ pub enum Command {
     /// Authentication: while enabled, every request needs a user (`--user`) with the permission.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Development certificates: a CA, and member or client certificates signed by it (for
+    /// trying TLS out and for tests; production clusters bring their own PKI).
+    #[command(subcommand)]
+    Cert(CertCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +214,48 @@ pub enum AuthCommand {
     Disable,
     /// Whether authentication is enabled, and the auth revision.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a new CA: DIR/ca.pem and DIR/ca-key.pem.
+    Ca {
+        /// Directory to write into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "keel development CA")]
+        name: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(i64).range(1..=36500))]
+        days: i64,
+    },
+    /// Issue a certificate signed by the CA in --ca: DIR/cert.pem and DIR/key.pem. A member's
+    /// certificate (the default) is for both TLS server and client use and needs --san naming
+    /// the addresses it is reached at; --client makes a client-only certificate.
+    Issue {
+        /// The CA's directory (ca.pem, ca-key.pem).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The common name (a client certificate's user, once keel has users).
+        #[arg(long)]
+        name: String,
+        /// Subject alternative names, comma-separated: IP addresses or DNS names.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+        /// A client certificate (client authentication only).
+        #[arg(long)]
+        client: bool,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
+        days: i64,
+        /// Make it already expired (valid from two days ago until yesterday), for tests.
+        #[arg(long, conflicts_with = "days")]
+        expired: bool,
+        /// Directory to write into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -477,6 +549,36 @@ mod tests {
         assert_eq!(cli.timeout, Duration::from_millis(500));
         assert_eq!(cli.output, Format::Json);
         assert_eq!(cli.endpoints, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn tls_flags_and_cert_verbs() {
+        let cli = parse(&["get", "k", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "k.pem"]).expect("parses");
+        assert_eq!(cli.cacert, Some(PathBuf::from("ca.pem")));
+        assert!(
+            parse(&["get", "k", "--cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        let cli = parse(&[
+            "cert",
+            "issue",
+            "--ca",
+            "d",
+            "--name",
+            "n",
+            "--san",
+            "127.0.0.1,localhost",
+            "--out",
+            "o",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Cert(CertCommand::Issue { san, client, .. }) => {
+                assert_eq!(san, vec!["127.0.0.1", "localhost"]);
+                assert!(!client);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

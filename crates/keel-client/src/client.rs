@@ -381,7 +381,7 @@ impl Client {
     }
 
     fn channel_for(&self, raw: &str) -> Result<Channel, Error> {
-        let (_, authority) = endpoint::parse(raw)?;
+        let (_, authority) = endpoint::parse(raw, self.inner.config.tls.is_some())?;
         if let Some(index) = self.index_of(&authority) {
             return Ok(self.inner.targets[index].channel.clone());
         }

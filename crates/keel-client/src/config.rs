@@ -29,6 +29,61 @@ pub struct ClientConfig {
     /// Log in as this user with this password (`(name, password)`) when the cluster has
     /// authentication enabled; `None`: send requests without credentials.
     pub user: Option<(String, String)>,
+    /// TLS: endpoints without a scheme, and `https://` ones, are reached over TLS with this.
+    /// None: plain text (and `https://` endpoints are refused).
+    pub tls: Option<TlsConfig>,
+}
+
+/// How the client reaches TLS servers: the CA that signed their certificates, and optionally a
+/// certificate of its own for servers that require one (`--client-cert-auth`). PEM throughout.
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    /// CA certificates (PEM) a server's certificate must chain to. Servers are checked to be
+    /// the host named in the endpoint (IP address or DNS name SAN).
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate chain and private key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Read the CA bundle, and the client certificate and key if given (both or neither).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<TlsConfig, crate::Error> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| crate::Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(crate::Error::InvalidArgument(
+                    "a client certificate needs its key, and a key its certificate (--cert and --key)".into(),
+                ))
+            }
+        };
+        let ca_pem = read(ca)?;
+        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{}: holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        Ok(TlsConfig { ca_pem, identity })
+    }
 }
 
 /// The longest request deadline a client uses.
@@ -46,6 +101,7 @@ impl Default for ClientConfig {
             max_response_bytes: 256 * 1024 * 1024,
             exactly_once: true,
             user: None,
+            tls: None,
         }
     }
 }

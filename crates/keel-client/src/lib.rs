@@ -48,7 +48,7 @@ mod watch;
 
 pub use admin::{AuthStatus, Permission, PermissionKind};
 pub use client::{Client, LEADER_METADATA_KEY};
-pub use config::{ClientConfig, MAX_TIMEOUT};
+pub use config::{ClientConfig, TlsConfig, MAX_TIMEOUT};
 pub use error::Error;
 /// The gRPC messages the client sends and returns.
 pub use keel_proto::v1 as proto;

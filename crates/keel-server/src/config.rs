@@ -121,6 +121,37 @@ pub struct Settings {
     /// Scheduled backups kept; older ones are deleted.
     #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: usize,
+    /// Client port TLS: this member's certificate (PEM; the chain, leaf first). Reloaded when
+    /// the file changes. Without it, the client port is plain text.
+    #[arg(long, env = "KEEL_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client port TLS: the private key of --cert-file (PEM).
+    #[arg(long, env = "KEEL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to (with --client-cert-auth).
+    #[arg(long, env = "KEEL_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate that chains to --trusted-ca-file on the client port.
+    #[arg(long, env = "KEEL_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Peer port mutual TLS: this member's certificate, presented to peers both ways; it must
+    /// name the member's advertised peer address (IP or DNS SAN). Needs --peer-key-file and
+    /// --peer-trusted-ca-file.
+    #[arg(long, env = "KEEL_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer port mutual TLS: the private key of --peer-cert-file.
+    #[arg(long, env = "KEEL_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer port mutual TLS: CA certificates that peers' certificates must chain to.
+    #[arg(long, env = "KEEL_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Metrics port (HTTPS): a certificate for /metrics, /livez and /readyz. Needs
+    /// --metrics-key-file. Without it, the metrics port is plain HTTP.
+    #[arg(long, env = "KEEL_METRICS_CERT_FILE")]
+    pub metrics_cert_file: Option<PathBuf>,
+    /// Metrics port (HTTPS): the private key of --metrics-cert-file.
+    #[arg(long, env = "KEEL_METRICS_KEY_FILE")]
+    pub metrics_key_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "KEEL_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -211,6 +242,8 @@ pub struct Config {
     pub limits: keel_storage::Limits,
     pub service_limits: ServiceLimits,
     pub backup: Option<BackupConfig>,
+    /// TLS per port (all None: plain text).
+    pub tls: crate::tls::TlsConfig,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -276,6 +309,7 @@ pub fn parse_timeout_range(s: &str) -> Result<(Duration, Duration), ConfigError>
 impl Config {
     /// Check `s` and turn it into the configuration the node runs with.
     pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        let tls = crate::tls::from_settings(&s).map_err(|e| err(e.0))?;
         let id = s.id.ok_or_else(|| err("--id is required"))?;
         if id == 0 {
             return Err(err("--id must be a positive integer"));
@@ -393,6 +427,7 @@ impl Config {
                 auth_token_ttl,
             },
             backup,
+            tls,
             log_format,
             log_level: s.log_level,
         })
@@ -546,6 +581,56 @@ mod tests {
             let e = resolve(&["--config", &path, "--id", "1", "--data-dir", "d"]).unwrap_err();
             assert!(e.0.contains(named), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let base = ["--id", "1", "--data-dir", "d"];
+        let with = |extra: &[&str]| resolve(&[&base[..], extra].concat());
+        assert_eq!(with(&[]).unwrap().tls, crate::tls::TlsConfig::default());
+        let c = with(&["--cert-file", "c", "--key-file", "k"]).unwrap();
+        assert_eq!(c.tls.client.unwrap().ca, None);
+        let c = with(&[
+            "--cert-file",
+            "c",
+            "--key-file",
+            "k",
+            "--trusted-ca-file",
+            "ca",
+            "--client-cert-auth",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.client.unwrap().ca, Some(PathBuf::from("ca")));
+        for (bad, named) in [
+            (&["--cert-file", "c"][..], "--cert-file needs --key-file"),
+            (&["--key-file", "k"][..], "--key-file needs --cert-file"),
+            (
+                &["--cert-file", "c", "--key-file", "k", "--client-cert-auth"][..],
+                "needs --trusted-ca-file",
+            ),
+            (
+                &["--client-cert-auth", "--trusted-ca-file", "ca"][..],
+                "need --cert-file",
+            ),
+            (
+                &["--peer-cert-file", "c", "--peer-key-file", "k"][..],
+                "peer TLS is mutual",
+            ),
+            (&["--metrics-cert-file", "c"][..], "go together"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.0.contains(named), "{bad:?}: {e}");
+        }
+        let c = with(&[
+            "--peer-cert-file",
+            "c",
+            "--peer-key-file",
+            "k",
+            "--peer-trusted-ca-file",
+            "ca",
+        ])
+        .unwrap();
+        assert!(c.tls.peer.is_some());
     }
 
     /// The systemd environment file holds only real KEEL_* variables with valid values.

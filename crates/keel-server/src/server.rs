@@ -64,6 +64,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("shutdown: {0}")]
     Shutdown(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The listeners of a node: two gRPC, and HTTP for metrics and probes (None: not served).
@@ -106,6 +108,31 @@ fn nodelay(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result
     })
 }
 
+/// The current server configuration of a reloadable port.
+type ConfigSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+fn server_config(r: Arc<crate::tls::Reloadable<Arc<rustls::ServerConfig>>>) -> ConfigSource {
+    Arc::new(move || (*r.current()).clone())
+}
+
+fn peer_server_config(r: Arc<crate::tls::Reloadable<crate::tls::PeerConfigs>>) -> ConfigSource {
+    Arc::new(move || r.current().server.clone())
+}
+
+/// The TLS accept loop's view of a port, if it has TLS.
+fn tls_port(
+    name: &'static str,
+    config: Option<ConfigSource>,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Option<crate::tls::accept::Port> {
+    Some(crate::tls::accept::Port {
+        name,
+        config: config?,
+        metrics: metrics.clone(),
+        limiter: Arc::new(crate::tls::RateLimit::new(Duration::from_secs(5))),
+    })
+}
+
 /// A started node. Drop does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     pub node: Arc<Node>,
@@ -119,6 +146,8 @@ pub struct NodeHandle {
 
 /// Open the data directory, start Raft and both gRPC servers.
 pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, ServerError> {
+    // First, so that a bad certificate is refused before anything is opened.
+    let tls = crate::tls::NodeTls::load(&config.tls)?;
     if let Some(why) = datadir::removed(&config.data_dir) {
         return Err(ServerError::Removed {
             dir: config.data_dir.clone(),
@@ -165,9 +194,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let durability = store.durability.clone();
 
     let raft_config = crate::raft::config(&config).map_err(ServerError::Raft)?;
-    let channels = Arc::new(PeerChannels::from_listen_addr(
-        listeners.peer.local_addr().unwrap_or(config.peer_addr),
-    ));
+    let channels = Arc::new(
+        PeerChannels::from_listen_addr(listeners.peer.local_addr().unwrap_or(config.peer_addr)).with_tls(
+            tls.peer
+                .clone()
+                .map(|peer| crate::tls::connect::PeerConnector::new(peer, metrics.clone())),
+        ),
+    );
     let cluster = Arc::new(datadir::ClusterId::new(&config.data_dir, identity.clone()));
     let disk = crate::disk::DiskSpace::new(config.id, &config.data_dir, config.min_free_bytes);
     let network = Network {
@@ -220,18 +253,24 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let peer_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(crate::peer::client::PEER_STREAM_WINDOW)
-            .initial_connection_window_size(crate::peer::client::PEER_CONNECTION_WINDOW)
-            .add_service(
-                RaftServer::new(PeerService::new(node.clone()))
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .serve_with_incoming_shutdown(nodelay(listeners.peer), until_stopped(stopped.clone())),
-    );
+    let peer_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::peer::client::PEER_STREAM_WINDOW)
+        .initial_connection_window_size(crate::peer::client::PEER_CONNECTION_WINDOW)
+        .add_service(
+            RaftServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    let peer_server = match tls_port("peer", tls.peer.clone().map(|p| peer_server_config(p)), &metrics) {
+        None => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(nodelay(listeners.peer), until_stopped(stopped.clone())),
+        ),
+        Some(port) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
+            crate::tls::accept::incoming(listeners.peer, port),
+            until_stopped(stopped.clone()),
+        )),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -257,50 +296,55 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
     let etcd = crate::etcd::Services::new(&node, largest_request(&config.limits));
-    let client_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
-            .layer(crate::auth::gate::AuthnLayer(node.clone()))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(
-                KvServer::new(KvService { node: node.clone() })
-                    .max_decoding_message_size(largest_request(&config.limits))
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
-            .add_service(keel_proto::v1::lease_server::LeaseServer::new(
-                crate::service::lease::LeaseService { node: node.clone() },
-            ))
-            .add_service(keel_proto::v1::lock_server::LockServer::new(
-                crate::service::lock::LockService { node: node.clone() },
-            ))
-            .add_service(keel_proto::v1::election_server::ElectionServer::new(
-                crate::service::election::ElectionService { node: node.clone() },
-            ))
-            .add_service(
-                keel_proto::v1::watch_server::WatchServer::new(crate::service::watch::WatchService {
-                    node: node.clone(),
-                })
+    let client_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
+        .layer(crate::auth::gate::AuthnLayer(node.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            KvServer::new(KvService { node: node.clone() })
+                .max_decoding_message_size(largest_request(&config.limits))
                 .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                keel_proto::v1::maintenance_server::MaintenanceServer::new(
-                    crate::service::maintenance::MaintenanceService { node: node.clone() },
-                )
+        )
+        .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+        .add_service(keel_proto::v1::lease_server::LeaseServer::new(
+            crate::service::lease::LeaseService { node: node.clone() },
+        ))
+        .add_service(keel_proto::v1::lock_server::LockServer::new(
+            crate::service::lock::LockService { node: node.clone() },
+        ))
+        .add_service(keel_proto::v1::election_server::ElectionServer::new(
+            crate::service::election::ElectionService { node: node.clone() },
+        ))
+        .add_service(
+            keel_proto::v1::watch_server::WatchServer::new(crate::service::watch::WatchService { node: node.clone() })
                 .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            keel_proto::v1::maintenance_server::MaintenanceServer::new(
+                crate::service::maintenance::MaintenanceService { node: node.clone() },
             )
-            .add_service(etcd.kv)
-            .add_service(etcd.watch)
-            .add_service(etcd.lease)
-            .add_service(etcd.cluster)
-            .add_service(etcd.maintenance)
-            .add_service(etcd.auth)
-            .add_service(etcd.lock)
-            .add_service(etcd.election)
-            .serve_with_incoming_shutdown(nodelay(listeners.client), until_stopped(stopped.clone())),
-    );
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(etcd.kv)
+        .add_service(etcd.watch)
+        .add_service(etcd.lease)
+        .add_service(etcd.cluster)
+        .add_service(etcd.maintenance)
+        .add_service(etcd.auth)
+        .add_service(etcd.lock)
+        .add_service(etcd.election);
+    let client_tls = tls.client.clone().map(server_config);
+    let client_server = match tls_port("client", client_tls, &metrics) {
+        None => tokio::spawn(
+            client_router.serve_with_incoming_shutdown(nodelay(listeners.client), until_stopped(stopped.clone())),
+        ),
+        Some(port) => tokio::spawn(client_router.serve_with_incoming_shutdown(
+            crate::tls::accept::incoming(listeners.client, port),
+            until_stopped(stopped.clone()),
+        )),
+    };
 
     // Background work, owned by the node's task tracker: each ends when the node stops.
     node.spawn(node.clone().publish_addresses());
@@ -317,15 +361,30 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         node.spawn(crate::backup::run(node.clone(), backup, stopped.clone()));
     }
     if let Some(listener) = listeners.metrics {
-        let serve = crate::http::serve(listener, node.clone(), metrics, until_stopped(stopped.clone()));
+        let port = tls_port("metrics", tls.metrics.clone().map(server_config), &metrics);
+        let serve = crate::http::serve(
+            listener,
+            port,
+            node.clone(),
+            metrics.clone(),
+            until_stopped(stopped.clone()),
+        );
         node.spawn(async move {
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "metrics server stopped with an error");
             }
         });
     }
+    // Only with TLS: the watch takes SIGHUP, whose default action (exit) plain-text nodes keep.
+    if tls.client.is_some() || tls.peer.is_some() || tls.metrics.is_some() {
+        node.spawn(tls.clone().watch(metrics.clone()));
+    }
     tracing::info!(
         id = config.id,
+        tls_client = config.tls.client.is_some(),
+        client_cert_auth = config.tls.client.as_ref().is_some_and(|c| c.ca.is_some()),
+        tls_peer = config.tls.peer.is_some(),
+        tls_metrics = config.tls.metrics.is_some(),
         peer = %config.peer_addr,
         client = %config.client_addr,
         cluster_id = %identity.cluster_id,

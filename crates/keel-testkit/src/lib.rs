@@ -20,6 +20,7 @@ pub mod history;
 pub mod lazyfs;
 pub mod net;
 mod process;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -74,6 +75,9 @@ pub struct Options {
     /// mount), so that [`Cluster::power_cut`] can cut its power. Needs FUSE: check
     /// [`lazyfs::unavailable`] first.
     pub lazy_disks: bool,
+    /// TLS on every member's client and peer ports, with certificates made for the test (see
+    /// [`tls`]).
+    pub tls: Option<tls::TlsOptions>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             flags: Vec::new(),
             network: None,
             lazy_disks: false,
+            tls: None,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct Cluster {
     disks: BTreeMap<NodeId, lazyfs::LazyFs>,
     /// Joiners get lazy disks too.
     pub(crate) lazy_disks: bool,
+    /// TLS files ([`Options::tls`]).
+    tls: Option<tls::TestTls>,
     dir: tempfile::TempDir,
     /// Set by [`Cluster::shutdown`]; a cluster dropped without it belongs to a test that failed
     /// (or gave up early), and its drop prints the members' logs.
@@ -278,6 +285,10 @@ impl Cluster {
     /// [`Cluster::launch_all`].
     pub async fn prepare(backend: Backend, options: Options) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("keel-test").tempdir()?;
+        let tls = match options.tls.clone() {
+            Some(o) => Some(tls::TestTls::new(dir.path(), o)?),
+            None => None,
+        };
         let net = options.network.map(net::Net::new);
         let mut nodes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
@@ -286,6 +297,9 @@ impl Cluster {
             let addrs = Addresses::new(backend, net.as_ref(), i).await?;
             let data_dir = data_dir(dir.path(), i, options.lazy_disks.then_some(&mut disks))?;
             let (node, l) = addrs.node(i, false, data_dir);
+            if let Some(tls) = &tls {
+                tls.issue_node(&tls.ca()?, i, node.client_addr.ip())?;
+            }
             nodes.insert(i, node);
             if let Some(l) = l {
                 listeners.insert(i, l);
@@ -305,6 +319,7 @@ impl Cluster {
             next_id: options.nodes as NodeId + 1,
             pending: listeners,
             lazy_disks: options.lazy_disks,
+            tls,
             disks,
             dir,
             shut_down: false,
@@ -360,8 +375,16 @@ impl Cluster {
         } else {
             args.extend(["--initial-cluster".into(), self.initial_cluster.clone()]);
         }
+        if let Some(tls) = &self.tls {
+            args.extend(tls.flags(id));
+        }
         args.extend(self.flags.iter().cloned());
         args
+    }
+
+    /// The cluster's TLS files, if it runs with TLS ([`Options::tls`]).
+    pub fn tls(&self) -> Option<&tls::TestTls> {
+        self.tls.as_ref()
     }
 
     async fn launch(&mut self, id: NodeId, listeners: Option<Listeners>) -> anyhow::Result<()> {
@@ -392,6 +415,9 @@ impl Cluster {
         let addrs = Addresses::new(self.backend, self.net.as_ref(), id).await?;
         let data_dir = data_dir(self.dir.path(), id, self.lazy_disks.then_some(&mut self.disks))?;
         let (node, listeners) = addrs.node(id, true, data_dir);
+        if let Some(tls) = &self.tls {
+            tls.issue_node(&tls.ca()?, id, node.client_addr.ip())?;
+        }
         self.nodes.insert(id, node);
         self.launch(id, listeners).await?;
         Ok(id)
@@ -505,6 +531,9 @@ impl Cluster {
     /// A channel to a node's client port.
     pub fn channel(&self, id: NodeId) -> Channel {
         let addr = self.nodes[&id].client_addr;
+        if let Some(tls) = &self.tls {
+            return tls.channel(addr);
+        }
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid uri")
             .connect_timeout(Duration::from_secs(1))

@@ -1,6 +1,7 @@
 //! The verbs: each turns parsed arguments into requests and the response into printed output.
 
 mod auth;
+mod cert;
 mod cluster;
 mod kv;
 mod lease;
@@ -31,9 +32,22 @@ pub enum Outcome {
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    if let Command::Cert(command) = &cli.command {
+        return cert::run(command);
+    }
     let mut config = ClientConfig::with_timeout(cli.timeout);
     if let Some(user) = &cli.user {
         config.user = Some(auth::credentials(user)?);
+    }
+    if let Some(ca) = &cli.cacert {
+        config.tls = Some(
+            keel_client::TlsConfig::from_files(ca, cli.cert.as_deref(), cli.key.as_deref())
+                .map_err(|e| client_error(e, cli.timeout))?,
+        );
+    } else if cli.cert.is_some() {
+        return Err(anyhow!(
+            "--cert and --key need --cacert (the CA to check the servers against)"
+        ));
     }
     let client = Client::connect(cli.endpoints.clone(), config)
         .await
@@ -67,6 +81,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::User(cmd) => auth::user(&client, cmd, format).await,
         Command::Role(cmd) => auth::role(&client, cmd, format).await,
         Command::Auth(cmd) => auth::auth(&client, cmd, format).await,
+        Command::Cert(_) => unreachable!("handled above"),
     }
     .map_err(|e| match e.downcast::<keel_client::Error>() {
         Ok(e) => client_error(e, cli.timeout),

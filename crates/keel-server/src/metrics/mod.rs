@@ -79,6 +79,11 @@ pub struct Metrics {
     pub lease_renewals: IntCounter,
     pub lease_keepalive_streams: IntGauge,
     pub lock_waiters: IntGauge,
+    /// TLS handshakes that failed, by port (`client`, `peer`, `metrics`, `peer_outgoing`) and
+    /// reason (see `tls::failure_reason`).
+    pub tls_handshake_failures: IntCounterVec,
+    /// TLS file reloads by port and result (`success`, `failure`).
+    pub tls_reloads: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -222,6 +227,26 @@ impl Metrics {
             backups: register(
                 r,
                 IntCounterVec::new(Opts::new("backups_total", "Scheduled backups by result."), &["result"]),
+            ),
+            tls_handshake_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tls_handshake_failures_total",
+                        "TLS handshakes that failed, by port and reason.",
+                    ),
+                    &["port", "reason"],
+                ),
+            ),
+            tls_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tls_reloads_total",
+                        "Changed TLS files loaded (success) or refused, the old ones kept (failure).",
+                    ),
+                    &["port", "result"],
+                ),
             ),
             registry,
         };

@@ -69,6 +69,8 @@ pub struct PeerChannels {
     local_ip: Option<IpAddr>,
     /// When each peer last answered an AppendEntries as a follower of this node.
     answered: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Mutual TLS to peers (`--peer-cert-file` ...), or plain text.
+    tls: Option<crate::tls::connect::PeerConnector>,
 }
 
 impl PeerChannels {
@@ -82,7 +84,17 @@ impl PeerChannels {
             channels: Mutex::default(),
             local_ip: (!addr.ip().is_unspecified()).then_some(addr.ip()),
             answered: Mutex::default(),
+            tls: None,
         }
+    }
+
+    /// Dial peers over mutual TLS with `tls` (None: plain text).
+    pub fn with_tls(mut self, tls: Option<crate::tls::connect::PeerConnector>) -> PeerChannels {
+        self.tls = tls.map(|mut c| {
+            c.local_ip = self.local_ip;
+            c
+        });
+        self
     }
 
     /// Peer `id` just answered an AppendEntries (a heartbeat or entries) as this leader's follower.
@@ -115,7 +127,7 @@ impl PeerChannels {
         if let Some(ch) = channels.get(addr) {
             return Ok(unlimited(ch.clone()));
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -123,8 +135,13 @@ impl PeerChannels {
             .initial_connection_window_size(PEER_CONNECTION_WINDOW)
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
-            .local_address(self.local_ip)
-            .connect_lazy();
+            .local_address(self.local_ip);
+        // The URI stays http://: the connector does TLS itself, with the configuration current
+        // when each connection is made (tonic's own TLS would fix it at channel creation).
+        let ch = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
+        };
         channels.insert(addr.to_string(), ch.clone());
         Ok(unlimited(ch))
     }

@@ -116,6 +116,7 @@ async fn one_run(args: &Args, seed: u64) -> anyhow::Result<Report> {
         flags: vec!["--snapshot-logs".into(), "500".into()],
         network: Some(seed),
         lazy_disks: backend == Backend::Process && args.faults.contains(&Fault::Power) && lazy_disks_here(),
+        ..Options::default()
     };
     let mut cluster = Cluster::start(backend, options).await?;
     let report = chaos::run(&mut cluster, &config).await?;
