@@ -79,7 +79,7 @@ pub fn regression_file(target: &str) -> String {
 /// the file named by `KEEL_FUZZ_STATS` if set (scripts/fuzz.sh adds them up).
 pub fn check<S, F>(target: &str, cost: Cost, strategy: S, test: F)
 where
-    S: Strategy,
+    S: Strategy + 'static,
     S::Value: std::fmt::Debug,
     F: Fn(S::Value) -> Result<(), TestCaseError>,
 {
@@ -90,6 +90,9 @@ where
         max_shrink_time: 60_000,
         ..Config::default()
     };
+    // Boxed: the runner's frames for a deeply nested strategy type, unoptimized, overflowed a
+    // test thread's 2 MiB stack before any decoder ran.
+    let strategy = strategy.boxed();
     let mut runner = TestRunner::new(config);
     let ran = AtomicU64::new(0);
     let started = Instant::now();
@@ -99,7 +102,9 @@ where
         test(value)?;
         let took = case.elapsed();
         if took > SLOW_CASE {
-            return Err(TestCaseError::fail(format!("a case took {took:?} (more than {SLOW_CASE:?})")));
+            return Err(TestCaseError::fail(format!(
+                "a case took {took:?} (more than {SLOW_CASE:?})"
+            )));
         }
         Ok(())
     });
@@ -115,7 +120,10 @@ where
             }
         }
         Err(TestError::Fail(why, value)) => {
-            panic!("keel-fuzz: {target} FAILED: {why}\nminimal failing input: {value:#?}\n(seed kept in {})", regression_file(target))
+            panic!(
+                "keel-fuzz: {target} FAILED: {why}\nminimal failing input: {value:#?}\n(seed kept in {})",
+                regression_file(target)
+            )
         }
         Err(TestError::Abort(why)) => panic!("keel-fuzz: {target} aborted: {why}"),
     }
@@ -154,10 +162,15 @@ macro_rules! bytes_target {
         #[test]
         fn $name() {
             let decode = $decode;
-            $crate::check(stringify!($name), $crate::Cost::Cheap, $crate::gen::bytes(4096), |bytes: Vec<u8>| {
-                let _ = $crate::alloc::bounded(stringify!($name), bytes.len(), || decode(&bytes[..]))?;
-                Ok(())
-            });
+            $crate::check(
+                stringify!($name),
+                $crate::Cost::Cheap,
+                $crate::gen::bytes(4096),
+                |bytes: Vec<u8>| {
+                    let _ = $crate::alloc::bounded(stringify!($name), bytes.len(), || decode(&bytes[..]))?;
+                    Ok(())
+                },
+            );
         }
     };
 }

@@ -92,8 +92,14 @@ pub fn txn() -> impl Strategy<Value = st::Txn> {
     leaf.prop_recursive(3, 24, 3, |inner| {
         (
             vec(compare(), 0..2),
-            vec(prop_oneof![3 => flat_txn_op(), 1 => inner.clone().prop_map(st::TxnOp::Txn)], 0..3),
-            vec(prop_oneof![3 => flat_txn_op(), 1 => inner.prop_map(st::TxnOp::Txn)], 0..2),
+            vec(
+                prop_oneof![3 => flat_txn_op(), 1 => inner.clone().prop_map(st::TxnOp::Txn)],
+                0..3,
+            ),
+            vec(
+                prop_oneof![3 => flat_txn_op(), 1 => inner.prop_map(st::TxnOp::Txn)],
+                0..2,
+            ),
         )
             .prop_map(|(compares, success, failure)| st::Txn {
                 compares,
@@ -189,8 +195,8 @@ fn v1_range() -> impl Strategy<Value = v1::RangeRequest> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(key, range_end, prefix, limit, keys_only, count_only, serializable)| {
-            v1::RangeRequest {
+        .prop_map(
+            |(key, range_end, prefix, limit, keys_only, count_only, serializable)| v1::RangeRequest {
                 key,
                 range_end,
                 prefix,
@@ -199,8 +205,8 @@ fn v1_range() -> impl Strategy<Value = v1::RangeRequest> {
                 count_only,
                 serializable,
                 ..Default::default()
-            }
-        })
+            },
+        )
 }
 
 fn v1_put() -> impl Strategy<Value = v1::PutRequest> {
@@ -214,15 +220,19 @@ fn v1_put() -> impl Strategy<Value = v1::PutRequest> {
 }
 
 fn v1_delete() -> impl Strategy<Value = v1::DeleteRangeRequest> {
-    (key(), prop_oneof![Just(Vec::new()), Just(vec![0]), key()], any::<bool>(), any::<bool>()).prop_map(
-        |(key, range_end, prefix, prev_kv)| v1::DeleteRangeRequest {
+    (
+        key(),
+        prop_oneof![Just(Vec::new()), Just(vec![0]), key()],
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(key, range_end, prefix, prev_kv)| v1::DeleteRangeRequest {
             key,
             range_end,
             prefix,
             prev_kv,
             ..Default::default()
-        },
-    )
+        })
 }
 
 /// keel's TxnRequest (it has no nested txns).
@@ -266,7 +276,12 @@ pub fn v1_request() -> impl Strategy<Value = V1> {
 
 fn etcd_range() -> impl Strategy<Value = pb::RangeRequest> {
     (
-        (key(), prop_oneof![Just(Vec::new()), Just(vec![0]), key()], edge_i64(), edge_i64()),
+        (
+            key(),
+            prop_oneof![Just(Vec::new()), Just(vec![0]), key()],
+            edge_i64(),
+            edge_i64(),
+        ),
         (-1i32..7, -1i32..7, any::<bool>(), any::<bool>(), any::<bool>()),
         (edge_i64(), edge_i64(), edge_i64(), edge_i64()),
     )
@@ -305,8 +320,16 @@ fn etcd_put() -> impl Strategy<Value = pb::PutRequest> {
 }
 
 fn etcd_delete() -> impl Strategy<Value = pb::DeleteRangeRequest> {
-    (key(), prop_oneof![Just(Vec::new()), Just(vec![0]), key()], any::<bool>())
-        .prop_map(|(key, range_end, prev_kv)| pb::DeleteRangeRequest { key, range_end, prev_kv })
+    (
+        key(),
+        prop_oneof![Just(Vec::new()), Just(vec![0]), key()],
+        any::<bool>(),
+    )
+        .prop_map(|(key, range_end, prev_kv)| pb::DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv,
+        })
 }
 
 fn etcd_compare() -> impl Strategy<Value = pb::Compare> {
@@ -343,7 +366,11 @@ pub fn etcd_txn() -> impl Strategy<Value = pb::TxnRequest> {
         etcd_delete().prop_map(Request::RequestDeleteRange),
     ])
     .prop_map(|request| pb::RequestOp { request });
-    let leaf = (vec(etcd_compare(), 0..3), vec(flat_op.clone(), 0..4), vec(flat_op.clone(), 0..3))
+    let leaf = (
+        vec(etcd_compare(), 0..3),
+        vec(flat_op.clone(), 0..4),
+        vec(flat_op.clone(), 0..3),
+    )
         .prop_map(|(compare, success, failure)| pb::TxnRequest {
             compare,
             success,
@@ -382,10 +409,8 @@ pub fn etcd_request() -> impl Strategy<Value = Etcd> {
         etcd_put().prop_map(Etcd::Put),
         etcd_delete().prop_map(Etcd::Delete),
         etcd_txn().prop_map(Etcd::Txn),
-        (edge_i64(), any::<bool>()).prop_map(|(revision, physical)| Etcd::Compact(pb::CompactionRequest {
-            revision,
-            physical
-        })),
+        (edge_i64(), any::<bool>())
+            .prop_map(|(revision, physical)| Etcd::Compact(pb::CompactionRequest { revision, physical })),
     ]
 }
 

@@ -182,51 +182,71 @@ fn encode_etcd(req: &Etcd) -> Vec<u8> {
 
 #[test]
 fn keel_kv_from_random_bytes() {
-    check("keel_kv_from_random_bytes", Cost::Cheap, (gen::bytes(2048), limits()), |(bytes, limits)| {
-        keel_from_bytes(&bytes, &limits)
-    });
+    check(
+        "keel_kv_from_random_bytes",
+        Cost::Cheap,
+        (gen::bytes(2048), limits()),
+        |(bytes, limits)| keel_from_bytes(&bytes, &limits),
+    );
 }
 
 #[test]
 fn keel_kv_structured() {
-    check("keel_kv_structured", Cost::Cheap, (model::v1_request(), limits()), |(req, limits)| {
-        keel_kv(req, &limits)
-    });
+    check(
+        "keel_kv_structured",
+        Cost::Cheap,
+        (model::v1_request(), limits()),
+        |(req, limits)| keel_kv(req, &limits),
+    );
 }
 
 #[test]
 fn keel_kv_mutated() {
     let valid = model::v1_request().prop_map(|r| encode_v1(&r));
-    check("keel_kv_mutated", Cost::Cheap, (gen::mutated(valid), limits()), |(bytes, limits)| {
-        keel_from_bytes(&bytes, &limits)
-    });
+    check(
+        "keel_kv_mutated",
+        Cost::Cheap,
+        (gen::mutated(valid), limits()),
+        |(bytes, limits)| keel_from_bytes(&bytes, &limits),
+    );
 }
 
 #[test]
 fn etcd_kv_from_random_bytes() {
-    check("etcd_kv_from_random_bytes", Cost::Cheap, (gen::bytes(2048), limits()), |(bytes, limits)| {
-        etcd_from_bytes(&bytes, &limits)
-    });
+    check(
+        "etcd_kv_from_random_bytes",
+        Cost::Cheap,
+        (gen::bytes(2048), limits()),
+        |(bytes, limits)| etcd_from_bytes(&bytes, &limits),
+    );
 }
 
 #[test]
 fn etcd_kv_structured() {
-    check("etcd_kv_structured", Cost::Cheap, (model::etcd_request(), limits()), |(req, limits)| {
-        // prost itself round-trips what it encodes.
-        let bytes = encode_etcd(&req);
-        if let Etcd::Txn(t) = &req {
-            prop_assert_eq!(&pb::TxnRequest::decode(&bytes[..]).expect("decodes"), t);
-        }
-        etcd_kv(req, &limits)
-    });
+    check(
+        "etcd_kv_structured",
+        Cost::Cheap,
+        (model::etcd_request(), limits()),
+        |(req, limits)| {
+            // prost itself round-trips what it encodes.
+            let bytes = encode_etcd(&req);
+            if let Etcd::Txn(t) = &req {
+                prop_assert_eq!(&pb::TxnRequest::decode(&bytes[..]).expect("decodes"), t);
+            }
+            etcd_kv(req, &limits)
+        },
+    );
 }
 
 #[test]
 fn etcd_kv_mutated() {
     let valid = model::etcd_request().prop_map(|r| encode_etcd(&r));
-    check("etcd_kv_mutated", Cost::Cheap, (gen::mutated(valid), limits()), |(bytes, limits)| {
-        etcd_from_bytes(&bytes, &limits)
-    });
+    check(
+        "etcd_kv_mutated",
+        Cost::Cheap,
+        (gen::mutated(valid), limits()),
+        |(bytes, limits)| etcd_from_bytes(&bytes, &limits),
+    );
 }
 
 /// Requests as the log holds them, generated whole (leader-only commands, batches, sessions at

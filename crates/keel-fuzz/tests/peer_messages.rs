@@ -98,7 +98,9 @@ fn log_id() -> impl Strategy<Value = keel_storage::LogId> {
 
 fn membership() -> impl Strategy<Value = Membership> {
     (1u64..6, any::<bool>()).prop_map(|(n, joint)| {
-        let nodes = (1..=n).map(|i| (i, member(i))).collect::<std::collections::BTreeMap<_, _>>();
+        let nodes = (1..=n)
+            .map(|i| (i, member(i)))
+            .collect::<std::collections::BTreeMap<_, _>>();
         let all: std::collections::BTreeSet<u64> = nodes.keys().copied().collect();
         let configs = if joint {
             vec![all.clone(), all.iter().copied().take(1).collect()]
@@ -132,14 +134,20 @@ fn vote() -> impl Strategy<Value = Vote> {
 /// A valid encoding of one of the requests a member sends its peers.
 fn valid_request() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        (vote(), proptest::option::of(log_id()), vec(entry(), 0..4), proptest::option::of(log_id())).prop_map(
-            |(vote, prev_log_id, entries, leader_commit)| codec::encode(&AppendEntriesRequest::<TypeConfig> {
-                vote,
-                prev_log_id,
-                entries,
-                leader_commit,
-            })
-        ),
+        (
+            vote(),
+            proptest::option::of(log_id()),
+            vec(entry(), 0..4),
+            proptest::option::of(log_id())
+        )
+            .prop_map(
+                |(vote, prev_log_id, entries, leader_commit)| codec::encode(&AppendEntriesRequest::<TypeConfig> {
+                    vote,
+                    prev_log_id,
+                    entries,
+                    leader_commit,
+                })
+            ),
         (vote(), proptest::option::of(log_id()), any::<bool>()).prop_map(|(vote, last_log_id, leadership_transfer)| {
             codec::encode(&VoteRequest::<TypeConfig> {
                 vote,
@@ -165,9 +173,12 @@ fn valid_request() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn peer_messages_from_random_bytes() {
-    check("peer_messages_from_random_bytes", Cost::Cheap, gen::bytes(2048), |bytes| {
-        wire(&bytes)
-    });
+    check(
+        "peer_messages_from_random_bytes",
+        Cost::Cheap,
+        gen::bytes(2048),
+        |bytes| wire(&bytes),
+    );
 }
 
 #[test]
@@ -187,32 +198,42 @@ fn peer_messages_mutated() {
 /// Valid peer messages decode to what was encoded.
 #[test]
 fn peer_messages_round_trip() {
-    let append = (vote(), proptest::option::of(log_id()), vec(entry(), 0..4), proptest::option::of(log_id()));
-    check("peer_messages_round_trip", Cost::Cheap, append, |(vote, prev_log_id, entries, leader_commit)| {
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote,
-            prev_log_id,
-            entries,
-            leader_commit,
-        };
-        let well_formed = rpc.entries.iter().all(|e| match &e.payload {
-            EntryPayload::Normal(r) => model::well_formed(r),
-            _ => true,
-        });
-        let back = codec::decode::<AppendEntriesRequest<TypeConfig>>(&codec::encode(&rpc));
-        match back {
-            Ok(back) => prop_assert_eq!(format!("{back:?}"), format!("{rpc:?}")),
-            Err(e) => prop_assert!(!well_formed, "a well-formed request does not decode: {e}"),
-        }
-        for entry in &rpc.entries {
-            if let EntryPayload::Normal(r) = &entry.payload {
-                if !model::well_formed(r) {
-                    continue;
-                }
+    let append = (
+        vote(),
+        proptest::option::of(log_id()),
+        vec(entry(), 0..4),
+        proptest::option::of(log_id()),
+    );
+    check(
+        "peer_messages_round_trip",
+        Cost::Cheap,
+        append,
+        |(vote, prev_log_id, entries, leader_commit)| {
+            let rpc = AppendEntriesRequest::<TypeConfig> {
+                vote,
+                prev_log_id,
+                entries,
+                leader_commit,
+            };
+            let well_formed = rpc.entries.iter().all(|e| match &e.payload {
+                EntryPayload::Normal(r) => model::well_formed(r),
+                _ => true,
+            });
+            let back = codec::decode::<AppendEntriesRequest<TypeConfig>>(&codec::encode(&rpc));
+            match back {
+                Ok(back) => prop_assert_eq!(format!("{back:?}"), format!("{rpc:?}")),
+                Err(e) => prop_assert!(!well_formed, "a well-formed request does not decode: {e}"),
             }
-            let back: Entry = codec::decode(&codec::encode(entry)).expect("decodes");
-            prop_assert_eq!(&back, entry);
-        }
-        Ok(())
-    });
+            for entry in &rpc.entries {
+                if let EntryPayload::Normal(r) = &entry.payload {
+                    if !model::well_formed(r) {
+                        continue;
+                    }
+                }
+                let back: Entry = codec::decode(&codec::encode(entry)).expect("decodes");
+                prop_assert_eq!(&back, entry);
+            }
+            Ok(())
+        },
+    );
 }

@@ -54,16 +54,21 @@ fn every_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
 
 #[test]
 fn stored_records_from_random_bytes() {
-    check("stored_records_from_random_bytes", Cost::Cheap, gen::bytes(1024), |bytes| {
-        every_decoder(&bytes)?;
-        // The same bytes behind each format byte a record may start with.
-        for format in [codec::FORMAT_V1, codec::HISTORY_MULTI] {
-            let mut framed = vec![format];
-            framed.extend_from_slice(&bytes);
-            every_decoder(&framed)?;
-        }
-        Ok(())
-    });
+    check(
+        "stored_records_from_random_bytes",
+        Cost::Cheap,
+        gen::bytes(1024),
+        |bytes| {
+            every_decoder(&bytes)?;
+            // The same bytes behind each format byte a record may start with.
+            for format in [codec::FORMAT_V1, codec::HISTORY_MULTI] {
+                let mut framed = vec![format];
+                framed.extend_from_slice(&bytes);
+                every_decoder(&framed)?;
+            }
+            Ok(())
+        },
+    );
 }
 
 fn valid_record() -> impl Strategy<Value = Vec<u8>> {
@@ -145,17 +150,26 @@ fn stored_records_round_trip() {
         input,
         |(version, session, lease, key, revision, history)| {
             prop_assert_eq!(StoredVersion::decode(&version.encode()).expect("version"), version);
-            prop_assert_eq!(StoredSession::decode(&session.encode()).expect("session"), session.clone());
+            prop_assert_eq!(
+                StoredSession::decode(&session.encode()).expect("session"),
+                session.clone()
+            );
             prop_assert_eq!(
                 StoredSession::decode_head(&session.encode()).expect("head"),
                 (session.seq, session.last_index)
             );
-            prop_assert_eq!(codec::decode::<StoredLease>(&codec::encode(&lease)).expect("lease"), lease);
+            prop_assert_eq!(
+                codec::decode::<StoredLease>(&codec::encode(&lease)).expect("lease"),
+                lease
+            );
             let vk = codec::version_key(&key, revision);
             let (group, rev) = codec::split_version_key(&vk).expect("version key");
             prop_assert_eq!(rev, revision);
             prop_assert_eq!(codec::group_user_key(group).expect("user key"), key);
-            prop_assert_eq!(codec::split_history_key(&codec::history_key(revision)).expect("history key"), revision);
+            prop_assert_eq!(
+                codec::split_history_key(&codec::history_key(revision)).expect("history key"),
+                revision
+            );
             let record = codec::encode_as(codec::HISTORY_MULTI, &history);
             prop_assert_eq!(decode_history(revision, &record).expect("history"), history);
             Ok(())
