@@ -204,7 +204,6 @@ fn v1_range() -> impl Strategy<Value = v1::RangeRequest> {
                 keys_only,
                 count_only,
                 serializable,
-                ..Default::default()
             },
         )
 }
