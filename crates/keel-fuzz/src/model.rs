@@ -153,9 +153,25 @@ pub fn command() -> impl Strategy<Value = st::Command> {
         edge_u64().prop_map(st::Command::Compact),
         put_with().prop_map(st::Command::PutWith),
     ];
+    // A user's command (what the auth gate proposes), sometimes one inside another.
+    let as_user = (".{0,6}", simple.clone()).prop_map(|(user, command)| {
+        st::Command::AsUser(st::AsUser {
+            user,
+            command: Box::new(command),
+        })
+    });
+    let as_user = as_user.prop_recursive(2, 2, 1, |inner| {
+        (".{0,6}", inner).prop_map(|(user, command)| {
+            st::Command::AsUser(st::AsUser {
+                user,
+                command: Box::new(command),
+            })
+        })
+    });
     prop_oneof![
         8 => simple.clone(),
         1 => vec(request_of(simple), 0..3).prop_map(st::Command::Batch),
+        1 => as_user,
     ]
 }
 
@@ -432,6 +448,7 @@ pub fn well_formed(request: &st::Request) -> bool {
         match c {
             st::Command::Txn(t) => txn_ok(t, 0),
             st::Command::Batch(requests) => !in_batch && requests.iter().all(|r| command_ok(&r.command, true)),
+            st::Command::AsUser(a) => !matches!(*a.command, st::Command::AsUser(_)) && command_ok(&a.command, in_batch),
             _ => true,
         }
     }

@@ -125,6 +125,11 @@ fn record() -> impl Strategy<Value = SnapshotRecord> {
             })
         }),
         1 => (0u64..4, gen::key()).prop_map(|(lease, key)| SnapshotRecord::LeaseKey { lease, key }),
+        1 => prop_oneof![
+            Just(codec::encode(&keel_storage::auth::AuthSnapshot::default())),
+            gen::bytes(64),
+        ]
+        .prop_map(SnapshotRecord::Auth),
     ]
 }
 
@@ -231,6 +236,7 @@ fn write(header: &SnapshotHeader, records: &[SnapshotRecord]) -> Vec<u8> {
             SnapshotRecord::Session(s) => w.push_session(s),
             SnapshotRecord::Lease(l) => w.push_lease(l),
             SnapshotRecord::LeaseKey { lease, key } => w.push_lease_key(*lease, key),
+            SnapshotRecord::Auth(encoded) => w.push_auth(encoded),
         }
         .expect("push");
     }

@@ -31,6 +31,10 @@ fn every_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
     decode::<StoredLease>("lease", bytes)?;
     decode::<StoredMembership>("membership", bytes)?;
     decode::<u64>("history floor", bytes)?;
+    // Auth: the users and roles record, the token table, and a snapshot's auth record.
+    decode::<keel_storage::auth::AuthState>("auth state", bytes)?;
+    decode::<keel_storage::auth::Tokens>("auth tokens", bytes)?;
+    decode::<keel_storage::auth::AuthSnapshot>("auth snapshot record", bytes)?;
     // The state machine's meta record: (applied, revision, compacted, key count, session count).
     decode::<(Option<LogId>, u64, u64, u64, u64)>("state machine meta", bytes)?;
     alloc::bounded("StoredVersion::decode", n, || StoredVersion::decode(bytes).map(drop))?.ok();
