@@ -18,7 +18,7 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 /// Does `password` match the PHC string `phc`? A malformed `phc` matches nothing, and so does
-/// one whose parameters ask for more than [`affordable`].
+/// one whose parameters ask for more than keel can afford (see `affordable`).
 pub fn verify_password(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc)
         .is_ok_and(|h| affordable(&h) && Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
