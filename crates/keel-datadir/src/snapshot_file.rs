@@ -304,8 +304,8 @@ impl<R: Read> SnapshotReader<R> {
         if len > MAX_HEADER {
             return Err(corrupt(format!("header length {len} is implausible")));
         }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body)?;
+        let mut body = Vec::new();
+        r.read_claimed(&mut body, len)?;
         let mut crc = [0u8; 4];
         r.read_exact(&mut crc)?;
         let mut hasher = crc32fast::Hasher::new();
@@ -323,6 +323,20 @@ impl<R: Read> SnapshotReader<R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
         read_exact_raw(&mut self.input, buf)?;
         self.hasher.update(&*buf);
+        Ok(())
+    }
+
+    /// Read the `len` bytes a length field announced into `buf` (cleared first), into the running
+    /// hash; EOF before them is "truncated". `buf` grows as the bytes arrive, not by what the
+    /// field claims: a forged length (64 MiB in a file of 30 bytes) costs no more memory than
+    /// the file holds. (keel-fuzz found the reader allocating the claim up front.)
+    fn read_claimed(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), SnapshotError> {
+        buf.clear();
+        (&mut self.input).take(len as u64).read_to_end(buf)?;
+        if buf.len() < len {
+            return Err(SnapshotError::Truncated);
+        }
+        self.hasher.update(&buf[..]);
         Ok(())
     }
 
@@ -360,9 +374,7 @@ impl<R: Read> SnapshotReader<R> {
                     return Err(corrupt(format!("block length {len} is implausible")));
                 }
                 let mut block = std::mem::take(&mut self.block);
-                block.clear();
-                block.resize(len, 0);
-                self.read_exact(&mut block)?;
+                self.read_claimed(&mut block, len)?;
                 let mut crc = [0u8; 4];
                 self.read_exact(&mut crc)?;
                 if crc32fast::hash(&block) != u32::from_le_bytes(crc) {
@@ -712,6 +724,25 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(matches!(read_all(&extra), Err(SnapshotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn lengths_that_claim_more_than_the_file_holds_are_truncations() {
+        let bytes = file(3);
+        let header_len = 13 + u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize + 4;
+        // Claims up to the limits (16 MiB for a header, 64 MiB for a block); larger ones are
+        // refused as implausible.
+        let mut header = bytes[..9].to_vec();
+        header.extend_from_slice(&(MAX_HEADER as u32).to_le_bytes());
+        header.extend_from_slice(&[0; 16]);
+        assert!(matches!(read_all(&header), Err(SnapshotError::Truncated)));
+        for claim in [15u32 << 20, MAX_BLOCK as u32] {
+            let mut block = bytes[..header_len].to_vec();
+            block.push(BLOCK);
+            block.extend_from_slice(&claim.to_le_bytes());
+            block.extend_from_slice(&[0; 16]);
+            assert!(matches!(read_all(&block), Err(SnapshotError::Truncated)));
+        }
     }
 
     #[test]

@@ -341,9 +341,11 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(err(format!("--log-format: {other:?} is not text or json"))),
         };
-        if s.max_key_bytes == 0 || s.max_value_bytes > 64 * 1024 * 1024 {
+        // Bounded both, so that the sum below cannot overflow (keel-fuzz: `--max-key-bytes
+        // 18446744073709551615` panicked there).
+        if !(1..=64 * 1024 * 1024).contains(&s.max_key_bytes) || s.max_value_bytes > 64 * 1024 * 1024 {
             return Err(err(
-                "--max-key-bytes must be positive and --max-value-bytes at most 64 MiB",
+                "--max-key-bytes must be between 1 and 64 MiB and --max-value-bytes at most 64 MiB",
             ));
         }
         // One put of the largest key and value must fit.
@@ -509,6 +511,9 @@ mod tests {
     fn the_request_limit_holds_one_put_of_the_largest_value() {
         let base = ["--id", "1", "--data-dir", "d"];
         let with = |extra: &[&str]| resolve(&[&base[..], extra].concat());
+        // Found by keel-fuzz: a key limit near usize::MAX overflowed the sum of the limits.
+        let huge = with(&["--max-key-bytes", "18446744073709551615"]).unwrap_err();
+        assert!(huge.0.contains("--max-key-bytes"), "{huge}");
         assert_eq!(with(&[]).unwrap().limits.max_request_bytes, 3 * 512 * 1024);
         let big = with(&["--max-value-bytes", "4194304"]).unwrap().limits;
         assert!(big.max_request_bytes >= 4194304 + 4096, "{big:?}");

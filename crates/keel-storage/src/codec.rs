@@ -150,7 +150,10 @@ pub fn split_version_key(k: &[u8]) -> Result<(&[u8], u64), DecodeError> {
 
 /// The user key of an MVCC group.
 pub fn group_user_key(group: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    unescape(&group[1..])
+    match group {
+        [VERSION_PREFIX, escaped @ ..] => unescape(escaped),
+        _ => Err(DecodeError::Malformed("bad version group".into())),
+    }
 }
 
 /// The first byte of a history record that lists several revisions (see `sm::apply`); records
@@ -472,6 +475,9 @@ mod tests {
         assert!(StoredVersion::decode(&[FORMAT_V1, LIVE, 1]).is_err());
         assert!(decode::<u64>(&[2, 1]).is_err());
         assert!(unescape(b"a\x00").is_err());
+        // Found by keel-fuzz (stored_records): an empty group panicked slicing past its prefix.
+        assert!(group_user_key(b"").is_err());
+        assert!(group_user_key(b"x\x00\x00").is_err());
     }
 
     #[test]

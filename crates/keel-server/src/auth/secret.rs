@@ -17,9 +17,21 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash the password: {e}"))
 }
 
-/// Does `password` match the PHC string `phc`? A malformed `phc` matches nothing.
+/// Does `password` match the PHC string `phc`? A malformed `phc` matches nothing, and so does
+/// one whose parameters ask for more than keel can afford (see `affordable`).
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc)
+        .is_ok_and(|h| affordable(&h) && Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A stored hash names the cost of verifying it (argon2's `m` KiB of memory, `t` passes, `p`
+/// lanes), and verification spends it: a forged or damaged hash (from a forwarded write, a
+/// snapshot or a backup) with `m=4294967295` made each `Authenticate` of its user try to
+/// allocate 4 TiB (an abort), and a huge `t` ran for hours. keel-fuzz found it (tokens.rs,
+/// `password_hashes`). Allowed: what keel writes (argon2's defaults, 19 MiB and 2 passes, one
+/// lane) with room to raise them: 64 MiB, 8 passes, 4 lanes.
+fn affordable(h: &PasswordHash) -> bool {
+    argon2::Params::try_from(h).is_ok_and(|p| p.m_cost() <= 64 * 1024 && p.t_cost() <= 8 && p.p_cost() <= 4)
 }
 
 /// A new token and its hash.
@@ -59,6 +71,19 @@ mod tests {
         assert!(verify_password(&a, "s3cret"));
         assert!(!verify_password(&a, "s3cret "));
         assert!(!verify_password("garbage", "s3cret"));
+        // A hash whose parameters ask for 4 TiB or 2^32 passes is refused, not run.
+        let salt_and_hash = "c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for params in ["m=4294967295,t=1,p=1", "m=19456,t=4294967295,p=1", "m=262144,t=1,p=1"] {
+            let started = std::time::Instant::now();
+            assert!(!verify_password(
+                &format!("$argon2id$v=19${params}${salt_and_hash}"),
+                "s3cret"
+            ));
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{params}");
+        }
+        // keel's own cost verifies.
+        let params = argon2::Params::default();
+        assert!(params.m_cost() <= 64 * 1024 && params.t_cost() <= 8 && params.p_cost() <= 4);
     }
 
     #[test]
