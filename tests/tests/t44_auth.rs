@@ -197,7 +197,7 @@ async fn every_rpc_needs_its_permission() -> anyhow::Result<()> {
             revision: rev,
             physical: false,
         };
-        denied(kv.compact(req(compact.clone(), rw)).await, &at("compact by rw"));
+        denied(kv.compact(req(compact, rw)).await, &at("compact by rw"));
         if member == leader {
             allowed(kv.compact(req(compact, root)).await, &at("compact by root"));
         }
@@ -260,7 +260,7 @@ async fn every_rpc_needs_its_permission() -> anyhow::Result<()> {
         allowed(kv.put(req(leased, rw)).await, &at("put with a lease"));
         let revoke = pb::LeaseRevokeRequest { id: granted.id };
         denied(
-            lease.lease_revoke(req(revoke.clone(), ro)).await,
+            lease.lease_revoke(req(revoke, ro)).await,
             &at("revoke by ro of a lease on app/"),
         );
         allowed(lease.lease_revoke(req(revoke, rw)).await, &at("revoke by rw"));
@@ -281,7 +281,7 @@ async fn every_rpc_needs_its_permission() -> anyhow::Result<()> {
         );
         let remove = pb::MemberRemoveRequest { id: 99 };
         denied(
-            cluster_api.member_remove(req(remove.clone(), rw)).await,
+            cluster_api.member_remove(req(remove, rw)).await,
             &at("member remove by rw"),
         );
         refused(

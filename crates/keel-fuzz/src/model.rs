@@ -154,16 +154,19 @@ pub fn command() -> impl Strategy<Value = st::Command> {
         put_with().prop_map(st::Command::PutWith),
     ];
     // A user's command (what the auth gate proposes), sometimes one inside another.
-    let as_user = (".{0,6}", simple.clone()).prop_map(|(user, command)| {
+    let token = proptest::option::of(any::<[u8; 32]>());
+    let as_user = (".{0,6}", token.clone(), simple.clone()).prop_map(|(user, token, command)| {
         st::Command::AsUser(st::AsUser {
             user,
+            token,
             command: Box::new(command),
         })
     });
-    let as_user = as_user.prop_recursive(2, 2, 1, |inner| {
-        (".{0,6}", inner).prop_map(|(user, command)| {
+    let as_user = as_user.prop_recursive(2, 2, 1, move |inner| {
+        (".{0,6}", token.clone(), inner).prop_map(|(user, token, command)| {
             st::Command::AsUser(st::AsUser {
                 user,
+                token,
                 command: Box::new(command),
             })
         })
