@@ -444,3 +444,51 @@ async fn keel_client_logs_in_and_is_held_to_its_permissions() -> anyhow::Result<
     }
     cluster.shutdown().await
 }
+
+/// With `--client-cert-auth`, a request without a token is its client certificate's common name
+/// (as etcd): "test-client", the test cluster's client certificate. A token, when sent, wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificates_common_name_is_its_user() -> anyhow::Result<()> {
+    let options = Options {
+        tls: Some(keel_testkit::tls::TlsOptions { client_cert_auth: true }),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(Backend::InProcess, options).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let tokens = set_up(cluster.channel(leader), cluster.channel(follower)).await?;
+    let mut auth = AuthClient::new(cluster.channel(leader));
+    let root = Some(tokens.root.as_str());
+    let add = pb::AuthUserAddRequest {
+        name: "test-client".into(),
+        options: Some(authpb::UserAddOptions { no_password: true }),
+        ..Default::default()
+    };
+    allowed(auth.user_add(req(add, root)).await, "user add without a password");
+    let grant = pb::AuthUserGrantRoleRequest {
+        user: "test-client".into(),
+        role: "app-rw".into(),
+    };
+    allowed(auth.user_grant_role(req(grant, root)).await, "grant");
+    let mut kv = KvClient::new(cluster.channel(follower));
+    allowed(
+        kv.put(req(put("app/cert"), None)).await,
+        "put as the certificate's user",
+    );
+    denied(kv.put(req(put("other"), None)).await, "put outside its permission");
+    allowed(
+        kv.put(req(put("other"), root)).await,
+        "root's token over the certificate",
+    );
+    refused(
+        auth.authenticate(pb::AuthenticateRequest {
+            name: "test-client".into(),
+            password: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+        "a user without a password cannot log in with one",
+    );
+    cluster.shutdown().await
+}

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use keel_storage::auth::AuthError;
 use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{secret, status, Caller};
 use crate::node::Node;
@@ -19,16 +20,22 @@ const TOKEN: &str = "token";
 /// without "Bearer ".
 const AUTHORIZATION: &str = "authorization";
 
-/// The caller a request's credential (in its `headers`) names now: nobody while auth is
-/// disabled or without a credential, an error for a token that is unknown or expired.
-pub fn authenticate(node: &Node, headers: &http::HeaderMap) -> Result<Caller, tonic::Status> {
+/// The caller a request's credential names now: its token (in `headers`), else `cert_user` (the
+/// common name of the client certificate the TLS handshake verified); nobody while auth is
+/// disabled or without either; an error for a token that is unknown or expired.
+pub fn authenticate(node: &Node, headers: &http::HeaderMap, cert_user: Option<&str>) -> Result<Caller, tonic::Status> {
     let auth = node.reader.auth();
     if !auth.state.enabled {
         return Ok(Caller::default());
     }
     let raw = headers.get(TOKEN).or_else(|| headers.get(AUTHORIZATION));
     let Some(raw) = raw else {
-        return Ok(Caller::default());
+        // No token: the common name of a client certificate that the client port verified
+        // (`--client-cert-auth`), as etcd does.
+        return Ok(Caller {
+            user: cert_user.map(str::to_string),
+            token: None,
+        });
     };
     let token = raw.to_str().map_err(|_| status(AuthError::InvalidAuthToken))?;
     let token = token.strip_prefix("Bearer ").unwrap_or(token);
@@ -40,6 +47,13 @@ pub fn authenticate(node: &Node, headers: &http::HeaderMap) -> Result<Caller, to
         }),
         None => Err(status(AuthError::InvalidAuthToken)),
     }
+}
+
+/// The common name of a certificate (DER), if it has one that is UTF-8.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// The layer (see the module docs).
@@ -79,7 +93,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match authenticate(&self.node, req.headers()) {
+        let cert_user = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|certs| certs.first().and_then(|leaf| common_name(leaf)));
+        match authenticate(&self.node, req.headers(), cert_user.as_deref()) {
             Ok(caller) => Box::pin(caller.scope(self.inner.call(req))),
             Err(refused) => Box::pin(std::future::ready(Ok(refused.into_http()))),
         }
