@@ -492,3 +492,58 @@ async fn a_client_certificates_common_name_is_its_user() -> anyhow::Result<()> {
     );
     cluster.shutdown().await
 }
+
+/// Password guessing is slowed, then refused for a while, per source address (and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_failed_logins_are_slowed_then_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    set_up(cluster.channel(leader), cluster.channel(follower)).await?;
+    let mut auth = AuthClient::new(cluster.channel(leader));
+    let login = |password: &str| pb::AuthenticateRequest {
+        name: "rw".into(),
+        password: password.into(),
+    };
+    let started = std::time::Instant::now();
+    let mut failures = 0;
+    let refused_at = loop {
+        let r = auth.authenticate(login("guess")).await.expect_err("a wrong password");
+        if r.code() == Code::ResourceExhausted {
+            assert_eq!(r.message(), "etcdserver: too many requests");
+            break failures;
+        }
+        assert_eq!(r.code(), Code::InvalidArgument, "{r:?}");
+        failures += 1;
+        assert!(failures <= 20, "never refused");
+    };
+    assert!(refused_at >= 3, "refused after {refused_at} failures");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "failures were answered at once ({:?})",
+        started.elapsed()
+    );
+    // Even the right password is refused now, unchecked, from this address.
+    let right = auth.authenticate(login("rwpw")).await.expect_err("throttled");
+    assert_eq!(right.code(), Code::ResourceExhausted);
+    // Another member keeps its own count: the right password works there.
+    let mut other = AuthClient::new(cluster.channel(follower));
+    other.authenticate(login("rwpw")).await?;
+    let metrics = metrics_text(&cluster, leader).await?;
+    assert!(
+        metrics.contains("keel_auth_attempts_total{") && metrics.contains("result=\"throttled\""),
+        "metrics"
+    );
+    cluster.shutdown().await
+}
+
+/// The member's /metrics text.
+async fn metrics_text(cluster: &Cluster, id: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = cluster.nodes[&id].metrics_addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body)
+}

@@ -16,6 +16,7 @@
 //!   at apply. **Reads and watches** are checked here, against the auth state this member has
 //!   applied ([`Caller::check`]). **Maintenance and membership** need the root role
 //!   ([`Caller::require_root`]).
+//! - **Guessing** is slowed per source address ([`throttle`]).
 //! - **Secrets** ([`secret`]): passwords are hashed with argon2id on the member that receives them,
 //!   before anything is proposed; tokens are random and only their hashes are replicated.
 //!
@@ -27,6 +28,7 @@
 
 pub mod gate;
 pub mod secret;
+pub mod throttle;
 
 use keel_storage::auth::check::Need;
 use keel_storage::auth::{AuthCommand, AuthError};

@@ -18,7 +18,7 @@ use keel_proto::etcd::etcdserverpb::auth_server::Auth;
 use keel_storage::auth::{AuthCommand, AuthError, PermKind, Permission};
 use keel_storage::{validate_request, Command, CommandResult, Request};
 use tonic::metadata::MetadataMap;
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 
 use super::{error, header};
 use crate::auth::{secret, status, Caller};
@@ -27,6 +27,8 @@ use crate::service::deadline;
 
 pub struct EtcdAuth {
     pub node: Arc<Node>,
+    /// Failed logins per source address (see [`crate::auth::throttle`]).
+    pub throttle: crate::auth::throttle::Throttle,
 }
 
 /// A hash to check passwords of unknown users against, so that a wrong user name costs as much
@@ -146,6 +148,13 @@ impl Auth for EtcdAuth {
         &self,
         req: tonic::Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        use crate::auth::throttle::Verdict;
+        let source = req.remote_addr().map(|a| a.ip());
+        let attempts = &self.node.metrics.auth_attempts;
+        if self.throttle.verdict(source, std::time::Instant::now()) == Verdict::Refuse {
+            attempts.with_label_values(&["throttled"]).inc();
+            return Err(error::status(Code::ResourceExhausted, error::TOO_MANY_REQUESTS));
+        }
         let (metadata, _, r) = req.into_parts();
         let deadline = deadline(&metadata);
         self.node.read_barrier(deadline).await.map_err(error::node)?;
@@ -161,9 +170,14 @@ impl Auth for EtcdAuth {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if !(known && matches) {
-            tracing::info!(user = %r.name, "authentication failed");
+            attempts.with_label_values(&["failure"]).inc();
+            let wait = self.throttle.failed(source, std::time::Instant::now());
+            tracing::info!(user = %r.name, ?source, "authentication failed");
+            tokio::time::sleep(wait).await;
             return Err(status(AuthError::AuthFailed));
         }
+        self.throttle.succeeded(source);
+        attempts.with_label_values(&["success"]).inc();
         let (token, token_hash) = secret::new_token();
         let issued_ms = secret::now_ms();
         let ttl: Duration = self.node.service_limits.auth_token_ttl;

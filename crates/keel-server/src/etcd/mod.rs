@@ -116,7 +116,10 @@ impl Services {
                 guard.clone(),
             ),
             auth: Guarded::new(
-                pb::auth_server::AuthServer::new(auth::EtcdAuth { node: node() }),
+                pb::auth_server::AuthServer::new(auth::EtcdAuth {
+                    node: node(),
+                    throttle: Default::default(),
+                }),
                 guard.clone(),
             ),
             lock: Guarded::new(

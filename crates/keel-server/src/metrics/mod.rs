@@ -84,6 +84,9 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// TLS file reloads by port and result (`success`, `failure`).
     pub tls_reloads: IntCounterVec,
+    /// `Authenticate` calls by result: `success`, `failure` (a wrong name or password),
+    /// `throttled` (refused unchecked: too many failures from the address lately).
+    pub auth_attempts: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -138,6 +141,13 @@ impl Metrics {
                 "Leases this member expired as leader (their keys deleted through Raft).",
             ),
             lease_renewals: counter("lease_renewals_total", "Keep-alives this member answered."),
+            auth_attempts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("auth_attempts_total", "Authenticate calls on this member, by result."),
+                    &["result"],
+                ),
+            ),
             lease_keepalive_streams: gauge(
                 "lease_keepalive_streams",
                 "Lease keep-alive streams open on this member.",
