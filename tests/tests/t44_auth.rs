@@ -547,3 +547,42 @@ async fn metrics_text(cluster: &Cluster, id: u64) -> anyhow::Result<String> {
     s.read_to_string(&mut body).await?;
     Ok(body)
 }
+
+/// Elections (etcd's v3election): campaigning writes the election's key (write permission, at
+/// apply); Leader shows the election's keys (read permission).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elections_need_write_to_campaign_and_read_to_see_the_leader() -> anyhow::Result<()> {
+    use keel_proto::etcd::v3electionpb::{election_client::ElectionClient, CampaignRequest, LeaderRequest};
+    let cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let t = set_up(cluster.channel(leader), cluster.channel(follower)).await?;
+    let (root, rw, ro) = (Some(t.root.as_str()), Some(t.rw.as_str()), Some(t.ro.as_str()));
+    let mut lease = LeaseClient::new(cluster.channel(follower));
+    let id = allowed(
+        lease
+            .lease_grant(req(pb::LeaseGrantRequest { ttl: 60, id: 0 }, rw))
+            .await,
+        "grant",
+    )
+    .id;
+    let mut election = ElectionClient::new(cluster.channel(follower));
+    let campaign = |name: &str| CampaignRequest {
+        name: name.into(),
+        lease: id,
+        value: b"me".to_vec(),
+    };
+    denied(election.campaign(req(campaign("app/el"), ro)).await, "campaign by ro");
+    allowed(election.campaign(req(campaign("app/el"), rw)).await, "campaign by rw");
+    allowed(
+        election.campaign(req(campaign("other/el"), root)).await,
+        "campaign by root",
+    );
+    let leader_of = |name: &str| LeaderRequest { name: name.into() };
+    allowed(election.leader(req(leader_of("app/el"), ro)).await, "leader by ro");
+    denied(
+        election.leader(req(leader_of("other/el"), ro)).await,
+        "leader outside ro's keys",
+    );
+    cluster.shutdown().await
+}

@@ -115,6 +115,7 @@ impl Election for ElectionService {
             return Err(fail(node, NodeError::InvalidArgument("the name is empty".into())));
         }
         node.read_barrier(deadline).await.map_err(|e| fail(node, e))?;
+        may_read(node, &req.name)?;
         let (kv, revision) = queue::first(node, &req.name).map_err(|e| fail(node, e))?;
         let kv = kv.ok_or_else(|| fail(node, NodeError::FailedPrecondition("election: no leader".into())))?;
         Ok(respond(
@@ -134,6 +135,7 @@ impl Election for ElectionService {
         if name.is_empty() {
             return Err(fail(&node, NodeError::InvalidArgument("the name is empty".into())));
         }
+        may_read(&node, &name)?;
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BUFFER);
         let stopping = node.stopping.clone();
         self.node.spawn(async move {
@@ -189,4 +191,11 @@ impl Election for ElectionService {
             },
         ))
     }
+}
+
+/// Leader and Observe show the election's keys: the caller needs read on them (see
+/// `crate::auth`).
+fn may_read(node: &Node, name: &[u8]) -> Result<(), Status> {
+    let keys = keel_storage::KeyRange::Prefix(queue::prefix_of(name));
+    crate::auth::Caller::current().check(node, keel_storage::auth::check::Need::Read, &keys)
 }
