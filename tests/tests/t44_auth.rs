@@ -586,3 +586,90 @@ async fn elections_need_write_to_campaign_and_read_to_see_the_leader() -> anyhow
     );
     cluster.shutdown().await
 }
+
+/// `--max-lock-waiters-per-user`: one user's waiting lockers are bounded on a member (etcd's
+/// "too many requests", counted in `keel_limit_refusals_total`); another user still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_users_waiting_lockers_are_bounded() -> anyhow::Result<()> {
+    use keel_proto::etcd::v3lockpb::{lock_client::LockClient, LockRequest};
+    let options = Options {
+        flags: vec!["--max-lock-waiters-per-user".into(), "1".into()],
+        ..Default::default()
+    };
+    let cluster = Cluster::start(Backend::InProcess, options).await?;
+    let leader = cluster.wait_for_leader(LIMIT).await?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let t = set_up(cluster.channel(leader), cluster.channel(follower)).await?;
+    let mut lease = LeaseClient::new(cluster.channel(leader));
+    let mut grant = async |token: &str| -> anyhow::Result<i64> {
+        let r = lease
+            .lease_grant(req(pb::LeaseGrantRequest { ttl: 60, id: 0 }, Some(token)))
+            .await?;
+        Ok(r.into_inner().id)
+    };
+    let (l1, l2, l3, l4) = (
+        grant(&t.rw).await?,
+        grant(&t.rw).await?,
+        grant(&t.rw).await?,
+        grant(&t.root).await?,
+    );
+    let lock = |lease: i64| LockRequest {
+        name: b"app/l".to_vec(),
+        lease,
+    };
+    let mut locks = LockClient::new(cluster.channel(leader));
+    allowed(locks.lock(req(lock(l1), Some(&t.rw))).await, "the first lock is held");
+    // rw's second locker waits (its one allowed waiter) ...
+    let waiting = {
+        let mut locks = locks.clone();
+        let token = t.rw.clone();
+        tokio::spawn(async move { locks.lock(req(lock(l2), Some(&token))).await })
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let text = metrics_text(&cluster, leader).await?;
+        if text
+            .lines()
+            .any(|l| l.starts_with("keel_lock_waiters{") && l.ends_with(" 1"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second locker never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... its third is refused ...
+    let third = tokio::time::timeout(LIMIT, locks.lock(req(lock(l3), Some(&t.rw))))
+        .await
+        .expect("the third locker was made to wait, not refused");
+    refused(
+        third,
+        Code::ResourceExhausted,
+        "etcdserver: too many requests",
+        "a second waiting locker of one user",
+    );
+    // ... while root may still wait.
+    let root_waits = {
+        let mut locks = locks.clone();
+        let token = t.root.clone();
+        tokio::spawn(async move { locks.lock(req(lock(l4), Some(&token))).await })
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let text = metrics_text(&cluster, leader).await?;
+        if text
+            .lines()
+            .any(|l| l.starts_with("keel_lock_waiters{") && l.ends_with(" 2"))
+        {
+            let counted = text
+                .lines()
+                .any(|l| l.starts_with("keel_limit_refusals_total{") && l.contains("lock_waiters_per_user"));
+            assert!(counted, "the refusal is counted");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "root's locker never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    waiting.abort();
+    root_waits.abort();
+    cluster.shutdown().await
+}

@@ -106,6 +106,9 @@ pub struct Settings {
     /// Lockers and campaigners waiting on this member at once.
     #[arg(long, env = "KEEL_MAX_LOCK_WAITERS", default_value_t = ServiceLimits::default().max_lock_waiters)]
     pub max_lock_waiters: i64,
+    /// Lockers and campaigners of one user waiting on this member at once (with auth enabled).
+    #[arg(long, env = "KEEL_MAX_LOCK_WAITERS_PER_USER", default_value_t = ServiceLimits::default().max_lock_waiters_per_user)]
+    pub max_lock_waiters_per_user: u32,
     /// Lease keep-alive streams this member serves at once (each can renew many leases).
     #[arg(long, env = "KEEL_MAX_KEEPALIVE_STREAMS", default_value_t = ServiceLimits::default().max_keepalive_streams)]
     pub max_keepalive_streams: i64,
@@ -256,6 +259,7 @@ pub struct ServiceLimits {
     pub max_watch_streams: i64,
     pub max_keepalive_streams: i64,
     pub max_lock_waiters: i64,
+    pub max_lock_waiters_per_user: u32,
     /// How long an authentication token lasts from its issue.
     pub auth_token_ttl: Duration,
 }
@@ -267,6 +271,7 @@ impl Default for ServiceLimits {
             max_watch_streams: 10_000,
             max_keepalive_streams: 10_000,
             max_lock_waiters: 10_000,
+            max_lock_waiters_per_user: 1_000,
             auth_token_ttl: Duration::from_secs(600),
         }
     }
@@ -426,6 +431,7 @@ impl Config {
                 max_watch_streams: s.max_watch_streams,
                 max_keepalive_streams: s.max_keepalive_streams,
                 max_lock_waiters: s.max_lock_waiters,
+                max_lock_waiters_per_user: s.max_lock_waiters_per_user,
                 auth_token_ttl,
             },
             backup,

@@ -153,7 +153,8 @@ impl Auth for EtcdAuth {
         let attempts = &self.node.metrics.auth_attempts;
         if self.throttle.verdict(source, std::time::Instant::now()) == Verdict::Refuse {
             attempts.with_label_values(&["throttled"]).inc();
-            return Err(error::status(Code::ResourceExhausted, error::TOO_MANY_REQUESTS));
+            let refusal = error::status(Code::ResourceExhausted, error::TOO_MANY_REQUESTS);
+            return Err(self.node.metrics.refused("auth_attempts", refusal));
         }
         let (metadata, _, r) = req.into_parts();
         let deadline = deadline(&metadata);

@@ -87,6 +87,9 @@ pub struct Metrics {
     /// `Authenticate` calls by result: `success`, `failure` (a wrong name or password),
     /// `throttled` (refused unchecked: too many failures from the address lately).
     pub auth_attempts: IntCounterVec,
+    /// Requests refused by a limit against abuse, by limit (`watch_streams`, `watches_per_stream`,
+    /// `keepalive_streams`, `leases`, `lock_waiters`, `lock_waiters_per_user`, `auth_attempts`).
+    pub limit_refusals: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to about 26 s.
@@ -141,6 +144,13 @@ impl Metrics {
                 "Leases this member expired as leader (their keys deleted through Raft).",
             ),
             lease_renewals: counter("lease_renewals_total", "Keep-alives this member answered."),
+            limit_refusals: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("limit_refusals_total", "Requests refused by a limit, by limit."),
+                    &["limit"],
+                ),
+            ),
             auth_attempts: register(
                 r,
                 IntCounterVec::new(
@@ -388,6 +398,14 @@ where
 
 /// A gauge raised for as long as this lives (an open stream, a watch).
 pub struct Gauge(IntGauge);
+
+impl Metrics {
+    /// Count a refusal by `limit` and hand `e` on.
+    pub fn refused<E>(&self, limit: &str, e: E) -> E {
+        self.limit_refusals.with_label_values(&[limit]).inc();
+        e
+    }
+}
 
 impl Gauge {
     pub fn up(g: &IntGauge) -> Gauge {

@@ -84,6 +84,8 @@ pub struct Node {
     pub(crate) stopping: CancellationToken,
     /// Every background task, so that shutdown can wait for them all to end.
     pub(crate) tasks: TaskTracker,
+    /// Lockers and campaigners waiting on this member, by user (`--max-lock-waiters-per-user`).
+    pub(crate) waiters_by_user: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// What a node is built from: its storage, its peers and its settings, each made by `server.rs`.
@@ -162,6 +164,7 @@ impl Node {
             cancel,
             stopping: CancellationToken::new(),
             tasks,
+            waiters_by_user: Default::default(),
         })
     }
 

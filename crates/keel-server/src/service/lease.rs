@@ -97,12 +97,10 @@ impl Lease for LeaseService {
         // tick, and every member a deadline.
         let max = node.service_limits.max_leases;
         if node.leases.len() >= max {
-            return Err(fail(
-                node,
-                NodeError::LimitReached(format!(
-                    "the cluster holds {max} leases, its limit (--max-leases); revoke some, or share one lease among keys"
-                )),
+            let e = NodeError::LimitReached(format!(
+                "the cluster holds {max} leases, its limit (--max-leases); revoke some, or share one lease among keys"
             ));
+            return Err(fail(node, node.metrics.refused("leases", e)));
         }
         let ttl = req.ttl.max(min_ttl_secs(node));
         let ttl_ms = (ttl as u64).saturating_mul(1000);
@@ -253,10 +251,13 @@ where
 {
     let max = node.service_limits.max_keepalive_streams;
     let open = Gauge::up_within(&node.metrics.lease_keepalive_streams, max).ok_or_else(|| {
-        NodeError::LimitReached(format!(
-            "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
-            node.id
-        ))
+        node.metrics.refused(
+            "keepalive_streams",
+            NodeError::LimitReached(format!(
+                "member {} serves {max} keep-alive streams already (--max-keepalive-streams); keep many leases alive over one stream, or use another member",
+                node.id
+            )),
+        )
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
     let stopping = node.stopping.clone();

@@ -17,15 +17,64 @@ pub struct LockService {
     pub node: Arc<Node>,
 }
 
+/// A waiter counted (see [`waiter`]), until dropped.
+pub struct Waiting {
+    _gauge: Gauge,
+    /// The member and the user it is counted against.
+    user: Option<(Arc<Node>, String)>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some((node, user)) = &self.user {
+            let mut by_user = node.waiters_by_user.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = by_user.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    by_user.remove(user);
+                }
+            }
+        }
+    }
+}
+
 /// Count a waiter (a locker, a campaigner) for as long as it waits, unless this member holds
-/// `--max-lock-waiters` already.
-pub fn waiter(node: &Node) -> Result<Gauge, NodeError> {
+/// `--max-lock-waiters` already, or the caller's user `--max-lock-waiters-per-user`.
+pub fn waiter(node: &Node) -> Result<Waiting, NodeError> {
     let max = node.service_limits.max_lock_waiters;
-    Gauge::up_within(&node.metrics.lock_waiters, max).ok_or_else(|| {
-        NodeError::LimitReached(format!(
-            "member {} has {max} lockers and campaigners waiting already (--max-lock-waiters); try another member or later",
-            node.id
-        ))
+    let gauge = Gauge::up_within(&node.metrics.lock_waiters, max).ok_or_else(|| {
+        node.metrics.refused(
+            "lock_waiters",
+            NodeError::LimitReached(format!(
+                "member {} has {max} lockers and campaigners waiting already (--max-lock-waiters); try another member or later",
+                node.id
+            )),
+        )
+    })?;
+    let Some(user) = crate::auth::Caller::current().user else {
+        return Ok(Waiting {
+            _gauge: gauge,
+            user: None,
+        });
+    };
+    let max = node.service_limits.max_lock_waiters_per_user;
+    {
+        let mut by_user = node.waiters_by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_user.entry(user.clone()).or_default();
+        if *n >= max {
+            return Err(node.metrics.refused(
+                "lock_waiters_per_user",
+                NodeError::LimitReached(format!(
+                    "user {user} has {max} lockers and campaigners waiting on member {} already (--max-lock-waiters-per-user)",
+                    node.id
+                )),
+            ));
+        }
+        *n += 1;
+    }
+    Ok(Waiting {
+        _gauge: gauge,
+        user: Some((node.shared()?, user)),
     })
 }
 

@@ -81,10 +81,13 @@ where
 {
     let max = node.service_limits.max_watch_streams;
     let open = Gauge::up_within(&node.metrics.watch_streams, max).ok_or_else(|| {
-        NodeError::LimitReached(format!(
-            "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
-            node.id
-        ))
+        node.metrics.refused(
+            "watch_streams",
+            NodeError::LimitReached(format!(
+                "member {} serves {max} watch streams already (--max-watch-streams); put more watches on one stream, or use another member",
+                node.id
+            )),
+        )
     })?;
     let (tx, rx) = mpsc::channel(OUT_BUFFER);
     // The stream's watches are created as the caller's (see `crate::auth`).
@@ -203,7 +206,8 @@ fn create_watch(
         return Err((format!("watch id {id} is in use on this stream"), 0));
     }
     if watches.len() >= MAX_WATCHES_PER_STREAM {
-        return Err((format!("a stream holds at most {MAX_WATCHES_PER_STREAM} watches"), 0));
+        let why = format!("a stream holds at most {MAX_WATCHES_PER_STREAM} watches");
+        return Err((node.metrics.refused("watches_per_stream", why), 0));
     }
     let range = convert::key_range(&c.key, &c.range_end, c.prefix).map_err(|e| (e.to_string(), 0))?;
     keel_storage::validate_range(&RangeOp::new(range.clone()), &node.limits).map_err(|e| (e.to_string(), 0))?;
