@@ -39,7 +39,7 @@ pub fn has_leader(node: &Node) -> bool {
     let rx = node.raft.metrics();
     let m = rx.borrow_watched();
     match m.state {
-        ServerState::Leader => node.quorum_lost(&m).is_none(),
+        ServerState::Leader => node.quorum_unheard(&m).is_none(),
         ServerState::Follower | ServerState::Learner => {
             m.current_leader.is_some()
                 && node

@@ -77,8 +77,24 @@ impl Node {
     /// followers answer slowly, because they write large entries on a busy machine, is not
     /// without a quorum. A lone voter is its own quorum.
     pub(crate) fn quorum_lost(&self, m: &RaftMetrics) -> Option<u64> {
-        let limit = self.quorum_silence_limit();
         let acked = m.last_quorum_acked.map(|t| t.elapsed())?;
+        self.quorum_silence(acked, m)
+    }
+
+    /// [`Node::quorum_lost`], where openraft's "no quorum has acknowledged this leader yet"
+    /// counts as not heard rather than as just elected: for `hasleader` (etcd's leader
+    /// requirement), which waits several election timeouts before it ends a stream. A leader
+    /// elected just before the others died was "with a quorum" for good otherwise (t41 under
+    /// load: a watch that required a leader was never ended). Writes keep the lenient form, so
+    /// that a leader does not refuse them in the moments between its election and the first
+    /// answers.
+    pub(crate) fn quorum_unheard(&self, m: &RaftMetrics) -> Option<u64> {
+        let acked = m.last_quorum_acked.map_or(Duration::MAX, |t| t.elapsed());
+        self.quorum_silence(acked, m)
+    }
+
+    fn quorum_silence(&self, acked: Duration, m: &RaftMetrics) -> Option<u64> {
+        let limit = self.quorum_silence_limit();
         if acked <= limit {
             return None;
         }
