@@ -21,11 +21,16 @@ const TOKEN: &str = "token";
 const AUTHORIZATION: &str = "authorization";
 
 /// The caller a request's credential names now: its token (in `headers`), else `cert_user` (the
-/// common name of the client certificate the TLS handshake verified); nobody while auth is
-/// disabled or without either; an error for a token that is unknown or expired.
-pub fn authenticate(node: &Node, headers: &http::HeaderMap, cert_user: Option<&str>) -> Result<Caller, tonic::Status> {
-    let auth = node.reader.auth();
-    if !auth.state.enabled {
+/// common name of the client certificate the TLS handshake verified, looked up only then);
+/// nobody while auth is disabled or without either; an error for a token that is unknown or
+/// expired.
+pub fn authenticate(
+    node: &Node,
+    headers: &http::HeaderMap,
+    cert_user: impl FnOnce() -> Option<String>,
+) -> Result<Caller, tonic::Status> {
+    // Every client request passes here: with auth disabled, one atomic load and nothing else.
+    if !node.reader.auth_enabled() {
         return Ok(Caller::default());
     }
     let raw = headers.get(TOKEN).or_else(|| headers.get(AUTHORIZATION));
@@ -33,10 +38,11 @@ pub fn authenticate(node: &Node, headers: &http::HeaderMap, cert_user: Option<&s
         // No token: the common name of a client certificate that the client port verified
         // (`--client-cert-auth`), as etcd does.
         return Ok(Caller {
-            user: cert_user.map(str::to_string),
+            user: cert_user(),
             token: None,
         });
     };
+    let auth = node.reader.auth();
     let token = raw.to_str().map_err(|_| status(AuthError::InvalidAuthToken))?;
     let token = token.strip_prefix("Bearer ").unwrap_or(token);
     let hash = secret::token_hash(token);
@@ -93,12 +99,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let cert_user = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
-            .and_then(|certs| certs.first().and_then(|leaf| common_name(leaf)));
-        match authenticate(&self.node, req.headers(), cert_user.as_deref()) {
+        let cert_user = || {
+            req.extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.peer_certs())
+                .and_then(|certs| certs.first().and_then(|leaf| common_name(leaf)))
+        };
+        match authenticate(&self.node, req.headers(), cert_user) {
             Ok(caller) => Box::pin(caller.scope(self.inner.call(req))),
             Err(refused) => Box::pin(std::future::ready(Ok(refused.into_http()))),
         }

@@ -170,6 +170,8 @@ pub(crate) struct SmShared {
     floor: AtomicU64,
     /// Users, roles and tokens as of the applied state (see [`crate::auth`]).
     auth: RwLock<AuthView>,
+    /// `auth.state.enabled`, read without the lock: every client request asks it first.
+    auth_enabled: std::sync::atomic::AtomicBool,
 }
 
 /// How far the state machine has got, for the log store: it never purges entries the state
@@ -215,7 +217,9 @@ impl SmShared {
     }
 
     fn set_auth(&self, view: AuthView) {
+        let enabled = view.state.enabled;
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = view;
+        self.auth_enabled.store(enabled, Ordering::Release);
     }
 
     fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), usize>> {
@@ -337,6 +341,7 @@ impl StateMachine {
             recent: recent::Recent::default(),
             compactions: tokio::sync::watch::Sender::new(meta.compacted),
             floor: AtomicU64::new(floor),
+            auth_enabled: std::sync::atomic::AtomicBool::new(auth.state.enabled),
             auth: RwLock::new(auth.clone()),
         });
         shared.publish(&meta);

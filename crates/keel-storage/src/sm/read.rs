@@ -47,6 +47,12 @@ impl KvReader {
         KvReader { shared }
     }
 
+    /// Is authentication enabled in the applied state? (Without the lock and the copies of
+    /// [`KvReader::auth`].)
+    pub fn auth_enabled(&self) -> bool {
+        self.shared.auth_enabled.load(Ordering::Acquire)
+    }
+
     /// Users, roles and tokens as of the applied state (see [`crate::auth`]).
     pub fn auth(&self) -> super::AuthView {
         self.shared.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
