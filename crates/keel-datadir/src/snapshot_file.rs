@@ -12,6 +12,8 @@
 //! 2 (session)   | client_id u64 | seq u64 | last_index u64 | response_len u32 | response
 //! 3 (lease)     | id u64 | ttl_ms u64 | remaining_ms u64 | epoch u64 | granted_revision u64
 //! 4 (lease key) | id u64 | key_len u32 | key
+//! 5 (auth)      | len u32 | the auth state (keel-storage's encoding)
+//! 6 (lease with an owner) | the fields of 3 | owner_len u32 | owner (UTF-8, the user who granted it)
 //! ```
 //! where a session's `response` is the state machine's encoding of the response it remembers
 //! (keel-storage's `codec`: a format byte, then postcard), or empty if it remembered none; this
@@ -43,6 +45,7 @@ const REC_SESSION: u8 = 2;
 const REC_LEASE: u8 = 3;
 const REC_LEASE_KEY: u8 = 4;
 const REC_AUTH: u8 = 5;
+const REC_OWNED_LEASE: u8 = 6;
 /// Records are cut into blocks of about this many bytes.
 const BLOCK_TARGET: usize = 64 * 1024;
 /// A block length beyond this is corruption, not data (keys ≤ 4 KiB, values ≤ a few MiB).
@@ -90,13 +93,16 @@ pub struct SnapshotSession {
 }
 
 /// A lease as stored in a snapshot: see keel-storage's `sm::leases`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotLease {
     pub id: u64,
     pub ttl_ms: u64,
     pub remaining_ms: u64,
     pub epoch: u64,
     pub granted_revision: u64,
+    /// The user who granted it, with authentication enabled (a record of kind 6; kind 3 without
+    /// one, so files without owners stay readable by releases before owners).
+    pub owner: Option<String>,
 }
 
 /// One record of a snapshot file.
@@ -192,7 +198,11 @@ impl<W: Write> SnapshotWriter<W> {
     /// Add one lease.
     pub fn push_lease(&mut self, lease: &SnapshotLease) -> io::Result<()> {
         let b = &mut self.block;
-        b.push(REC_LEASE);
+        b.push(if lease.owner.is_some() {
+            REC_OWNED_LEASE
+        } else {
+            REC_LEASE
+        });
         for n in [
             lease.id,
             lease.ttl_ms,
@@ -201,6 +211,10 @@ impl<W: Write> SnapshotWriter<W> {
             lease.granted_revision,
         ] {
             b.extend_from_slice(&n.to_le_bytes());
+        }
+        if let Some(owner) = &lease.owner {
+            b.extend_from_slice(&(owner.len() as u32).to_le_bytes());
+            b.extend_from_slice(owner.as_bytes());
         }
         self.record_added()
     }
@@ -419,7 +433,7 @@ impl<R: Read> SnapshotReader<R> {
         let record = match take(&mut cur, 1)?[0] {
             REC_KV => SnapshotRecord::Kv(decode_kv(&mut cur)?),
             REC_SESSION => SnapshotRecord::Session(decode_session(&mut cur)?),
-            REC_LEASE => {
+            kind @ (REC_LEASE | REC_OWNED_LEASE) => {
                 let mut n = [0u64; 5];
                 for v in &mut n {
                     *v = take_u64(&mut cur)?;
@@ -428,12 +442,23 @@ impl<R: Read> SnapshotReader<R> {
                 if id == 0 || ttl_ms == 0 || remaining_ms > ttl_ms {
                     return Err(corrupt("lease record has impossible values"));
                 }
+                let owner = if kind == REC_OWNED_LEASE {
+                    let len = take_len(&mut cur)?;
+                    let owner = take(&mut cur, len)?;
+                    match std::str::from_utf8(owner) {
+                        Ok(o) if !o.is_empty() => Some(o.to_string()),
+                        _ => return Err(corrupt("lease owner is empty or not UTF-8")),
+                    }
+                } else {
+                    None
+                };
                 SnapshotRecord::Lease(SnapshotLease {
                     id,
                     ttl_ms,
                     remaining_ms,
                     epoch,
                     granted_revision,
+                    owner,
                 })
             }
             REC_LEASE_KEY => {
@@ -645,6 +670,7 @@ mod tests {
             remaining_ms: 500 * id,
             epoch: id,
             granted_revision: 3,
+            owner: id.is_multiple_of(2).then(|| format!("user-{id}")),
         };
         let mut w = SnapshotWriter::new(Vec::new(), &header()).unwrap();
         w.push(&kv(1)).unwrap();
@@ -675,6 +701,10 @@ mod tests {
             SnapshotLease { ttl_ms: 0, ..lease(1) },
             SnapshotLease {
                 remaining_ms: 5000,
+                ..lease(1)
+            },
+            SnapshotLease {
+                owner: Some(String::new()),
                 ..lease(1)
             },
         ] {

@@ -115,13 +115,14 @@ fn record() -> impl Strategy<Value = SnapshotRecord> {
                 response,
             })
         }),
-        1 => (0u64..4, gen::edge_u64(), gen::edge_u64(), any::<u64>(), any::<u64>()).prop_map(|(id, ttl_ms, r, epoch, g)| {
+        1 => (0u64..4, gen::edge_u64(), gen::edge_u64(), any::<u64>(), any::<u64>(), prop::option::of("[a-z]{0,3}")).prop_map(|(id, ttl_ms, r, epoch, g, owner)| {
             SnapshotRecord::Lease(SnapshotLease {
                 id,
                 ttl_ms,
                 remaining_ms: r % ttl_ms.max(1),
                 epoch,
                 granted_revision: g,
+                owner,
             })
         }),
         1 => (0u64..4, gen::key()).prop_map(|(lease, key)| SnapshotRecord::LeaseKey { lease, key }),
@@ -216,6 +217,7 @@ fn loadable_file() -> impl Strategy<Value = (SnapshotHeader, Vec<SnapshotRecord>
                     remaining_ms: r % (ttl_ms + 1),
                     epoch: 1,
                     granted_revision: g,
+                    owner: g.is_multiple_of(2).then(|| format!("user{}", g % 5)),
                 })
             }));
             records.extend(

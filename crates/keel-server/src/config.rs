@@ -100,6 +100,14 @@ pub struct Settings {
     /// Leases the cluster holds at most; grants beyond are refused with ResourceExhausted.
     #[arg(long, env = "KEEL_MAX_LEASES", default_value_t = ServiceLimits::default().max_leases)]
     pub max_leases: usize,
+    /// Leases one user holds at most (with auth enabled); grants beyond are refused with
+    /// ResourceExhausted.
+    #[arg(long, env = "KEEL_MAX_LEASES_PER_USER", default_value_t = ServiceLimits::default().max_leases_per_user)]
+    pub max_leases_per_user: usize,
+    /// Calls (HTTP/2 streams) in progress at once on one client connection; one more is refused
+    /// with ResourceExhausted.
+    #[arg(long, env = "KEEL_MAX_CONCURRENT_STREAMS", default_value_t = ServiceLimits::default().max_concurrent_streams)]
+    pub max_concurrent_streams: u32,
     /// Watch streams this member serves at once (each carries up to 1024 watches).
     #[arg(long, env = "KEEL_MAX_WATCH_STREAMS", default_value_t = ServiceLimits::default().max_watch_streams)]
     pub max_watch_streams: i64,
@@ -256,6 +264,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceLimits {
     pub max_leases: usize,
+    pub max_leases_per_user: usize,
+    pub max_concurrent_streams: u32,
     pub max_watch_streams: i64,
     pub max_keepalive_streams: i64,
     pub max_lock_waiters: i64,
@@ -268,6 +278,8 @@ impl Default for ServiceLimits {
     fn default() -> Self {
         ServiceLimits {
             max_leases: 100_000,
+            max_leases_per_user: 10_000,
+            max_concurrent_streams: 1_000,
             max_watch_streams: 10_000,
             max_keepalive_streams: 10_000,
             max_lock_waiters: 10_000,
@@ -396,6 +408,9 @@ impl Config {
                 s.max_batch
             )));
         }
+        if s.max_concurrent_streams == 0 {
+            return Err(err("--max-concurrent-streams must be positive"));
+        }
         if !(1..=1_000_000).contains(&s.max_queued_writes) {
             return Err(err(format!(
                 "--max-queued-writes must be between 1 and 1000000, got {}",
@@ -428,6 +443,8 @@ impl Config {
             limits,
             service_limits: ServiceLimits {
                 max_leases: s.max_leases,
+                max_leases_per_user: s.max_leases_per_user,
+                max_concurrent_streams: s.max_concurrent_streams,
                 max_watch_streams: s.max_watch_streams,
                 max_keepalive_streams: s.max_keepalive_streams,
                 max_lock_waiters: s.max_lock_waiters,

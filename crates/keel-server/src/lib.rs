@@ -50,6 +50,7 @@ pub mod raft;
 pub mod read;
 pub mod server;
 pub mod service;
+pub mod streams;
 pub mod tls;
 pub mod write;
 

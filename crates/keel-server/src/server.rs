@@ -300,6 +300,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<NodeHandle, S
         .tcp_nodelay(true)
         .layer(crate::metrics::GrpcMetricsLayer(metrics.clone()))
         .layer(crate::auth::gate::AuthnLayer(node.clone()))
+        .layer(crate::streams::StreamLimitLayer::new(
+            config.service_limits.max_concurrent_streams,
+            metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

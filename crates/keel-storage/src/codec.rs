@@ -40,6 +40,9 @@ pub const LEASE_PREFIX: u8 = b'l';
 pub const LEASE_KEY_PREFIX: u8 = b'a';
 /// Prefix of the lease a key is attached to (`b'b' ‖ key` → lease id, 8 bytes big-endian).
 pub const KEY_LEASE_PREFIX: u8 = b'b';
+/// Prefix of lease owners (`b'o' ‖ lease id` → the user who granted it, UTF-8), written only
+/// for leases granted by an authenticated user.
+pub const LEASE_OWNER_PREFIX: u8 = b'o';
 
 /// Errors decoding stored bytes. Any of these means the data on disk is not what keel wrote.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +231,11 @@ pub fn preserved_session_key(client_id: u64, last_index: u64) -> [u8; 17] {
 pub fn split_preserved_session_key(k: &[u8]) -> Result<(u64, u64), DecodeError> {
     let [client_id, last_index] = split_u64s(SESSION_PRESERVED_PREFIX, k)?;
     Ok((client_id, last_index))
+}
+
+/// The key of lease `id`'s owner.
+pub fn lease_owner_key(id: u64) -> [u8; 9] {
+    prefixed_u64s(LEASE_OWNER_PREFIX, &[id])
 }
 
 /// The key of lease `id`'s record.

@@ -274,3 +274,60 @@ fn validation_refuses_what_clients_must_not_send() {
     assert_eq!(validate_request(&empty_key, &limits), Err(InvalidRequest::EmptyKey));
     assert!(validate_request(&as_user("alice", put("k")), &limits).is_ok());
 }
+
+fn grant(id: u64) -> Command {
+    Command::LeaseGrant(LeaseGrant { id, ttl_ms: 60_000 })
+}
+
+fn owners(n: &Node) -> Vec<(LeaseId, Option<String>)> {
+    let mut all: Vec<_> = n
+        .store
+        .sm
+        .reader()
+        .leases()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.id, l.owner))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The per-user lease limit (keel-server) counts the leases each user granted: every member
+/// must know them, after snapshots and restarts too, and forget them with the lease.
+#[tokio::test]
+async fn a_lease_is_recorded_as_its_granters_on_every_replica_until_it_goes() {
+    let mut src = with_users().await;
+    assert!(matches!(
+        src.send(as_user("alice", grant(1))).await.result,
+        CommandResult::Lease(LeaseResult::Granted { .. })
+    ));
+    src.send(as_user(ROOT, grant(2))).await;
+    let want = vec![(1, Some("alice".to_string())), (2, Some(ROOT.to_string()))];
+    assert_eq!(owners(&src), want);
+    let (one, _) = src.store.sm.reader().lease(1).unwrap().expect("lease 1");
+    assert_eq!(one.owner.as_deref(), Some("alice"));
+
+    let (meta, bytes) = build(&mut src.store).await;
+    let mut dst = Node::with_defaults();
+    install(&mut dst.store, &meta, &bytes).await;
+    assert_eq!(owners(&dst), want, "after a snapshot install");
+    let mut dst = dst.reopen().await;
+    assert_eq!(owners(&dst), want, "after a restart");
+
+    // A revoke forgets the owner on both, byte for byte.
+    dst.index = src.index;
+    for n in [&mut src, &mut dst] {
+        let revoke = Command::LeaseRevoke(LeaseRef { id: 1 });
+        assert!(matches!(
+            n.send(as_user("alice", revoke)).await.result,
+            CommandResult::Lease(LeaseResult::Revoked { .. })
+        ));
+        assert_eq!(owners(n), vec![(2, Some(ROOT.to_string()))]);
+        let records = raw_prefix(&n.store, keel_storage::codec::LEASE_OWNER_PREFIX);
+        assert_eq!(
+            records,
+            vec![(codec::lease_owner_key(2).to_vec(), ROOT.as_bytes().to_vec())]
+        );
+    }
+}

@@ -279,7 +279,12 @@ async fn leases_travel_in_snapshots_and_survive_restarts() {
     assert_eq!(a, b);
     assert_eq!(all_kvs(&src.store), all_kvs(&dst.store));
     // The lease indexes too, byte for byte: the revoked lease's keys are detached on both.
-    for prefix in [codec::KEY_LEASE_PREFIX, codec::LEASE_KEY_PREFIX, codec::LEASE_PREFIX] {
+    for prefix in [
+        codec::KEY_LEASE_PREFIX,
+        codec::LEASE_KEY_PREFIX,
+        codec::LEASE_PREFIX,
+        codec::LEASE_OWNER_PREFIX,
+    ] {
         assert_eq!(raw_prefix(&src.store, prefix), raw_prefix(&dst.store, prefix));
     }
     assert_eq!(
@@ -287,7 +292,8 @@ async fn leases_travel_in_snapshots_and_survive_restarts() {
         [LeaseEvent {
             id: 2,
             remaining_ms: None,
-            epoch: 0
+            epoch: 0,
+            owner: None,
         }]
     );
     // Everything is still there after a restart.

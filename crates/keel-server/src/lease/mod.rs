@@ -13,6 +13,12 @@
 //! renewal got in first. It also proposes checkpoints of every lease's remaining time now and
 //! then, so that a member that restarts (and starts every lease at "now + the last recorded
 //! remaining time") does not give leases much more than they had.
+//!
+//! The table also knows who granted each lease (an authenticated user, when auth is enabled),
+//! for `--max-leases-per-user`. Like `--max-leases`, that limit is checked by the member that
+//! takes the grant, against the leases it has applied, not at apply: a limit is a member's
+//! setting, and apply must do the same on every member whatever their settings. Grants racing
+//! each other through different members can pass it by a few.
 
 pub mod expiry;
 
@@ -23,17 +29,53 @@ use std::time::{Duration, Instant};
 use keel_storage::{LeaseCheckpoint, LeaseEvent, LeaseId, LeaseInfo, Observer};
 
 /// One lease's deadline on this member.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Deadline {
     at: Instant,
     epoch: u64,
     /// When this member last proposed the lease's expiry (as leader), to propose it once.
     proposed: Option<Instant>,
+    /// The user who granted it, if any.
+    owner: Option<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Table {
+    deadlines: HashMap<LeaseId, Deadline>,
+    /// Leases by owner; users without leases have no entry.
+    owned: HashMap<Arc<str>, usize>,
+}
+
+impl Table {
+    fn insert(&mut self, id: LeaseId, deadline: Deadline) {
+        if let Some(owner) = &deadline.owner {
+            *self.owned.entry(owner.clone()).or_default() += 1;
+        }
+        if let Some(old) = self.deadlines.insert(id, deadline) {
+            self.disown(&old);
+        }
+    }
+
+    fn remove(&mut self, id: LeaseId) {
+        if let Some(old) = self.deadlines.remove(&id) {
+            self.disown(&old);
+        }
+    }
+
+    fn disown(&mut self, d: &Deadline) {
+        let Some(owner) = &d.owner else { return };
+        if let Some(n) = self.owned.get_mut(owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(owner);
+            }
+        }
+    }
 }
 
 /// Every lease's deadline on this member.
 pub struct LeaseTable {
-    deadlines: Mutex<HashMap<LeaseId, Deadline>>,
+    table: Mutex<Table>,
 }
 
 /// An expiry proposed this long ago without effect (the proposal failed, or leadership moved
@@ -44,50 +86,53 @@ impl LeaseTable {
     /// The table of `leases`, each starting now.
     pub fn new(leases: &[LeaseInfo]) -> Arc<Self> {
         let table = Arc::new(LeaseTable {
-            deadlines: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         });
         table.reload(leases);
         table
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Deadline>> {
-        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Take `leases` as every lease there is; each gets "now + its recorded remaining time".
     pub fn reload(&self, leases: &[LeaseInfo]) {
         let now = Instant::now();
-        let fresh = leases
-            .iter()
-            .map(|l| {
-                let deadline = Deadline {
-                    at: now + Duration::from_millis(l.lease.remaining_ms),
-                    epoch: l.lease.epoch,
-                    proposed: None,
-                };
-                (l.id, deadline)
-            })
-            .collect();
+        let mut fresh = Table::default();
+        for l in leases {
+            let deadline = Deadline {
+                at: now + Duration::from_millis(l.lease.remaining_ms),
+                epoch: l.lease.epoch,
+                proposed: None,
+                owner: l.owner.as_deref().map(Arc::from),
+            };
+            fresh.insert(l.id, deadline);
+        }
         *self.lock() = fresh;
     }
 
     /// Apply what an entry did to leases, at this moment.
     pub fn changed(&self, events: &[LeaseEvent]) {
         let now = Instant::now();
-        let mut deadlines = self.lock();
+        let mut table = self.lock();
         for e in events {
             match e.remaining_ms {
                 Some(ms) => {
+                    // Only a grant names an owner; a renewal or checkpoint keeps the one it had.
+                    let owner = match &e.owner {
+                        Some(o) => Some(Arc::from(o.as_str())),
+                        None => table.deadlines.get(&e.id).and_then(|d| d.owner.clone()),
+                    };
                     let deadline = Deadline {
                         at: now + Duration::from_millis(ms),
                         epoch: e.epoch,
                         proposed: None,
+                        owner,
                     };
-                    deadlines.insert(e.id, deadline);
+                    table.insert(e.id, deadline);
                 }
-                None => {
-                    deadlines.remove(&e.id);
-                }
+                None => table.remove(e.id),
             }
         }
     }
@@ -95,25 +140,30 @@ impl LeaseTable {
     /// Time left for lease `id` on this member's clock (zero once its deadline passed), or
     /// `None` if this member does not know the lease.
     pub fn remaining(&self, id: LeaseId) -> Option<Duration> {
-        let at = self.lock().get(&id)?.at;
+        let at = self.lock().deadlines.get(&id)?.at;
         Some(at.saturating_duration_since(Instant::now()))
     }
 
     /// Whether there are no leases.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().deadlines.is_empty()
     }
 
     /// How many leases there are.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().deadlines.len()
+    }
+
+    /// How many leases `user` granted.
+    pub fn owned_by(&self, user: &str) -> usize {
+        self.lock().owned.get(user).copied().unwrap_or(0)
     }
 
     /// The leases whose deadline has passed at `now` and whose expiry is not proposed yet (or was
     /// proposed long ago), with their epochs; marks them proposed.
     pub fn due(&self, now: Instant) -> Vec<(LeaseId, u64)> {
         let mut due = Vec::new();
-        for (id, d) in self.lock().iter_mut() {
+        for (id, d) in self.lock().deadlines.iter_mut() {
             let fresh = d.proposed.is_none_or(|p| now.duration_since(p) >= PROPOSE_AGAIN);
             if d.at <= now && fresh {
                 d.proposed = Some(now);
@@ -127,6 +177,7 @@ impl LeaseTable {
     pub fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
         let mut points: Vec<LeaseCheckpoint> = self
             .lock()
+            .deadlines
             .iter()
             .map(|(id, d)| LeaseCheckpoint {
                 id: *id,

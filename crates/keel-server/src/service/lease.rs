@@ -102,6 +102,15 @@ impl Lease for LeaseService {
             ));
             return Err(fail(node, node.metrics.refused("leases", e)));
         }
+        if let Some(user) = crate::auth::Caller::current().user {
+            let max = node.service_limits.max_leases_per_user;
+            if node.leases.owned_by(&user) >= max {
+                let e = NodeError::LimitReached(format!(
+                    "user {user} holds {max} leases, its limit (--max-leases-per-user); revoke some, or share one lease among keys"
+                ));
+                return Err(fail(node, node.metrics.refused("leases_per_user", e)));
+            }
+        }
         let ttl = req.ttl.max(min_ttl_secs(node));
         let ttl_ms = (ttl as u64).saturating_mul(1000);
         let chosen = req.id != 0;

@@ -68,12 +68,15 @@ struct KeyState {
 
 /// A lease's remaining time as an applied entry set it (`None`: the lease is gone), for the
 /// members' deadlines (see `sm::leases`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseEvent {
     pub id: LeaseId,
     pub remaining_ms: Option<u64>,
     /// The lease's epoch after the entry (an expiry must name it).
     pub epoch: u64,
+    /// For a grant by an authenticated user: that user (for the per-user lease limit). Other
+    /// events leave the owner as it was.
+    pub owner: Option<String>,
 }
 
 /// The pending effects of one log entry.
@@ -105,6 +108,9 @@ pub struct Apply<'a> {
     pub leased_keys: bool,
     /// The history floor (see `sm`, "The history floor"), as this entry left it so far.
     pub floor: u64,
+    /// The authenticated user of the running command, if any (see `sm::auth`): a lease it
+    /// grants is recorded as theirs.
+    pub(super) user: Option<String>,
 }
 
 impl<'a> Apply<'a> {
@@ -125,6 +131,7 @@ impl<'a> Apply<'a> {
             lease_events: Vec::new(),
             leased_keys,
             floor,
+            user: None,
         }
     }
 

@@ -58,15 +58,28 @@ impl Apply<'_> {
     }
 
     fn set_lease(&mut self, id: LeaseId, lease: Option<StoredLease>) {
+        self.set_lease_owned(id, lease, None);
+    }
+
+    /// [`Self::set_lease`], recording `owner` as the lease's owner (a grant only). A lease that
+    /// goes loses its owner record.
+    fn set_lease_owned(&mut self, id: LeaseId, lease: Option<StoredLease>, owner: Option<String>) {
         match lease {
             Some(l) => self.batch.insert(&codec::lease_key(id), codec::encode(&l)),
-            None => self.batch.remove(&codec::lease_key(id)),
+            None => {
+                self.batch.remove(&codec::lease_key(id));
+                self.batch.remove(&codec::lease_owner_key(id));
+            }
+        }
+        if let Some(user) = &owner {
+            self.batch.insert(&codec::lease_owner_key(id), user.as_bytes());
         }
         self.leases.insert(id, lease);
         self.lease_events.push(LeaseEvent {
             id,
             remaining_ms: lease.map(|l| l.remaining_ms),
             epoch: lease.map_or(0, |l| l.epoch),
+            owner,
         });
     }
 
@@ -150,7 +163,8 @@ impl Apply<'_> {
             epoch: 0,
             granted_revision: self.revision(),
         };
-        self.set_lease(g.id, Some(lease));
+        let owner = self.user.clone();
+        self.set_lease_owned(g.id, Some(lease), owner);
         Ok(CommandResult::Lease(LeaseResult::Granted {
             id: g.id,
             ttl_ms: g.ttl_ms,
@@ -239,16 +253,43 @@ pub(super) fn any_leased_key(tree: &sled::Tree) -> Result<bool, MvccError> {
 pub struct LeaseInfo {
     pub id: LeaseId,
     pub lease: StoredLease,
+    /// The user who granted it, if an authenticated user did.
+    pub owner: Option<String>,
+}
+
+/// The owner of lease `id` in `tree`, if it has one.
+fn owner_in(tree: &sled::Tree, id: LeaseId) -> Result<Option<String>, MvccError> {
+    match tree.get(codec::lease_owner_key(id)).map_err(MvccError::Sled)? {
+        Some(bytes) => Ok(Some(decode_owner(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_owner(bytes: &[u8]) -> Result<String, MvccError> {
+    match std::str::from_utf8(bytes) {
+        Ok(o) if !o.is_empty() => Ok(o.to_string()),
+        _ => Err(codec::DecodeError::Malformed("bad lease owner record".into()).into()),
+    }
 }
 
 /// Every lease in `tree`, by id.
 pub(super) fn all(tree: &sled::Tree) -> Result<Vec<LeaseInfo>, MvccError> {
+    let mut owners = std::collections::HashMap::new();
+    for item in tree.scan_prefix([codec::LEASE_OWNER_PREFIX]) {
+        let (k, v) = item.map_err(MvccError::Sled)?;
+        let id: [u8; 8] = k[1..]
+            .try_into()
+            .map_err(|_| codec::DecodeError::Malformed("bad lease owner key".into()))?;
+        owners.insert(u64::from_be_bytes(id), decode_owner(&v)?);
+    }
     let mut out = Vec::new();
     for item in tree.scan_prefix([codec::LEASE_PREFIX]) {
         let (k, v) = item.map_err(MvccError::Sled)?;
+        let id = codec::split_lease_key(&k)?;
         out.push(LeaseInfo {
-            id: codec::split_lease_key(&k)?,
+            id,
             lease: codec::decode(&v)?,
+            owner: owners.remove(&id),
         });
     }
     Ok(out)
@@ -271,6 +312,7 @@ pub(super) fn one(tree: &sled::Tree, id: LeaseId) -> Result<Option<LeaseWithKeys
     let info = LeaseInfo {
         id,
         lease: codec::decode(&bytes)?,
+        owner: owner_in(tree, id)?,
     };
     Ok(Some((info, keys)))
 }
@@ -293,6 +335,7 @@ pub(super) fn capture(tree: &sled::Tree) -> Result<Captured, MvccError> {
             remaining_ms: l.lease.remaining_ms,
             epoch: l.lease.epoch,
             granted_revision: l.lease.granted_revision,
+            owner: l.owner,
         })
         .collect();
     let mut keys = Vec::new();
@@ -316,6 +359,9 @@ pub(super) fn restore_lease(batch: &mut sled::Batch, l: &keel_datadir::SnapshotL
         granted_revision: l.granted_revision,
     };
     batch.insert(&codec::lease_key(l.id), codec::encode(&lease));
+    if let Some(owner) = &l.owner {
+        batch.insert(&codec::lease_owner_key(l.id), owner.as_bytes());
+    }
 }
 
 /// Add a key's lease from a snapshot to an install batch.
