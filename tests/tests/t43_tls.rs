@@ -24,7 +24,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn tls_options(client_cert_auth: bool) -> Options {
     Options {
-        tls: Some(TlsOptions { client_cert_auth }),
+        tls: Some(TlsOptions {
+            client_cert_auth,
+            ..Default::default()
+        }),
         ..Options::default()
     }
 }
@@ -144,6 +147,11 @@ async fn a_tls_cluster_serves_keelctl_and_keel_client() -> anyhow::Result<()> {
     let plain = keelctl(&endpoints, &["--timeout", "1s", "get", "greeting"]);
     assert_eq!(plain.status.code(), Some(1), "{}", text(&plain.stdout));
     assert!(text(&plain.stderr).starts_with("error:"), "{}", text(&plain.stderr));
+    assert!(
+        text(&plain.stderr).contains("hint: the member may serve TLS: pass --cacert"),
+        "{}",
+        text(&plain.stderr)
+    );
     wait_metric(
         &cluster,
         1,
@@ -331,6 +339,71 @@ async fn presented(addr: std::net::SocketAddr, ca: &[u8], identity: (&[u8], &[u8
         .await?;
     let chain = tls.get_ref().1.peer_certificates().expect("a certificate");
     Ok(chain[0].to_vec())
+}
+
+/// `GET path` over HTTPS (HTTP/1.0), trusting `ca`: the status and the body.
+async fn https_get(addr: std::net::SocketAddr, ca: &[u8], path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(addr.ip().to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: keel\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    // A server may end a TLS stream without close_notify after the response; what was read counts.
+    if let Err(e) = tls.read_to_end(&mut raw).await {
+        anyhow::ensure!(e.kind() == std::io::ErrorKind::UnexpectedEof, e);
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
+}
+
+/// `--metrics-cert-file`: /metrics and the probes over HTTPS; plain HTTP is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_metrics_port_serves_https_only() -> anyhow::Result<()> {
+    let options = Options {
+        nodes: 1,
+        tls: Some(TlsOptions {
+            metrics: true,
+            ..Default::default()
+        }),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(Backend::InProcess, options).await?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let addr = cluster.nodes[&1].metrics_addr;
+    let ca = std::fs::read(cluster.tls().expect("tls").trusted())?;
+    let (status, _) = https_get(addr, &ca, "/readyz").await?;
+    assert_eq!(status, 200, "/readyz over HTTPS");
+    assert!(
+        !matches!(http_get(addr, "/metrics").await, Ok((200, _))),
+        "plain HTTP is not served"
+    );
+    let key = "keel_tls_handshake_failures_total{";
+    let (status, body) = https_get(addr, &ca, "/metrics").await?;
+    assert_eq!(status, 200, "/metrics over HTTPS");
+    let refused = body
+        .lines()
+        .any(|l| l.starts_with(key) && l.contains("port=\"metrics\"") && l.contains("reason=\"not_tls\""));
+    assert!(refused, "the plain-text attempt is counted:\n{body}");
+    cluster.shutdown().await
 }
 
 /// The DER of the first certificate in a PEM file.

@@ -450,7 +450,10 @@ async fn keel_client_logs_in_and_is_held_to_its_permissions() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_certificates_common_name_is_its_user() -> anyhow::Result<()> {
     let options = Options {
-        tls: Some(keel_testkit::tls::TlsOptions { client_cert_auth: true }),
+        tls: Some(keel_testkit::tls::TlsOptions {
+            client_cert_auth: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let cluster = Cluster::start(Backend::InProcess, options).await?;

@@ -61,6 +61,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether keelctl reaches the members over TLS.
+    pub fn speaks_tls(&self) -> bool {
+        self.cacert.is_some() || self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Aligned columns for people.

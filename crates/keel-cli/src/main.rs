@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod output;
+mod tls_hint;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -37,7 +38,10 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             // One line, whatever the error chain holds, so scripts can log it as is.
-            let message = format!("{err:#}").replace('\n', " ");
+            let mut message = format!("{err:#}").replace('\n', " ");
+            if let Some(hint) = tls_hint::hint(&message, cli.speaks_tls()) {
+                message = format!("{message} (hint: {hint})");
+            }
             let _ = writeln!(std::io::stderr(), "error: {message}");
             ExitCode::from(1)
         }

@@ -20,6 +20,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub struct TlsOptions {
     /// Require client certificates on the client port (`--client-cert-auth`).
     pub client_cert_auth: bool,
+    /// Serve the metrics port over HTTPS too, with the member's certificate.
+    pub metrics: bool,
 }
 
 /// A test cluster's TLS files.
@@ -111,6 +113,14 @@ impl TestTls {
             "--peer-trusted-ca-file".into(),
             trusted.clone(),
         ];
+        if self.options.metrics {
+            flags.extend([
+                "--metrics-cert-file".into(),
+                flags[1].clone(),
+                "--metrics-key-file".into(),
+                flags[3].clone(),
+            ]);
+        }
         if self.options.client_cert_auth {
             flags.extend(["--trusted-ca-file".into(), trusted, "--client-cert-auth".into()]);
         }
