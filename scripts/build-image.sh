@@ -14,8 +14,8 @@ fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/etc"
-# keel runs as uid/gid 65532 (the Dockerfile's USER). Nothing in the image needs a name for it;
-# the entries are there so ps, docker top and error messages show "keel", not a bare number.
+# keel runs as uid/gid 65532 (the Dockerfile's USER) and looks up no names itself; the entries
+# let `docker run --user keel` resolve and name the uid for anything reading the image's files.
 printf 'root:x:0:0:root:/:/sbin/nologin\nkeel:x:65532:65532:keel:/data:/sbin/nologin\n' >"$ctx/rootfs/etc/passwd"
 printf 'root:x:0:\nkeel:x:65532:\n' >"$ctx/rootfs/etc/group"
 # /data travels apart from rootfs/ so the Dockerfile can give it to uid 65532 (COPY --chown):
