@@ -13,7 +13,14 @@ if [ -z "${KEEL_BIN_DIR:-}" ]; then
 fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/data"
+mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/etc"
+# keel runs as uid/gid 65532 (the Dockerfile's USER) and looks up no names itself; the entries
+# let `docker run --user keel` resolve and name the uid for anything reading the image's files.
+printf 'root:x:0:0:root:/:/sbin/nologin\nkeel:x:65532:65532:keel:/data:/sbin/nologin\n' >"$ctx/rootfs/etc/passwd"
+printf 'root:x:0:\nkeel:x:65532:\n' >"$ctx/rootfs/etc/group"
+# /data travels apart from rootfs/ so the Dockerfile can give it to uid 65532 (COPY --chown):
+# the ownership of files in the build context is not kept.
+mkdir "$ctx/data"
 cp "$bin/keel" "$bin/keelctl" "$ctx/rootfs/bin/"
 # Every library ldd resolves (path after "=>"), and the loader (a bare absolute path).
 libs=$(ldd "$bin/keel" "$bin/keelctl" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | sort -u)

@@ -7,6 +7,9 @@
 //! Dropping it removes the containers, volumes, network and image.
 //!
 //! Node n is the compose service `node{n}` with member id n.
+//!
+//! A [`Variant`] adds override files and settings, e.g. [`Variant::tls`] for
+//! `deploy/compose.tls.yaml`. The [`Target`] implementation (chaos runs) speaks plain text.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -61,9 +64,53 @@ pub fn compose_tool() -> Option<Vec<&'static str>> {
     }
 }
 
+/// What a deployment adds to `deploy/compose.yaml`.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    /// Override files, given after `deploy/compose.yaml`.
+    pub files: Vec<PathBuf>,
+    /// Variables the compose files interpolate.
+    pub env: Vec<(String, String)>,
+    /// Arguments [`Compose::keelctl`] puts first (e.g. `--cacert`).
+    pub keelctl_args: Vec<String>,
+}
+
+impl Variant {
+    /// `deploy/compose.tls.yaml` with certificates made by `scripts/compose-certs.sh` into
+    /// `cert_dir` with the keelctl in `bin_dir`. With `client_cert_auth` the nodes require client
+    /// certificates and keelctl presents `cert_dir/client`'s.
+    pub fn tls(bin_dir: &Path, cert_dir: &Path, client_cert_auth: bool) -> anyhow::Result<Variant> {
+        let printed = ok(Command::new(repo().join("scripts/compose-certs.sh"))
+            .arg(cert_dir)
+            .env("KEEL_BIN_DIR", bin_dir))?;
+        let mut env = vec![
+            ("KEEL_COMPOSE_CERT_DIR".to_string(), cert_dir.display().to_string()),
+            ("KEEL_CLIENT_CERT_AUTH".to_string(), client_cert_auth.to_string()),
+        ];
+        // Run by a user other than root, the script hands over the group to add to keel.
+        for line in printed.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+        let file = |f: &str| cert_dir.join(f).display().to_string();
+        let mut keelctl_args = vec!["--cacert".to_string(), file("ca/ca.pem")];
+        if client_cert_auth {
+            keelctl_args.extend(["--cert".to_string(), file("client/cert.pem")]);
+            keelctl_args.extend(["--key".to_string(), file("client/key.pem")]);
+        }
+        Ok(Variant {
+            files: vec![repo().join("deploy/compose.tls.yaml")],
+            env,
+            keelctl_args,
+        })
+    }
+}
+
 /// A running compose deployment of three nodes.
 pub struct Compose {
     tool: Vec<&'static str>,
+    variant: Variant,
     pub project: String,
     image: String,
     /// Host ports of nodes 1..=3's client listeners.
@@ -83,8 +130,19 @@ impl Compose {
     /// Build the image from the binaries in `bin_dir`, start the deployment as project `name`,
     /// and wait until every container is healthy.
     pub async fn up(tool: Vec<&'static str>, name: &str, bin_dir: &Path) -> anyhow::Result<Compose> {
+        Compose::up_variant(tool, name, bin_dir, Variant::default()).await
+    }
+
+    /// [`Compose::up`] with `variant`'s override files and settings.
+    pub async fn up_variant(
+        tool: Vec<&'static str>,
+        name: &str,
+        bin_dir: &Path,
+        variant: Variant,
+    ) -> anyhow::Result<Compose> {
         let d = Compose {
             tool,
+            variant,
             project: name.to_string(),
             image: format!("keel:{name}"),
             ports: [free_port()?, free_port()?, free_port()?],
@@ -105,8 +163,21 @@ impl Compose {
         let mut c = Command::new(self.tool[0]);
         c.args(&self.tool[1..])
             .args(["-p", &self.project, "-f"])
-            .arg(repo().join("deploy/compose.yaml"))
-            .args(args)
+            .arg(repo().join("deploy/compose.yaml"));
+        for f in &self.variant.files {
+            c.arg("-f").arg(f);
+        }
+        // The deployment is what the variant says, whatever the caller's shell exports.
+        for k in [
+            "KEEL_CONTAINER_USER",
+            "KEEL_COMPOSE_CERT_DIR",
+            "KEEL_COMPOSE_CERT_GID",
+            "KEEL_CLIENT_CERT_AUTH",
+        ] {
+            c.env_remove(k);
+        }
+        c.args(args)
+            .envs(self.variant.env.iter().map(|(k, v)| (k, v)))
             .env("KEEL_IMAGE", &self.image)
             .env("KEEL_CLUSTER_TOKEN", &self.project);
         for (i, p) in self.ports.iter().enumerate() {
@@ -142,6 +213,7 @@ impl Compose {
     pub fn keelctl(&self, nodes: &[NodeId], args: &[&str]) -> anyhow::Result<Output> {
         let eps: Vec<String> = nodes.iter().map(|n| self.endpoint(*n)).collect();
         run(Command::new(crate::keelctl_binary()?)
+            .args(&self.variant.keelctl_args)
             .args(["--endpoints", &eps.join(","), "--timeout", "3s"])
             .args(args))
     }
