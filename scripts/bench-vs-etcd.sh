@@ -29,6 +29,11 @@
 # JSON object (keel_put_c1, etcd_put_c1, keel_put_c256, ..., keel_failover_ms_median, ...).
 # Installs etcd-server, protobuf-compiler and libprotobuf-dev from apt if missing (root).
 # Everything it starts runs under one work directory and is stopped on exit.
+#
+# A step that fails (a measurement, a cluster start, a failover run) is named on stderr with its
+# exit status and the end of its log, and the run goes on: the tables print whatever was
+# measured, then the failed steps; the exit status is 1 if any step failed, and the work
+# directory (every step's log, the members' logs) is then kept and named.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -76,14 +81,49 @@ bin="$repo/target/release"
 nodes="${KEEL_NODE_BIN_DIR:-$bin}"
 
 work="$(mktemp -d /tmp/keel-bench.XXXXXX)"
+mkdir -p "$work/steps"
 etcd_pids=()
+failed=()
 cleanup() {
+  local status=$?
   KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >/dev/null 2>&1 || true
   for p in "${etcd_pids[@]}" $(cat "$work"/etcd*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   sleep 0.5
-  rm -rf "$work"
+  if [ ${#failed[@]} -gt 0 ] || [ "$status" -ne 0 ]; then
+    echo "bench-vs-etcd: logs kept in $work (steps/*.log, keel/node*.log, etcd*.log)" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
+# Anything outside a step that fails ends the run: say where, rather than stop without a word.
+trap 'echo "bench-vs-etcd: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
+
+# step NAME CMD...: run CMD with its output in steps/NAME.log; its last line (keel-bench's JSON
+# result) is echoed. A failure is reported with the log's end and recorded; the run goes on.
+step() {
+  local name=$1 log="$work/steps/$1.log" rc=0
+  shift
+  "$@" >"$log" 2>&1 || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "bench-vs-etcd: FAILED: $name (exit $rc); the end of $log:" >&2
+    tail -n 5 "$log" | sed 's/^/    /' >&2
+    failed+=("$name (exit $rc)")
+    return 1
+  fi
+  tail -n 1 "$log" >&2
+}
+
+# record POINT [REP]: the JSON line of the step just run, tagged, into the results.
+record() {
+  local name=$1 point=$2 rep=${3:-}
+  local tag="\"point\":\"$point\","
+  [ -n "$rep" ] && tag="$tag\"rep\":$rep,"
+  tail -n 1 "$work/steps/$name.log" | grep '^{' | sed "s/^{/{$tag/" >>"$results" || {
+    echo "bench-vs-etcd: FAILED: $name printed no result line" >&2
+    failed+=("$name (no result)")
+  }
+}
 
 keel_endpoints="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
 etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
@@ -132,41 +172,49 @@ bench() {
         watch) args=(watch --watchers "$clients" --rate 1000 --pids "$(pids "$system")") ;;
       esac
       if [[ $workload == *get ]] && [ ! -f "$work/$system.preloaded" ]; then
-        "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 --clients 64 --ops 10000 \
-          --duration 60s >/dev/null
-        touch "$work/$system.preloaded"
+        step "$system-preload" "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 \
+          --clients 64 --ops 10000 --duration 60s && touch "$work/$system.preloaded"
       fi
-      "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" \
-        --duration "${secs}s" | tee -a /dev/stderr | tail -n 1 |
-        sed "s/^{/{\"point\":\"$workload-c$clients\",\"rep\":$r,/" >>"$results"
+      local name="$system-$workload-c$clients-rep$r"
+      if step "$name" "$bin/keel-bench" --system "$system" --endpoints "$endpoints" "${args[@]}" \
+        --duration "${secs}s"; then
+        record "$name" "$workload-c$clients" "$r"
+      fi
     done
   done
 }
 
+touch "$results"
+keel_cluster() { KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh "$@"; }
+
 echo "== keel" >&2
-KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh up >&2
-# keel through its own API and through its etcd API (keel-etcd: the etcd-client code that drives
-# etcd below), taking turns rep by rep, so that both see the same machine and the same cluster.
-for point in "${matrix[@]}"; do bench keel,keel-etcd "$keel_endpoints" $point; done
-if [ "$rounds" -gt 0 ]; then
-  "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" failover --rounds "$rounds" \
-    --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null" |
-    tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+if step keel-up keel_cluster up; then
+  # keel through its own API and through its etcd API (keel-etcd: the etcd-client code that
+  # drives etcd below), taking turns rep by rep, so both see the same machine and cluster.
+  for point in "${matrix[@]}"; do bench keel,keel-etcd "$keel_endpoints" $point; done
+  if [ "$rounds" -gt 0 ] && step keel-failover "$bin/keel-bench" --system keel --endpoints "$keel_endpoints" \
+    failover --rounds "$rounds" \
+    --restart-cmd "KEEL_CLUSTER_DIR=$work/keel KEEL_BASE_PORT=17000 KEEL_BIN_DIR=$nodes $repo/scripts/cluster.sh start {id} >/dev/null"; then
+    record keel-failover failover
+  fi
 fi
-KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >&2
+step keel-down keel_cluster down || true
 
 echo "== etcd $(etcd --version | head -n 1)" >&2
 for n in 1 2 3; do "$work/start-etcd.sh" "$n"; done
-deadline=$((SECONDS + 30))
-until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 --duration 2s >/dev/null 2>&1; do
-  [ $SECONDS -ge $deadline ] && { echo "etcd did not start; see $work/etcd*.log" >&2; exit 1; }
-  sleep 0.3
-done
-for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
-if [ "$rounds" -gt 0 ]; then
-  "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" failover --rounds "$rounds" \
-    --restart-cmd "$work/start-etcd.sh {id}" |
-    tail -n 1 | sed 's/^{/{"point":"failover",/' >>"$results"
+etcd_up() {
+  local deadline=$((SECONDS + 30))
+  until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 --duration 2s; do
+    [ $SECONDS -ge $deadline ] && { echo "etcd did not answer within 30 s; see $work/etcd*.log"; return 1; }
+    sleep 0.3
+  done
+}
+if step etcd-up etcd_up; then
+  for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
+  if [ "$rounds" -gt 0 ] && step etcd-failover "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" \
+    failover --rounds "$rounds" --restart-cmd "$work/start-etcd.sh {id}"; then
+    record etcd-failover failover
+  fi
 fi
 
 python3 - "$results" <<'EOF'
@@ -230,3 +278,8 @@ summary["keel_failover_ms_median"] = kf
 summary["etcd_failover_ms_median"] = ef
 print(json.dumps(summary))
 EOF
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "bench-vs-etcd: ${#failed[@]} step(s) failed; the tables above hold only what was measured:" >&2
+  printf '    %s\n' "${failed[@]}" >&2
+  exit 1
+fi
