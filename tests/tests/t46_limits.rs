@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use keel_proto::etcd::etcdserverpb as pb;
 use keel_proto::etcd::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
@@ -17,11 +19,8 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// The member's count of refusals by `limit`.
 async fn refusals(cluster: &Cluster, id: u64, limit: &str) -> anyhow::Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(cluster.nodes[&id].metrics_addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
+    let (status, text) = common::http_get(cluster.nodes[&id].metrics_addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics: {status}");
     let label = format!("limit=\"{limit}\"");
     Ok(text
         .lines()
