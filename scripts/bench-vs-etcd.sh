@@ -242,7 +242,9 @@ for p in points:
           f"| {r(k, e)} | {r(ke, e)} |")
 kf, ef = med("keel", "failover", "median_ms"), med("etcd", "failover", "median_ms")
 if kf or ef:
-    print(f"| failover (kill -9 leader → first write) | - | {kf:.0f} ms median | | | {ef:.0f} ms median | | | {ef / kf:.2f}x faster |" if kf and ef else "| failover | - | - | | | - | | | - |")
+    ms = lambda x: "-" if x is None else f"{x:.0f} ms median"
+    faster = f"{ef / kf:.2f}x faster" if kf and ef else "-"
+    print(f"| failover (kill -9 leader → first write) | - | {ms(kf)} | | | | | {ms(ef)} | | | {faster} | |")
 for p in sorted({r["point"] for r in rows if r["point"].startswith("watch")}):
     watchers = p.rsplit("-c", 1)[1]
     print()
