@@ -238,6 +238,12 @@ pub fn lease_owner_key(id: u64) -> [u8; 9] {
     prefixed_u64s(LEASE_OWNER_PREFIX, &[id])
 }
 
+/// The lease id of a lease owner key.
+pub fn split_lease_owner_key(k: &[u8]) -> Result<u64, DecodeError> {
+    let [id] = split_u64s(LEASE_OWNER_PREFIX, k)?;
+    Ok(id)
+}
+
 /// The key of lease `id`'s record.
 pub fn lease_key(id: u64) -> [u8; 9] {
     prefixed_u64s(LEASE_PREFIX, &[id])

@@ -107,19 +107,14 @@ impl TestTls {
             "--key-file".into(),
             key.clone(),
             "--peer-cert-file".into(),
-            cert,
+            cert.clone(),
             "--peer-key-file".into(),
-            key,
+            key.clone(),
             "--peer-trusted-ca-file".into(),
             trusted.clone(),
         ];
         if self.options.metrics {
-            flags.extend([
-                "--metrics-cert-file".into(),
-                flags[1].clone(),
-                "--metrics-key-file".into(),
-                flags[3].clone(),
-            ]);
+            flags.extend(["--metrics-cert-file".into(), cert, "--metrics-key-file".into(), key]);
         }
         if self.options.client_cert_auth {
             flags.extend(["--trusted-ca-file".into(), trusted, "--client-cert-auth".into()]);

@@ -119,18 +119,20 @@ impl LeaseTable {
         for e in events {
             match e.remaining_ms {
                 Some(ms) => {
-                    // Only a grant names an owner; a renewal or checkpoint keeps the one it had.
-                    let owner = match &e.owner {
-                        Some(o) => Some(Arc::from(o.as_str())),
-                        None => table.deadlines.get(&e.id).and_then(|d| d.owner.clone()),
-                    };
-                    let deadline = Deadline {
-                        at: now + Duration::from_millis(ms),
-                        epoch: e.epoch,
-                        proposed: None,
-                        owner,
-                    };
-                    table.insert(e.id, deadline);
+                    let at = now + Duration::from_millis(ms);
+                    // A renewal or checkpoint moves a known lease's deadline and keeps its owner;
+                    // only a grant (of an id not in use) brings a new lease and names its owner.
+                    if let Some(d) = table.deadlines.get_mut(&e.id) {
+                        (d.at, d.epoch, d.proposed) = (at, e.epoch, None);
+                    } else {
+                        let deadline = Deadline {
+                            at,
+                            epoch: e.epoch,
+                            proposed: None,
+                            owner: e.owner.as_deref().map(Arc::from),
+                        };
+                        table.insert(e.id, deadline);
+                    }
                 }
                 None => table.remove(e.id),
             }

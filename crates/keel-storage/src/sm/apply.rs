@@ -108,9 +108,6 @@ pub struct Apply<'a> {
     pub leased_keys: bool,
     /// The history floor (see `sm`, "The history floor"), as this entry left it so far.
     pub floor: u64,
-    /// The authenticated user of the running command, if any (see `sm::auth`): a lease it
-    /// grants is recorded as theirs.
-    pub(super) user: Option<String>,
 }
 
 impl<'a> Apply<'a> {
@@ -131,7 +128,6 @@ impl<'a> Apply<'a> {
             lease_events: Vec::new(),
             leased_keys,
             floor,
-            user: None,
         }
     }
 
@@ -140,9 +136,10 @@ impl<'a> Apply<'a> {
         self.revision
     }
 
-    /// Run `cmd` (not a batch: the caller walks those) and add its effects to the entry's batch;
+    /// Run `cmd` (not a batch: the caller walks those) as `user` (the authenticated user, if
+    /// any: a lease it grants is recorded as theirs) and add its effects to the entry's batch;
     /// if it changed anything, it took a new revision. Call [`Apply::finish`] after the last.
-    pub fn execute(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
+    pub fn execute(&mut self, cmd: &Command, user: Option<&str>) -> Result<CommandResult, MvccError> {
         self.write_revision = self.revision + 1;
         self.events.clear();
         let result = match cmd {
@@ -153,7 +150,7 @@ impl<'a> Apply<'a> {
                 Some(_) => CommandResult::Put(self.put(&p.put, p.lease)?),
                 None => CommandResult::LeaseNotFound { id: p.lease },
             },
-            Command::LeaseGrant(g) => self.lease_grant(g)?,
+            Command::LeaseGrant(g) => self.lease_grant(g, user)?,
             Command::LeaseRevoke(r) => self.lease_revoke(r.id)?,
             Command::LeaseRenew(r) => self.lease_renew(r.id)?,
             Command::LeaseCheckpoint(points) => self.lease_checkpoint(points)?,

@@ -99,16 +99,7 @@ impl AuthWork {
             Command::Auth(a) => Ok(self.auth(a)),
             // Neither decodes inside `AsUser`; refused should one be built in memory.
             Command::AsUser(_) | Command::Batch(_) => Ok(CommandResult::AuthRefused(AuthError::PermissionDenied)),
-            other => {
-                // Only a grant looks at it; the clone is paid only for one.
-                apply.user = match other {
-                    Command::LeaseGrant(_) => user.map(str::to_string),
-                    _ => None,
-                };
-                let result = apply.execute(other);
-                apply.user = None;
-                result
-            }
+            other => apply.execute(other, user),
         }
     }
 

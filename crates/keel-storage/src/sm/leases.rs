@@ -63,7 +63,7 @@ impl Apply<'_> {
 
     /// [`Self::set_lease`], recording `owner` as the lease's owner (a grant only). A lease that
     /// goes loses its owner record.
-    fn set_lease_owned(&mut self, id: LeaseId, lease: Option<StoredLease>, owner: Option<String>) {
+    fn set_lease_owned(&mut self, id: LeaseId, lease: Option<StoredLease>, owner: Option<&str>) {
         match lease {
             Some(l) => self.batch.insert(&codec::lease_key(id), codec::encode(&l)),
             None => {
@@ -71,7 +71,7 @@ impl Apply<'_> {
                 self.batch.remove(&codec::lease_owner_key(id));
             }
         }
-        if let Some(user) = &owner {
+        if let Some(user) = owner {
             self.batch.insert(&codec::lease_owner_key(id), user.as_bytes());
         }
         self.leases.insert(id, lease);
@@ -79,7 +79,7 @@ impl Apply<'_> {
             id,
             remaining_ms: lease.map(|l| l.remaining_ms),
             epoch: lease.map_or(0, |l| l.epoch),
-            owner,
+            owner: owner.map(str::to_string),
         });
     }
 
@@ -153,7 +153,7 @@ impl Apply<'_> {
         Ok(None)
     }
 
-    pub(super) fn lease_grant(&mut self, g: &LeaseGrant) -> Result<CommandResult, MvccError> {
+    pub(super) fn lease_grant(&mut self, g: &LeaseGrant, owner: Option<&str>) -> Result<CommandResult, MvccError> {
         if self.lease(g.id)?.is_some() {
             return Ok(CommandResult::LeaseExists { id: g.id });
         }
@@ -163,7 +163,6 @@ impl Apply<'_> {
             epoch: 0,
             granted_revision: self.revision(),
         };
-        let owner = self.user.clone();
         self.set_lease_owned(g.id, Some(lease), owner);
         Ok(CommandResult::Lease(LeaseResult::Granted {
             id: g.id,
@@ -277,10 +276,7 @@ pub(super) fn all(tree: &sled::Tree) -> Result<Vec<LeaseInfo>, MvccError> {
     let mut owners = std::collections::HashMap::new();
     for item in tree.scan_prefix([codec::LEASE_OWNER_PREFIX]) {
         let (k, v) = item.map_err(MvccError::Sled)?;
-        let id: [u8; 8] = k[1..]
-            .try_into()
-            .map_err(|_| codec::DecodeError::Malformed("bad lease owner key".into()))?;
-        owners.insert(u64::from_be_bytes(id), decode_owner(&v)?);
+        owners.insert(codec::split_lease_owner_key(&k)?, decode_owner(&v)?);
     }
     let mut out = Vec::new();
     for item in tree.scan_prefix([codec::LEASE_PREFIX]) {
