@@ -2,7 +2,9 @@
 # Two builds of keel side by side (before/after a change), measured by the same keel-bench, on
 # fresh three-node clusters: each repetition starts a new cluster for A, measures every point,
 # stops it, then does the same for B; odd repetitions run A first, even ones B first, so neither
-# always pays for a warmer or busier machine. Prints one table of medians and B/A ratios.
+# always pays for a warmer or busier machine. Prints one table of medians and B/A ratios, with
+# the CPU time the three members spent per operation (user + system, from /proc): on a shared,
+# noisy machine it moves less than throughput does, and it is what a 2-core box runs out of.
 #
 #   scripts/bench-ab.sh A_BIN_DIR B_BIN_DIR [POINT ...]
 #       A_BIN_DIR, B_BIN_DIR: directories holding `keel` and `keelctl` of each build
@@ -43,6 +45,16 @@ cleanup() {
 }
 trap cleanup EXIT
 endpoints=127.0.0.1:19001,127.0.0.1:19002,127.0.0.1:19003
+# cpu_ticks: user + system clock ticks the three members have used so far.
+cpu_ticks() {
+  local total=0 pid f
+  for pid in $(cat "$work"/cluster/node{1,2,3}.pid); do
+    read -r -a f <"/proc/$pid/stat"
+    total=$((total + f[13] + f[14]))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
 
 # run BUILD_NAME BIN_DIR REP: a fresh cluster of that build, every point measured on it.
 run() {
@@ -67,8 +79,12 @@ run() {
         >"$work/preload-$name-$rep.log" 2>&1 && touch "$work/preloaded-$name-$rep"
     fi
     log="$work/$name-$w-c$c-rep$rep.log"
+    local before after
+    before=$(cpu_ticks)
     if "$bench" --endpoints "$endpoints" "${args[@]}" --clients "$c" --duration "${secs}s" >"$log" 2>&1; then
-      tail -n 1 "$log" | grep '^{' | sed "s/^{/{\"build\":\"$name\",\"point\":\"$p\",/" >>"$results"
+      after=$(cpu_ticks)
+      tail -n 1 "$log" | grep '^{' |
+        sed "s/^{/{\"build\":\"$name\",\"point\":\"$p\",\"cpu_seconds\":$(((after - before) * 1000 / hz))e-3,/" >>"$results"
       echo "bench-ab: $name $p rep $rep: $(grep -o '[0-9]* ops/s' "$log" | head -n 1)" >&2
     else
       echo "bench-ab: FAILED: $name $p rep $rep; see $log" >&2
@@ -91,13 +107,19 @@ def med(build, point, field):
     v = [r[field] for r in rows if r["build"] == build and r["point"] == point and r.get(field) is not None]
     return statistics.median(v) if v else None
 f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
-print("| workload | clients | A ops/s | B ops/s | B/A | A p50 ms | B p50 ms | A p99 ms | B p99 ms |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| workload | clients | A ops/s | B ops/s | B/A | A p50 ms | B p50 ms | A p99 ms | B p99 ms "
+      "| A CPU µs/op | B CPU µs/op | B/A CPU |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+def cpu(build, point):
+    v = [r["cpu_seconds"] * 1e6 / r["ops"] for r in rows if r["build"] == build and r["point"] == point and r.get("ops")]
+    return statistics.median(v) if v else None
 for p in sys.argv[2:]:
     w, c = p.split(":")
     a, b = med("A", p, "ops_per_sec"), med("B", p, "ops_per_sec")
     ratio = f"{b / a:.2f}x" if a and b else "-"
+    ca, cb = cpu("A", p), cpu("B", p)
+    cratio = f"{cb / ca:.2f}x" if ca and cb else "-"
     print(f"| {w} | {c} | {f(a)} | {f(b)} | {ratio} | {f(med('A', p, 'p50_ms'), 2)} | {f(med('B', p, 'p50_ms'), 2)} "
-          f"| {f(med('A', p, 'p99_ms'), 2)} | {f(med('B', p, 'p99_ms'), 2)} |")
+          f"| {f(med('A', p, 'p99_ms'), 2)} | {f(med('B', p, 'p99_ms'), 2)} | {f(ca)} | {f(cb)} | {cratio} |")
 EOF
 exit $status

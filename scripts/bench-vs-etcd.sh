@@ -5,10 +5,11 @@
 # three-node keel (scripts/cluster.sh) and a three-member etcd, both on 127.0.0.1 with fresh data
 # directories, one after the other (never at the same time). 8-byte keys, 256-byte values.
 #
-#   scripts/bench-vs-etcd.sh           put C=1,64,256; linearizable and serializable get C=1,64;
+#   scripts/bench-vs-etcd.sh           put C=1,64,256; txn (compare + put) C=64; linearizable and
+#                                      serializable get C=1,64; mixed 90% get / 10% put C=64;
 #                                      lease churn C=1,64; lock hand-off C=16; watch fan-out
 #                                      (1,000 watchers, 1,000 puts/s); failover x5; 10 s per
-#                                      point, 3 repetitions (about 20 min)
+#                                      point, 3 repetitions (about 25 min)
 #   scripts/bench-vs-etcd.sh --quick   put C=1 and C=256, linearizable get C=64, lease churn C=64,
 #                                      lock C=16, watch fan-out, failover x3; 4 s per point, 3
 #                                      repetitions (about 6 min)
@@ -59,8 +60,8 @@ case $mode in
     matrix=("lease 1" "lease 64" "lock 2" "lock 16" "watch 1000") ;;
   full)
     secs=10 reps=3 rounds=5
-    matrix=("put 1" "put 64" "put 256" "get 1" "get 64" "sget 1" "sget 64" "lease 1" "lease 64" "lock 16"
-      "watch 1000") ;;
+    matrix=("put 1" "put 64" "put 256" "txn 64" "get 1" "get 64" "sget 1" "sget 64" "mixed 64" "lease 1"
+      "lease 64" "lock 16" "watch 1000") ;;
 esac
 
 need=()
@@ -167,11 +168,13 @@ bench() {
         put) args=(put --clients "$clients") ;;
         get) args=(get --keys 10000 --clients "$clients") ;;
         sget) args=(get --keys 10000 --serializable --clients "$clients") ;;
+        txn) args=(txn --clients "$clients") ;;
+        mixed) args=(mixed --read-percent 90 --keys 10000 --clients "$clients") ;;
         lease) args=(lease --clients "$clients") ;;
         lock) args=(lock --clients "$clients") ;;
         watch) args=(watch --watchers "$clients" --rate 1000 --pids "$(pids "$system")") ;;
       esac
-      if [[ $workload == *get ]] && [ ! -f "$work/$system.preloaded" ]; then
+      if [[ $workload == *get || $workload == mixed ]] && [ ! -f "$work/$system.preloaded" ]; then
         step "$system-preload" "$bin/keel-bench" --system "$system" --endpoints "$endpoints" put --keys 10000 \
           --clients 64 --ops 10000 --duration 60s && touch "$work/$system.preloaded"
       fi
@@ -227,7 +230,8 @@ points = []
 for r in rows:
     if r["point"] != "failover" and not r["point"].startswith("watch") and r["point"] not in points:
         points.append(r["point"])
-names = {"put": "put", "get": "get linearizable", "sget": "get serializable",
+names = {"put": "put", "txn": "txn (compare + put)", "get": "get linearizable", "sget": "get serializable",
+         "mixed": "mixed 90% get / 10% put",
          "lease": "lease churn (grant+put+revoke)", "lock": "lock hand-off (lock+unlock)"}
 f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
 print("| workload | clients | keel ops/s | keel p50 ms | keel p99 ms | keel via etcd API ops/s | via etcd API / keel API "

@@ -76,7 +76,8 @@ pub struct Settings {
     /// yet committed); more are refused with Unavailable, to be retried.
     #[arg(long, env = "KEEL_MAX_QUEUED_WRITES", default_value_t = BatchLimits::DEFAULT.max_queued)]
     pub max_queued_writes: usize,
-    /// Revisions of change history kept.
+    /// Revisions of change history kept (at least; old ones are dropped in chunks of a
+    /// sixteenth of this, at most 256).
     #[arg(long, env = "KEEL_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub history_revisions: u64,
     /// sled page cache in MiB.

@@ -242,3 +242,32 @@ async fn compaction_is_a_bounded_step_per_apply_call_and_survives_reopen() {
     assert_eq!(counts(&n), (10, 13), "nothing more to compact");
     expect_reads(&n);
 }
+
+#[tokio::test]
+async fn retention_compacts_in_chunks_of_a_sixteenth() {
+    // 160 revisions kept: retention waits until 10 more are past the line, then drops them in
+    // one step; a member so keeps between 160 and 169 revisions of history.
+    const KEEP: u64 = 160;
+    let mut n = Node::new(KEEP);
+    let history = |n: &Node| -> Vec<u64> { history_records(&n.sm_tree()).into_keys().collect() };
+    for i in 0..KEEP + 9 {
+        n.put(format!("k/{}", i % 7).as_bytes(), b"v").await;
+    }
+    assert_eq!(
+        history(&n),
+        (1..=KEEP + 9).collect::<Vec<_>>(),
+        "9 past the line: not yet"
+    );
+    n.put(b"k/0", b"v").await;
+    assert_eq!(
+        history(&n),
+        (11..=KEEP + 10).collect::<Vec<_>>(),
+        "10 past it: compacted"
+    );
+    for _ in 0..9 {
+        n.put(b"k/1", b"v").await;
+    }
+    assert_eq!(history(&n).len() as u64, KEEP + 9);
+    // The key written last reads at its newest revision.
+    assert_eq!(n.get(b"k/1").map(|kv| kv.mod_revision), Some(KEEP + 19));
+}

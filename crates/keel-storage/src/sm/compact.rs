@@ -10,6 +10,14 @@
 //! compaction, [`crate::KvReader::compactions`], can propose an empty txn to drive it). The floor never
 //! loosens retention: with a floor below `revision - history_revisions` nothing changes.
 //!
+//! Retention alone waits for a chunk: it compacts only once [`chunk`] revisions (a sixteenth of
+//! `history_revisions`, at most `COMPACT_PER_APPLY`) are past it, so a member keeps between
+//! `history_revisions` and that much more. Each step is a sled batch of its own, and a sled batch
+//! has a fixed cost (sled 0.34 seals and writes its IO buffer twice for one, with a waited
+//! `sync_file_range` each); compacting the ~20 revisions that each apply call under load pushed
+//! past the line cost the leader about as much CPU as applying the entries themselves (perf, put
+//! at 64 clients). A floor above the compaction point is reached without waiting.
+//!
 //! Compact is answered against the floor alone, never against the member's own compaction
 //! point, so the answer is the same on every member that applied the same log: a revision at or
 //! below the floor is `Compacted`, one above the current revision `FutureRevision`. The floor is
@@ -38,6 +46,9 @@ impl StateMachine {
             target = target.min(pinned);
         }
         if target <= self.meta.compacted {
+            return Ok(());
+        }
+        if self.floor <= self.meta.compacted && target - self.meta.compacted < chunk(keep) {
             return Ok(());
         }
         let fail = |e: io::Error| io::Error::new(e.kind(), format!("compacting history: {e}"));
@@ -77,6 +88,11 @@ impl StateMachine {
         self.shared.compactions.send_replace(compacted);
         Ok(())
     }
+}
+
+/// Revisions that retention lets pile up past `history_revisions` before it compacts them.
+fn chunk(history_revisions: u64) -> u64 {
+    (history_revisions / 16).clamp(1, COMPACT_PER_APPLY)
 }
 
 /// The floor stored in `tree` (0 if none was ever set).

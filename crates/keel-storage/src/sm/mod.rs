@@ -30,7 +30,7 @@
 //! record listing its revisions' changes, keyed by its last revision; records and the versions they
 //! superseded are compacted once more than `history_revisions` revisions are newer, whole records
 //! at a time (so a batch entry's revisions may be kept a little longer), a bounded number per
-//! apply call. The newest changes are also kept in memory (`recent.rs`), filled by apply after its
+//! apply call, in chunks of a sixteenth of `history_revisions` (see `compact.rs`). The newest changes are also kept in memory (`recent.rs`), filled by apply after its
 //! batch is in sled and before the revision is published, so watchers that keep up read them
 //! there; the history in sled stays the record.
 //!
