@@ -2,10 +2,10 @@
 //!
 //! An [`Apply`] covers one log entry. Each command in it (one, or several for a batch entry) runs
 //! against the tree as of the last applied entry plus the entry's earlier commands, and takes its
-//! own revision if it changes anything. Every change goes into one sled batch (new versions, and
+//! own revision if it changes anything. Every change goes into one write set (new versions, and
 //! one history record listing the entry's revisions and their changes, keyed by the last), and the
-//! caller adds the metadata (applied log id, revision, client sessions) to the same batch before
-//! applying it. One record per entry rather than per revision halves the sled writes of a batch
+//! caller adds the metadata (applied log id, revision, client sessions) to the same set before
+//! writing it atomically (see `writes`). One record per entry rather than per revision halves the sled writes of a batch
 //! entry, and compaction's reads and deletes with it. Either all of an entry's effects and its
 //! applied log id become visible, or none do.
 //!
@@ -86,7 +86,7 @@ pub struct Apply<'a> {
     revision: u64,
     /// The revision the running command writes at, if it changes anything: `revision + 1`.
     write_revision: u64,
-    pub batch: sled::Batch,
+    pub batch: super::writes::WriteSet,
     overlay: BTreeMap<Vec<u8>, KeyState>,
     /// The running command's changes.
     events: Vec<HistoryEvent>,
@@ -117,7 +117,7 @@ impl<'a> Apply<'a> {
             tree,
             revision: current_revision,
             write_revision: current_revision + 1,
-            batch: sled::Batch::default(),
+            batch: super::writes::WriteSet::default(),
             overlay: BTreeMap::new(),
             events: Vec::new(),
             history: Vec::new(),

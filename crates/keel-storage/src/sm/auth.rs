@@ -123,7 +123,7 @@ impl AuthWork {
     }
 
     /// Add the changed records to the entry's batch. Returns the view if anything changed.
-    pub fn finish(&self, batch: &mut sled::Batch) -> Option<AuthView> {
+    pub fn finish(&self, batch: &mut super::writes::WriteSet) -> Option<AuthView> {
         if self.state_changed {
             batch.insert(AUTH_KEY, codec::encode(&*self.view.state));
         }

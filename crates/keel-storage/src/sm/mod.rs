@@ -6,7 +6,7 @@
 //!   but the tree, the entries and the cluster-wide session limits (no clock, no randomness, no
 //!   configuration that may differ between nodes). Node-local housekeeping (history compaction,
 //!   preserved session records) runs per apply call and never changes a response.
-//! - Each entry is applied in one atomic sled batch that carries its effects, its client session
+//! - Each entry is applied as one atomic write set (`writes`) that carries its effects, its client session
 //!   record, the sessions it expires, the new revision and the applied log id. After a crash the
 //!   state is exactly "after entry N" for some N, and openraft re-applies N+1.. from the log.
 //! - A request with a client session is executed at most once per `(client_id, seq)`: a retry of
@@ -48,6 +48,7 @@ mod recent;
 pub mod sessions;
 mod snapshot;
 mod txn;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -124,7 +125,7 @@ impl SmConfig {
     }
 }
 
-/// Persisted bookkeeping, written in the same batch as every applied entry.
+/// Persisted bookkeeping, written in the same write set as every applied entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SmMeta {
     applied: Option<LogId>,
@@ -170,6 +171,9 @@ pub(crate) struct SmShared {
     floor: AtomicU64,
     /// Users, roles and tokens as of the applied state (see [`crate::auth`]).
     auth: RwLock<AuthView>,
+    /// Held for writing while apply writes an entry that changes lease records, and for reading
+    /// by lease reads, which so never see half an entry (see `writes`).
+    writing: RwLock<()>,
     /// `auth.state.enabled`, read without the lock: every client request asks it first.
     auth_enabled: std::sync::atomic::AtomicBool,
 }
@@ -302,10 +306,18 @@ impl StateMachine {
             }
         }
         let tree = db.open_tree(&current).map_err(sled_to_io)?;
-        let meta: SmMeta = match tree.get(META_KEY).map_err(sled_to_io)? {
-            Some(bytes) => codec::decode(&bytes).map_err(io_err)?,
-            None => SmMeta::default(),
+        let read_meta = || -> io::Result<SmMeta> {
+            match tree.get(META_KEY).map_err(sled_to_io)? {
+                Some(bytes) => codec::decode(&bytes).map_err(io_err),
+                None => Ok(SmMeta::default()),
+            }
         };
+        let mut meta = read_meta()?;
+        // An entry whose writes a crash cut short is finished first (see `writes`).
+        if let Some(index) = writes::recover(&tree, meta.applied.map(|l| l.index)).map_err(io_err)? {
+            tracing::info!(index, "finished writing an entry that a crash interrupted");
+            meta = read_meta()?;
+        }
         let membership: StoredMembership = match tree.get(MEMBERSHIP_KEY).map_err(sled_to_io)? {
             Some(bytes) => codec::decode(&bytes).map_err(io_err)?,
             None => StoredMembership::default(),
@@ -343,6 +355,7 @@ impl StateMachine {
             floor: AtomicU64::new(floor),
             auth_enabled: std::sync::atomic::AtomicBool::new(auth.state.enabled),
             auth: RwLock::new(auth.clone()),
+            writing: RwLock::new(()),
         });
         shared.publish(&meta);
         Ok(StateMachine {
@@ -499,7 +512,7 @@ impl StateMachine {
         self.end_apply(round)
     }
 
-    /// Apply one entry in one atomic batch.
+    /// Apply one entry as one atomic write set (see `writes`).
     fn apply_entry(&mut self, tree: &sled::Tree, entry: &Entry, max_pin: Option<u64>) -> io::Result<Response> {
         let log_id = entry.log_id;
         let fail = |e: io::Error| io::Error::new(e.kind(), format!("applying {log_id}: {e}"));
@@ -544,7 +557,16 @@ impl StateMachine {
         meta.session_count = ctx.session_count;
         meta.applied = Some(log_id);
         batch.insert(META_KEY, codec::encode(&meta));
-        tree.apply_batch(batch).map_err(|e| fail(io_err(e)))?;
+        // Lease records are not versioned: their readers wait for the whole set (see `writes`).
+        let touches_leases = batch.touches_any(&[
+            codec::LEASE_PREFIX,
+            codec::LEASE_KEY_PREFIX,
+            codec::KEY_LEASE_PREFIX,
+            codec::LEASE_OWNER_PREFIX,
+        ]);
+        let writing = touches_leases.then(|| self.shared.writing.write().unwrap_or_else(|e| e.into_inner()));
+        batch.write(tree, log_id.index).map_err(|e| fail(io_err(e)))?;
+        drop(writing);
         // Before the revision is published: a watcher told of it finds its changes there.
         let generation = self.shared.generation.load(Ordering::Acquire);
         self.shared.recent.push(generation, ctx.apply.take_changes());

@@ -169,17 +169,23 @@ impl KvReader {
     /// The lease `key` is attached to now, if any (leases are not versioned: there is no lease
     /// "as of" an older revision).
     pub fn lease_of(&self, key: &[u8]) -> Result<Option<crate::LeaseId>, ReadError> {
-        Ok(self.consistent(|tree, _| super::leases::key_lease_in(tree, key))?.0)
+        self.leases_consistent(|tree| super::leases::key_lease_in(tree, key))
     }
 
     /// Every lease, by id.
     pub fn leases(&self) -> Result<Vec<super::LeaseInfo>, ReadError> {
-        Ok(self.consistent(|tree, _| super::leases::all(tree))?.0)
+        self.leases_consistent(super::leases::all)
     }
 
     /// Lease `id` with its keys, if it exists.
     pub fn lease(&self, id: crate::LeaseId) -> Result<Option<super::leases::LeaseWithKeys>, ReadError> {
-        Ok(self.consistent(|tree, _| super::leases::one(tree, id))?.0)
+        self.leases_consistent(|tree| super::leases::one(tree, id))
+    }
+
+    /// A read of lease records, which are not versioned: between two entries' writes.
+    fn leases_consistent<T>(&self, read: impl Fn(&sled::Tree) -> Result<T, MvccError>) -> Result<T, ReadError> {
+        let _between = self.shared.writing.read().unwrap_or_else(|e| e.into_inner());
+        Ok(self.consistent(|tree, _| read(tree))?.0)
     }
 
     fn consistent<T>(&self, read: impl Fn(&sled::Tree, u64) -> Result<T, MvccError>) -> Result<(T, u64), ReadError> {

@@ -19,7 +19,8 @@
 //! revision does not move. A response whose encoding is larger than [`MAX_REMEMBERED_RESPONSE`] is
 //! not remembered; a retry of that write is answered with `StaleSession { last_seq: seq }`, which
 //! still tells the client that the write was applied exactly once. A session's record and the
-//! command's effects are written in the same sled batch, so a crash can never separate them.
+//! command's effects are written in the same atomic write set (`writes`), so a crash can never
+//! separate them.
 //!
 //! Why `SessionExpired`: records are bounded, so they expire. If a request without a record were
 //! simply executed, a retry that arrives after its session expired would be applied a second time,
@@ -36,7 +37,7 @@
 //! Whether a record exists decides whether a command executes, so expiry is part of the replicated
 //! state and must be identical on every node: it depends only on log indexes and on the entries,
 //! never on clocks, and it runs once per *entry*, never per apply call (nodes batch the same
-//! entries into apply calls differently). After entry `i` is applied, in the same batch, sessions
+//! entries into apply calls differently). After entry `i` is applied, in the same write set, sessions
 //! are removed in order of `(last_index, client_id)` while the oldest one is unused for
 //! `session_ttl_entries` entries (`last_index + ttl <= i`) or there are more than `max_sessions`,
 //! at most [`EVICT_PER_ENTRY`] per entry, plus one for each session a batch entry used beyond
@@ -47,7 +48,7 @@
 //! on every node of a cluster.
 //!
 //! Layout (see `codec`): the record under `b's' ‖ client_id`, and an expiry index
-//! `b'x' ‖ last_index ‖ client_id` (empty value) updated in the same batch; `SmMeta` counts the
+//! `b'x' ‖ last_index ‖ client_id` (empty value) updated in the same write set; `SmMeta` counts the
 //! sessions.
 //!
 //! ## Sessions in snapshots
@@ -176,7 +177,7 @@ pub(crate) struct Scope {
 impl Scope {
     /// The record `(client_id, last_index)` stops being current at this entry: drop its expiry
     /// index entry, and keep a copy if a build may still need it.
-    fn supersede(self, batch: &mut sled::Batch, client_id: u64, last_index: u64, raw: &[u8]) {
+    fn supersede(self, batch: &mut super::writes::WriteSet, client_id: u64, last_index: u64, raw: &[u8]) {
         batch.remove(&codec::session_expiry_key(last_index, client_id));
         if self.max_pin.is_some_and(|pin| pin >= last_index) {
             let mut value = Vec::with_capacity(8 + raw.len());
@@ -191,7 +192,7 @@ impl Scope {
     /// index entry is the one re-inserted here.
     fn store(
         self,
-        batch: &mut sled::Batch,
+        batch: &mut super::writes::WriteSet,
         written: &mut Written,
         client_id: u64,
         prev: Option<&Current>,
@@ -214,7 +215,7 @@ impl Scope {
     /// Remember `response` as the result of `(client_id, seq)`, executed at this entry.
     pub fn remember(
         self,
-        batch: &mut sled::Batch,
+        batch: &mut super::writes::WriteSet,
         written: &mut Written,
         client_id: u64,
         seq: u64,
@@ -236,7 +237,7 @@ impl Scope {
     /// A retry of the session's newest write: the record is unchanged but for `last_index`.
     pub fn refresh(
         self,
-        batch: &mut sled::Batch,
+        batch: &mut super::writes::WriteSet,
         written: &mut Written,
         client_id: u64,
         cur: &Current,
@@ -252,7 +253,7 @@ impl Scope {
     pub fn expire(
         self,
         tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        batch: &mut super::writes::WriteSet,
         count: &mut u64,
         keep: &Written,
         limits: Limits,
