@@ -257,3 +257,31 @@ async fn the_whole_cluster_stopped_and_restarted_keeps_every_key_and_revision() 
     assert_eq!(resp.header.expect("header").revision, revision + 1);
     cluster.shutdown().await
 }
+
+/// A stopped in-process member's ports are in the kernel's ephemeral range: while it is down,
+/// nothing else may take them (another test's listener, or an outgoing connection's source port,
+/// which once made a restart fail with "Address already in use"), yet clients find them closed.
+#[tokio::test]
+async fn a_stopped_members_ports_stay_its_own_until_it_restarts() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Backend::InProcess, Options::default()).await?;
+    cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let id: NodeId = 1;
+    cluster.kill(id).await?;
+    let node = &cluster.nodes[&id];
+    for addr in [node.client_addr, node.peer_listen, node.metrics_addr] {
+        assert!(
+            std::net::TcpListener::bind(addr).is_err(),
+            "{addr} was free for another socket while its member was down"
+        );
+        let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        assert!(refused.is_err(), "{addr} accepted a connection with its member down");
+    }
+    cluster.restart(id).await?;
+    let mut kv = KvClient::connect(format!("http://{}", cluster.nodes[&id].client_addr)).await?;
+    kv.range(RangeRequest {
+        serializable: true,
+        ..everything(true)
+    })
+    .await?;
+    Ok(())
+}

@@ -111,7 +111,46 @@ pub struct TestNode {
     pub metrics_addr: SocketAddr,
     pub data_dir: PathBuf,
     running: Option<Running>,
+    /// A stopped in-process node's addresses (peer, client, metrics), bound again at once and
+    /// held until it restarts: they are in the kernel's ephemeral range, and a free one can
+    /// become another socket's source port meanwhile (t35 failed to restart a follower with
+    /// "Address already in use"). Bound, not listening: a client still finds the port closed.
+    parked: Option<[tokio::net::TcpSocket; 3]>,
     _proxy: Option<net::Proxy>,
+}
+
+impl TestNode {
+    /// Hold the addresses of this node, just stopped in process (see `parked`). A port taken in
+    /// the instant since is left to the restart, which then reports it.
+    fn park(&mut self) {
+        let bind = |addr: SocketAddr| -> std::io::Result<tokio::net::TcpSocket> {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            // Without SO_REUSEADDR: a socket that sets it may share a port only with others
+            // that do, so this one keeps even those out.
+            socket.bind(addr)?;
+            Ok(socket)
+        };
+        if let (Ok(peer), Ok(client), Ok(metrics)) =
+            (bind(self.peer_listen), bind(self.client_addr), bind(self.metrics_addr))
+        {
+            self.parked = Some([peer, client, metrics]);
+        }
+    }
+
+    /// The parked addresses as listeners, for the restart.
+    fn unpark(&mut self) -> std::io::Result<Option<Listeners>> {
+        let Some([peer, client, metrics]) = self.parked.take() else {
+            return Ok(None);
+        };
+        Ok(Some(Listeners {
+            peer: peer.listen(1024)?,
+            client: client.listen(1024)?,
+            metrics: Some(metrics.listen(1024)?),
+        }))
+    }
 }
 
 /// A cluster of keel nodes for a test.
@@ -247,6 +286,7 @@ impl Addresses {
             metrics_addr: self.metrics_addr,
             data_dir,
             running: None,
+            parked: None,
             _proxy: self.proxy,
         };
         (node, self.listeners)
@@ -392,7 +432,11 @@ impl Cluster {
         let running = match self.backend {
             Backend::InProcess => {
                 let config = Config::from_args(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
-                let listeners = match listeners {
+                let parked = match self.nodes.get_mut(&id) {
+                    Some(node) => node.unpark()?,
+                    None => None,
+                };
+                let listeners = match listeners.or(parked) {
                     Some(l) => l,
                     None => Listeners::bind(&config).await?,
                 };
@@ -450,7 +494,11 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).context("no such node")?;
         match node.running.take() {
             Some(Running::Process(mut child)) => child.kill(),
-            Some(Running::InProcess(handle)) => Ok(handle.shutdown().await?),
+            Some(Running::InProcess(handle)) => {
+                handle.shutdown().await?;
+                node.park();
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -492,7 +540,11 @@ impl Cluster {
                 }
                 Ok(())
             }
-            Some(Running::InProcess(handle)) => Ok(handle.shutdown().await?),
+            Some(Running::InProcess(handle)) => {
+                handle.shutdown().await?;
+                node.park();
+                Ok(())
+            }
             None => Ok(()),
         }
     }
