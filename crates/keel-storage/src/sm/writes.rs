@@ -16,10 +16,11 @@
 //! 2. each write of the set, as a plain insert or remove;
 //!
 //! and the set always holds the state machine's metadata (`m:meta`, with the applied log id).
-//! After a crash, sled holds a prefix of that sequence. If the redo record is missing or older
-//! than the applied log id, the entry left nothing. Otherwise [`recover`] writes the whole set
-//! again on open: each write is the final value of its key for that entry, so writing it twice
-//! is the same as once, and the state becomes exactly "after the entry". Either way, the state
+//! After a crash, sled holds a prefix of that sequence. If the redo record is missing or not
+//! newer than the applied log id, the last entry either completed or left nothing (its redo
+//! record was not written, so neither was any of its writes). Otherwise [`recover`] writes the
+//! whole set again on open: each write is the final value of its key for that entry, so
+//! writing it twice is the same as once, and the state becomes exactly "after the entry". Either way, the state
 //! is "after entry N" for some N, as with a batch.
 //!
 //! ## Readers during an apply
