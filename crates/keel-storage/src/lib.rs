@@ -17,8 +17,8 @@
 //!    then plain inserts: see `sm::writes`).
 //! 4. The [`Response`] (revision, per-op results) goes back to the waiting client request. If the
 //!    request carries a client session ([`SessionRef`]), the response is also remembered in the
-//!    same write set, and a retry of the same `(client_id, seq)` gets it back instead of applying the
-//!    command twice.
+//!    same write set, and a retry of the same `(client_id, seq)` gets it back instead of
+//!    applying the command twice.
 //!
 //! Reads go through [`KvReader`]: the live value of each key at the current revision, read
 //! concurrently with apply and never half of a txn.

@@ -6,8 +6,8 @@
 //!   but the tree, the entries and the cluster-wide session limits (no clock, no randomness, no
 //!   configuration that may differ between nodes). Node-local housekeeping (history compaction,
 //!   preserved session records) runs per apply call and never changes a response.
-//! - Each entry is applied as one atomic write set (`writes`) that carries its effects, its client session
-//!   record, the sessions it expires, the new revision and the applied log id. After a crash the
+//! - Each entry is applied as one atomic write set (`writes`) that carries its effects, its
+//!   client session record, the sessions it expires, the new revision and the applied log id. After a crash the
 //!   state is exactly "after entry N" for some N, and openraft re-applies N+1.. from the log.
 //! - A request with a client session is executed at most once per `(client_id, seq)`: a retry of
 //!   the session's newest write is answered with the remembered response, and nothing else
@@ -30,9 +30,10 @@
 //! record listing its revisions' changes, keyed by its last revision; records and the versions they
 //! superseded are compacted once more than `history_revisions` revisions are newer, whole records
 //! at a time (so a batch entry's revisions may be kept a little longer), a bounded number per
-//! apply call, in chunks of a sixteenth of `history_revisions` (see `compact.rs`). The newest changes are also kept in memory (`recent.rs`), filled by apply after its
-//! batch is in sled and before the revision is published, so watchers that keep up read them
-//! there; the history in sled stays the record.
+//! apply call, in chunks of a sixteenth of `history_revisions` (see `compact.rs`). The newest
+//! changes are also kept in memory (`recent.rs`), filled by apply after its writes are in sled
+//! and before the revision is published, so watchers that keep up read them there; the history
+//! in sled stays the record.
 //!
 //! History compaction, and how etcd's Compact moves it: see `compact.rs`.
 

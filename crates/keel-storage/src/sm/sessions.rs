@@ -37,8 +37,8 @@
 //! Whether a record exists decides whether a command executes, so expiry is part of the replicated
 //! state and must be identical on every node: it depends only on log indexes and on the entries,
 //! never on clocks, and it runs once per *entry*, never per apply call (nodes batch the same
-//! entries into apply calls differently). After entry `i` is applied, in the same write set, sessions
-//! are removed in order of `(last_index, client_id)` while the oldest one is unused for
+//! entries into apply calls differently). After entry `i` is applied, in the same write set,
+//! sessions are removed in order of `(last_index, client_id)` while the oldest one is unused for
 //! `session_ttl_entries` entries (`last_index + ttl <= i`) or there are more than `max_sessions`,
 //! at most [`EVICT_PER_ENTRY`] per entry, plus one for each session a batch entry used beyond
 //! its first. An entry adds at most one session per request in it, so this keeps the count at
@@ -48,8 +48,8 @@
 //! on every node of a cluster.
 //!
 //! Layout (see `codec`): the record under `b's' ‖ client_id`, and an expiry index
-//! `b'x' ‖ last_index ‖ client_id` (empty value) updated in the same write set; `SmMeta` counts the
-//! sessions.
+//! `b'x' ‖ last_index ‖ client_id` (empty value) updated in the same write set; `SmMeta` counts
+//! the sessions.
 //!
 //! ## Sessions in snapshots
 //! A snapshot holds the sessions as of its applied index `A`. Key-value pairs are multi-versioned,

@@ -20,8 +20,8 @@
 //! newer than the applied log id, the last entry either completed or left nothing (its redo
 //! record was not written, so neither was any of its writes). Otherwise [`recover`] writes the
 //! whole set again on open: each write is the final value of its key for that entry, so
-//! writing it twice is the same as once, and the state becomes exactly "after the entry". Either way, the state
-//! is "after entry N" for some N, as with a batch.
+//! writing it twice is the same as once, and the state becomes exactly "after the entry".
+//! Either way, the state is "after entry N" for some N, as with a batch.
 //!
 //! ## Readers during an apply
 //! A batch also hid an entry's writes from concurrent readers until all were in. Key-value
@@ -40,7 +40,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use crate::codec::{self, DecodeError};
+use super::mvcc::MvccError;
+use crate::codec;
 
 /// The key of the redo record: the write set of the newest entry applied.
 pub const REDO_KEY: &[u8] = b"m:redo";
@@ -60,11 +61,18 @@ pub struct WriteSet {
     bytes: usize,
 }
 
-/// A redo record as stored: the entry's log index and its writes.
-#[derive(Serialize, Deserialize)]
+/// A redo record as stored: the entry's log index and its writes (read back by [`recover`]).
+#[derive(Deserialize)]
 struct Redo {
     index: u64,
     writes: Vec<(serde_bytes::ByteBuf, Option<serde_bytes::ByteBuf>)>,
+}
+
+/// The same record, encoded from the set's own bytes (apply writes one per entry: no copies).
+#[derive(Serialize)]
+struct RedoRef<'a> {
+    index: u64,
+    writes: Vec<(&'a serde_bytes::Bytes, Option<&'a serde_bytes::Bytes>)>,
 }
 
 impl WriteSet {
@@ -92,12 +100,9 @@ impl WriteSet {
         let writes = self
             .writes
             .iter()
-            .map(|(k, v)| {
-                let value = v.as_ref().map(|v| serde_bytes::ByteBuf::from(v.to_vec()));
-                (serde_bytes::ByteBuf::from(k.to_vec()), value)
-            })
+            .map(|(k, v)| (serde_bytes::Bytes::new(k), v.as_deref().map(serde_bytes::Bytes::new)))
             .collect();
-        codec::encode_as(REDO_FORMAT, &Redo { index, writes })
+        codec::encode_as(REDO_FORMAT, &RedoRef { index, writes })
     }
 
     /// Write the set into `tree` as the entry at `index`: its redo record, then each write; or,
@@ -131,7 +136,7 @@ impl WriteSet {
 
 /// After a crash: finish the entry whose redo record is newer than `applied_index` (the
 /// applied log id's index in `m:meta`; `None`: nothing applied), if any. Returns its index.
-pub fn recover(tree: &sled::Tree, applied_index: Option<u64>) -> Result<Option<u64>, RecoverError> {
+pub fn recover(tree: &sled::Tree, applied_index: Option<u64>) -> Result<Option<u64>, MvccError> {
     let Some(bytes) = tree.get(REDO_KEY)? else {
         return Ok(None);
     };
@@ -139,22 +144,11 @@ pub fn recover(tree: &sled::Tree, applied_index: Option<u64>) -> Result<Option<u
     if applied_index.is_some_and(|applied| redo.index <= applied) {
         return Ok(None);
     }
-    let mut set = WriteSet::default();
-    for (k, v) in redo.writes {
-        match v {
-            Some(v) => set.insert(k.into_vec(), v.into_vec()),
-            None => set.remove(k.into_vec()),
-        }
+    for (key, value) in redo.writes {
+        match value {
+            Some(v) => tree.insert(key.into_vec(), v.into_vec())?,
+            None => tree.remove(key.into_vec())?,
+        };
     }
-    set.write_each(tree)?;
     Ok(Some(redo.index))
-}
-
-/// Why [`recover`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("redo record: {0}")]
-    Decode(#[from] DecodeError),
 }
