@@ -64,15 +64,10 @@ case $mode in
       "lease 64" "lock 16" "watch 1000") ;;
 esac
 
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "bench-vs-etcd: installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bench_name=bench-vs-etcd
+# shellcheck source=scripts/lib/bench-common.sh
+. scripts/lib/bench-common.sh
+bench_needs
 echo "bench-vs-etcd: building release binaries" >&2
 cargo build --release -q -p keel-server -p keel-cli
 cargo build --release -q -p keel-bench --features etcd
@@ -100,21 +95,6 @@ trap cleanup EXIT
 # Anything outside a step that fails ends the run: say where, rather than stop without a word.
 trap 'echo "bench-vs-etcd: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
-# step NAME CMD...: run CMD with its output in steps/NAME.log; its last line (keel-bench's JSON
-# result) is echoed. A failure is reported with the log's end and recorded; the run goes on.
-step() {
-  local name=$1 log="$work/steps/$1.log" rc=0
-  shift
-  "$@" >"$log" 2>&1 || rc=$?
-  if [ $rc -ne 0 ]; then
-    echo "bench-vs-etcd: FAILED: $name (exit $rc); the end of $log:" >&2
-    tail -n 5 "$log" | sed 's/^/    /' >&2
-    failed+=("$name (exit $rc)")
-    return 1
-  fi
-  tail -n 1 "$log" >&2
-}
-
 # record POINT [REP]: the JSON line of the step just run, tagged, into the results.
 record() {
   local name=$1 point=$2 rep=${3:-}
@@ -128,21 +108,7 @@ record() {
 
 keel_endpoints="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
 etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
-etcd_initial="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
-
-# start-etcd.sh N: member N (1..3) on 127.0.0.1:N2379 (clients) and N2380 (peers). A script
-# file rather than a function, so keel-bench's restart command (run by sh) can call it.
-cat >"$work/start-etcd.sh" <<EOS
-#!/usr/bin/env bash
-n=\$1
-etcd --name "e\$n" --data-dir "$work/etcd\$n" \\
-  --listen-client-urls "http://127.0.0.1:\${n}2379" --advertise-client-urls "http://127.0.0.1:\${n}2379" \\
-  --listen-peer-urls "http://127.0.0.1:\${n}2380" --initial-advertise-peer-urls "http://127.0.0.1:\${n}2380" \\
-  --initial-cluster "$etcd_initial" --initial-cluster-state new --initial-cluster-token keel-bench \\
-  >>"$work/etcd\$n.log" 2>&1 &
-echo \$! >"$work/etcd\$n.pid"
-EOS
-chmod +x "$work/start-etcd.sh"
+write_etcd_starter 3
 
 results="$work/results.jsonl"
 # pids SYSTEM: the members' process ids, in the order of the endpoints (for the watch's RSS).
@@ -205,14 +171,7 @@ step keel-down keel_cluster down || true
 
 echo "== etcd $(etcd --version | head -n 1)" >&2
 for n in 1 2 3; do "$work/start-etcd.sh" "$n"; done
-etcd_up() {
-  local deadline=$((SECONDS + 30))
-  until "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" put --ops 1 --duration 2s; do
-    [ $SECONDS -ge $deadline ] && { echo "etcd did not answer within 30 s; see $work/etcd*.log"; return 1; }
-    sleep 0.3
-  done
-}
-if step etcd-up etcd_up; then
+if step etcd-up etcd_up "$bin" "$etcd_endpoints"; then
   for point in "${matrix[@]}"; do bench etcd "$etcd_endpoints" $point; done
   if [ "$rounds" -gt 0 ] && step etcd-failover "$bin/keel-bench" --system etcd --endpoints "$etcd_endpoints" \
     failover --rounds "$rounds" --restart-cmd "$work/start-etcd.sh {id}"; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local three-node keel cluster on 127.0.0.1, for trying keel out.
 #
-#   scripts/cluster.sh up        build release binaries if needed, start 3 nodes, wait for a leader
+#   scripts/cluster.sh up        build release binaries if needed, start the nodes, wait for a leader
 #   scripts/cluster.sh up --tls  the same with TLS: a development CA and certificates in
 #                                <dir>/tls (keelctl cert), TLS on the client ports, mutual TLS
 #                                between members; later commands on this cluster use TLS too
@@ -17,12 +17,18 @@
 #   KEEL_CLUSTER_DIR  where to keep data and logs        (default: <repo>/.cluster)
 #   KEEL_BIN_DIR      use the binaries in this directory  (default: build target/release)
 #   KEEL_BASE_PORT    client ports BASE+1..3, peer BASE+101..103, metrics BASE+2001..2003 (default 7000)
+#   KEEL_CLUSTER_NODES  how many nodes, 1 to 9 (default 3): ports BASE+1..N and so on
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${KEEL_CLUSTER_DIR:-$repo/.cluster}"
 base="${KEEL_BASE_PORT:-7000}"
-nodes=(1 2 3)
+count="${KEEL_CLUSTER_NODES:-3}"
+case "$count" in
+  [1-9]) ;;
+  *) echo "cluster.sh: KEEL_CLUSTER_NODES must be 1 to 9, got '$count'" >&2; exit 2 ;;
+esac
+mapfile -t nodes < <(seq 1 "$count")
 
 client_addr() { echo "127.0.0.1:$((base + $1))"; }
 peer_addr() { echo "127.0.0.1:$((base + 100 + $1))"; }
@@ -162,7 +168,7 @@ up() {
     fi
     sleep 0.1
   done
-  echo "keel is up: 3 nodes, data in $dir"
+  echo "keel is up: ${#nodes[@]} nodes, data in $dir"
   echo "  endpoints: $(endpoints)"
   echo "  try:       export KEEL_ENDPOINTS=$(endpoints)"
   if tls_on; then

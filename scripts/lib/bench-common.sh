@@ -1,0 +1,61 @@
+# Shared by the benchmarks against etcd (bench-vs-etcd.sh, bench-scale-vs-etcd.sh); sourced, not
+# run. The caller sets `work` (a scratch directory with steps/ in it) and `bench_name` (its own
+# name, for messages), and declares `failed=()`.
+
+# bench_needs: install what the benchmarks need from apt (as root) if it is missing:
+# etcd-server, etcdctl, and protoc with its well-known types (keel-bench's `etcd` feature).
+bench_needs() {
+  local need=()
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v etcdctl >/dev/null || need+=(etcd-client)
+  command -v protoc >/dev/null || need+=(protobuf-compiler)
+  [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "$bench_name: installing ${need[*]}" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
+
+# step NAME CMD...: run CMD with its output in steps/NAME.log; its last line (keel-bench's JSON
+# result) is echoed. A failure is reported with the log's end and recorded; the run goes on.
+step() {
+  local step_name=$1 log="$work/steps/$1.log" rc=0
+  shift
+  "$@" >"$log" 2>&1 || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$bench_name: FAILED: $step_name (exit $rc); the end of $log:" >&2
+    tail -n 5 "$log" | sed 's/^/    /' >&2
+    failed+=("$step_name (exit $rc)")
+    return 1
+  fi
+  tail -n 1 "$log" >&2
+}
+
+# write_etcd_starter N: $work/start-etcd.sh M starts member M (1..N) of an N-member etcd, clients
+# on 127.0.0.1:M2379, peers on M2380, data in $work/etcdM. A script file rather than a function,
+# so keel-bench's restart command (run by sh) can call it.
+write_etcd_starter() {
+  local initial
+  initial="$(seq 1 "$1" | sed 's|.*|e&=http://127.0.0.1:&2380|' | paste -sd,)"
+  cat >"$work/start-etcd.sh" <<EOS
+#!/usr/bin/env bash
+n=\$1
+etcd --name "e\$n" --data-dir "$work/etcd\$n" \\
+  --listen-client-urls "http://127.0.0.1:\${n}2379" --advertise-client-urls "http://127.0.0.1:\${n}2379" \\
+  --listen-peer-urls "http://127.0.0.1:\${n}2380" --initial-advertise-peer-urls "http://127.0.0.1:\${n}2380" \\
+  --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token keel-bench \\
+  >>"$work/etcd\$n.log" 2>&1 &
+echo \$! >"$work/etcd\$n.pid"
+EOS
+  chmod +x "$work/start-etcd.sh"
+}
+
+# etcd_up BIN ENDPOINTS: wait until the etcd at ENDPOINTS takes a write (30 s at most).
+etcd_up() {
+  local deadline=$((SECONDS + 30))
+  until "$1/keel-bench" --system etcd --endpoints "$2" put --ops 1 --duration 2s; do
+    [ $SECONDS -ge $deadline ] && { echo "etcd did not answer within 30 s; see $work/etcd*.log"; return 1; }
+    sleep 0.3
+  done
+}
