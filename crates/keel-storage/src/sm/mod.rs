@@ -314,7 +314,8 @@ impl StateMachine {
             }
         };
         let mut meta = read_meta()?;
-        // An entry whose writes a crash cut short is finished first (see `writes`).
+        // An entry that a build with redo records left half-written is finished first (see
+        // `writes`).
         if let Some(index) = writes::recover(&tree, meta.applied.map(|l| l.index)).map_err(io_err)? {
             tracing::info!(index, "finished writing an entry that a crash interrupted");
             meta = read_meta()?;
@@ -566,7 +567,7 @@ impl StateMachine {
             codec::LEASE_OWNER_PREFIX,
         ]);
         let writing = touches_leases.then(|| self.shared.writing.write().unwrap_or_else(|e| e.into_inner()));
-        batch.write(tree, log_id.index).map_err(|e| fail(io_err(e)))?;
+        batch.write(tree).map_err(|e| fail(io_err(e)))?;
         drop(writing);
         // Before the revision is published: a watcher told of it finds its changes there.
         let generation = self.shared.generation.load(Ordering::Acquire);
