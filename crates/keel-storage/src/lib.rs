@@ -13,8 +13,8 @@
 //!    this node's copy toward a quorum; meanwhile the leader already replicates it.
 //! 3. Once a quorum has the entry, openraft hands it to [`StateMachine`]'s `apply`, which executes
 //!    the command against the MVCC tree and writes its new versions, the revision's history
-//!    record, the new revision and the applied log id as one atomic write set (a redo record,
-//!    then plain inserts: see `sm::writes`).
+//!    record, the new revision and the applied log id as one atomic write set (one sled batch:
+//!    see `sm::writes`).
 //! 4. The [`Response`] (revision, per-op results) goes back to the waiting client request. If the
 //!    request carries a client session ([`SessionRef`]), the response is also remembered in the
 //!    same write set, and a retry of the same `(client_id, seq)` gets it back instead of
