@@ -29,12 +29,7 @@ for v in "$keys" "$reps" "$secs"; do
 done
 # shellcheck source=scripts/lib/bench-common.sh
 . scripts/lib/bench-common.sh
-bench_needs
-echo "$bench_name: building release binaries" >&2
-cargo build --release -q -p keel-server -p keel-cli
-cargo build --release -q -p keel-bench --features etcd
-bin="$repo/target/release"
-nodes="${KEEL_NODE_BIN_DIR:-$bin}"
+bench_build
 
 work="$(mktemp -d /tmp/keel-scale.XXXXXX)"
 mkdir -p "$work/steps"

@@ -67,14 +67,7 @@ esac
 bench_name=bench-vs-etcd
 # shellcheck source=scripts/lib/bench-common.sh
 . scripts/lib/bench-common.sh
-bench_needs
-echo "bench-vs-etcd: building release binaries" >&2
-cargo build --release -q -p keel-server -p keel-cli
-cargo build --release -q -p keel-bench --features etcd
-bin="$repo/target/release"
-# KEEL_NODE_BIN_DIR: run the keel members from another build (e.g. the release before a change,
-# for a before/after table); keel-bench and keelctl still come from this checkout.
-nodes="${KEEL_NODE_BIN_DIR:-$bin}"
+bench_build
 
 work="$(mktemp -d /tmp/keel-bench.XXXXXX)"
 mkdir -p "$work/steps"

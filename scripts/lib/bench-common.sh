@@ -1,6 +1,7 @@
 # Shared by the benchmarks against etcd (bench-vs-etcd.sh, bench-scale-vs-etcd.sh); sourced, not
-# run. The caller sets `work` (a scratch directory with steps/ in it) and `bench_name` (its own
-# name, for messages), and declares `failed=()`.
+# run. The caller sets `repo` (the checkout, also its working directory), `bench_name` (its own
+# name, for messages) and, before any step, `work` (a scratch directory with steps/ in it), and
+# declares `failed=()`.
 
 # bench_needs: install what the benchmarks need from apt (as root) if it is missing:
 # etcd-server, etcdctl, and protoc with its well-known types (keel-bench's `etcd` feature).
@@ -15,6 +16,19 @@ bench_needs() {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
+}
+
+# bench_build: what bench_needs installs, then the release binaries; sets `bin` (this checkout's
+# target/release) and `nodes` (where the keel members run from: KEEL_NODE_BIN_DIR, another
+# build such as the release before a change, or `bin`; keel-bench and keelctl always come from
+# this checkout).
+bench_build() {
+  bench_needs
+  echo "$bench_name: building release binaries" >&2
+  cargo build --release -q -p keel-server -p keel-cli
+  cargo build --release -q -p keel-bench --features etcd
+  bin="$repo/target/release"
+  nodes="${KEEL_NODE_BIN_DIR:-$bin}"
 }
 
 # step NAME CMD...: run CMD with its output in steps/NAME.log; its last line (keel-bench's JSON
