@@ -41,17 +41,10 @@ keel_cluster() {
   KEEL_CLUSTER_DIR="$work/keel$members" KEEL_BASE_PORT=17500 KEEL_BIN_DIR="$nodes" KEEL_CLUSTER_NODES=$members \
     scripts/cluster.sh "$@"
 }
-etcd_pids() { cat "$work"/etcd*.pid 2>/dev/null || true; }
 cleanup() {
   local status=$?
   for m in 3 5; do members=$m keel_cluster down >/dev/null 2>&1 || true; done
-  for p in $(etcd_pids); do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  if [ ${#failed[@]} -gt 0 ] || [ "$status" -ne 0 ]; then
-    echo "$bench_name: logs kept in $work (steps/*.log, keel*/node*.log, etcd*.log)" >&2
-  else
-    rm -rf "$work"
-  fi
+  bench_finish "$status"
 }
 trap cleanup EXIT
 trap 'echo "$bench_name: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
@@ -145,7 +138,7 @@ five() {
   for r in $(seq "$reps"); do
     if step "$s-put5-c256-rep$r" "$bin/keel-bench" --system "$s" --endpoints "$(endpoints "$s" 5)" put \
       --clients 256 --duration "${secs}s"; then
-      tail -n 1 "$work/steps/$s-put5-c256-rep$r.log" | grep '^{' | sed 's/^{/{"point":"put5-c256",/' >>"$results"
+      record "$s-put5-c256-rep$r" put5-c256 "$r"
     fi
   done
   step "$s-down-5" cluster_down "$s" || true

@@ -71,39 +71,21 @@ bench_build
 
 work="$(mktemp -d /tmp/keel-bench.XXXXXX)"
 mkdir -p "$work/steps"
-etcd_pids=()
 failed=()
+results="$work/results.jsonl"
 cleanup() {
   local status=$?
   KEEL_CLUSTER_DIR="$work/keel" KEEL_BASE_PORT=17000 KEEL_BIN_DIR="$nodes" scripts/cluster.sh down >/dev/null 2>&1 || true
-  for p in "${etcd_pids[@]}" $(cat "$work"/etcd*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  if [ ${#failed[@]} -gt 0 ] || [ "$status" -ne 0 ]; then
-    echo "bench-vs-etcd: logs kept in $work (steps/*.log, keel/node*.log, etcd*.log)" >&2
-  else
-    rm -rf "$work"
-  fi
+  bench_finish "$status"
 }
 trap cleanup EXIT
 # Anything outside a step that fails ends the run: say where, rather than stop without a word.
 trap 'echo "bench-vs-etcd: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
-# record POINT [REP]: the JSON line of the step just run, tagged, into the results.
-record() {
-  local name=$1 point=$2 rep=${3:-}
-  local tag="\"point\":\"$point\","
-  [ -n "$rep" ] && tag="$tag\"rep\":$rep,"
-  tail -n 1 "$work/steps/$name.log" | grep '^{' | sed "s/^{/{$tag/" >>"$results" || {
-    echo "bench-vs-etcd: FAILED: $name printed no result line" >&2
-    failed+=("$name (no result)")
-  }
-}
-
 keel_endpoints="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
 etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
 write_etcd_starter 3
 
-results="$work/results.jsonl"
 # pids SYSTEM: the members' process ids, in the order of the endpoints (for the watch's RSS).
 pids() {
   case $1 in

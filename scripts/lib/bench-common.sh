@@ -1,7 +1,7 @@
 # Shared by the benchmarks against etcd (bench-vs-etcd.sh, bench-scale-vs-etcd.sh); sourced, not
 # run. The caller sets `repo` (the checkout, also its working directory), `bench_name` (its own
-# name, for messages) and, before any step, `work` (a scratch directory with steps/ in it), and
-# declares `failed=()`.
+# name, for messages) and, before any step, `work` (a scratch directory with steps/ in it) and
+# `results` (the JSON lines file), and declares `failed=()`.
 
 # bench_needs: install what the benchmarks need from apt (as root) if it is missing:
 # etcd-server, etcdctl, and protoc with its well-known types (keel-bench's `etcd` feature).
@@ -44,6 +44,31 @@ step() {
     return 1
   fi
   tail -n 1 "$log" >&2
+}
+
+# record NAME POINT [REP]: the JSON line of step NAME, tagged with POINT (and REP), into the
+# results.
+record() {
+  local step_name=$1 point=$2 rep=${3:-}
+  local tag="\"point\":\"$point\","
+  [ -n "$rep" ] && tag="$tag\"rep\":$rep,"
+  tail -n 1 "$work/steps/$step_name.log" | grep '^{' | sed "s/^{/{$tag/" >>"$results" || {
+    echo "$bench_name: FAILED: $step_name printed no result line" >&2
+    failed+=("$step_name (no result)")
+  }
+}
+
+# bench_finish STATUS: the end of an EXIT trap, once the caller has stopped its keel clusters:
+# stop every etcd member still running, then keep $work if anything failed, else delete it.
+bench_finish() {
+  local status=$1
+  for p in $(cat "$work"/etcd*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  if [ ${#failed[@]} -gt 0 ] || [ "$status" -ne 0 ]; then
+    echo "$bench_name: logs kept in $work (steps/*.log, keel*/node*.log, etcd*.log)" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 
 # write_etcd_starter N: $work/start-etcd.sh M starts member M (1..N) of an N-member etcd, clients

@@ -6,8 +6,8 @@
 //! one history record listing the entry's revisions and their changes, keyed by the last), and the
 //! caller adds the metadata (applied log id, revision, client sessions) to the same set before
 //! writing it atomically (see `writes`). One record per entry rather than per revision halves
-//! the sled writes of a batch entry, and compaction's reads and deletes with it. Either all of an entry's effects and its
-//! applied log id become visible, or none do.
+//! the sled writes of a batch entry, and compaction's reads and deletes with it. Either all of
+//! an entry's effects and its applied log id become visible, or none do.
 //!
 //! The entry's own writes are visible to its later reads through `overlay`: within a txn, and
 //! from one command of a batch to the next. Validation guarantees that no key is written twice in

@@ -7,8 +7,9 @@
 //!   configuration that may differ between nodes). Node-local housekeeping (history compaction,
 //!   preserved session records) runs per apply call and never changes a response.
 //! - Each entry is applied as one atomic write set (`writes`) that carries its effects, its
-//!   client session record, the sessions it expires, the new revision and the applied log id. After a crash the
-//!   state is exactly "after entry N" for some N, and openraft re-applies N+1.. from the log.
+//!   client session record, the sessions it expires, the new revision and the applied log id.
+//!   After a crash the state is exactly "after entry N" for some N, and openraft re-applies
+//!   N+1.. from the log.
 //! - A request with a client session is executed at most once per `(client_id, seq)`: a retry of
 //!   the session's newest write is answered with the remembered response, and nothing else
 //!   changes but the applied log id (see [`sessions`]).

@@ -29,8 +29,6 @@
 //!
 //! [`SmShared::writing`]: super::SmShared
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use sled::IVec;
 
@@ -43,10 +41,13 @@ const REDO_KEY: &[u8] = b"m:redo";
 /// The format byte of a redo record.
 const REDO_FORMAT: u8 = 0x82;
 
-/// The writes of one entry: each key's final value (`None`: removed), as a sled batch holds them.
-#[derive(Default, Debug, Clone, PartialEq, Eq)]
+/// The writes of one entry, as the sled batch that applies them, with the first bytes of the
+/// keys written (for [`WriteSet::touches_any`]; sled's batch does not show its keys).
+#[derive(Default, Debug, Clone)]
 pub struct WriteSet {
-    writes: BTreeMap<IVec, Option<IVec>>,
+    batch: sled::Batch,
+    /// Bit `b` is set if a key starting with byte `b` was written.
+    first_bytes: [u64; 4],
 }
 
 /// A redo record as stored: the entry's log index and its writes.
@@ -58,30 +59,33 @@ struct Redo {
 
 impl WriteSet {
     pub fn insert<K: Into<IVec>, V: Into<IVec>>(&mut self, key: K, value: V) {
-        self.writes.insert(key.into(), Some(value.into()));
+        let key = key.into();
+        self.note(&key);
+        self.batch.insert(key, value);
     }
 
     pub fn remove<K: Into<IVec>>(&mut self, key: K) {
-        self.writes.insert(key.into(), None);
+        let key = key.into();
+        self.note(&key);
+        self.batch.remove(key);
+    }
+
+    fn note(&mut self, key: &[u8]) {
+        if let Some(&b) = key.first() {
+            self.first_bytes[usize::from(b / 64)] |= 1 << (b % 64);
+        }
     }
 
     /// Whether any write falls under one of `prefixes` (first key byte).
     pub fn touches_any(&self, prefixes: &[u8]) -> bool {
-        self.writes
-            .keys()
-            .any(|k| k.first().is_some_and(|b| prefixes.contains(b)))
+        prefixes
+            .iter()
+            .any(|&b| self.first_bytes[usize::from(b / 64)] & (1 << (b % 64)) != 0)
     }
 
     /// Write the set into `tree` as one sled batch.
-    pub fn write(&self, tree: &sled::Tree) -> sled::Result<()> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in &self.writes {
-            match value {
-                Some(v) => batch.insert(key, v.clone()),
-                None => batch.remove(key),
-            }
-        }
-        tree.apply_batch(batch)
+    pub fn write(self, tree: &sled::Tree) -> sled::Result<()> {
+        tree.apply_batch(self.batch)
     }
 }
 
@@ -112,4 +116,21 @@ pub fn recover(tree: &sled::Tree, applied_index: Option<u64>) -> Result<Option<u
     };
     tree.apply_batch(batch)?;
     Ok(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteSet;
+
+    #[test]
+    fn touches_any_knows_the_first_byte_of_every_key_inserted_or_removed() {
+        let mut set = WriteSet::default();
+        assert!(!set.touches_any(&[0, b'l', 255]));
+        set.insert(&b"l1"[..], &b"v"[..]);
+        set.remove(vec![255u8, 1]);
+        set.insert(&b""[..], &b"v"[..]);
+        assert!(set.touches_any(b"l"));
+        assert!(set.touches_any(&[0, 255]));
+        assert!(!set.touches_any(&[0, b'k', b'm', 63, 64, 127, 128, 191, 192, 254]));
+    }
 }
